@@ -1,0 +1,113 @@
+"""The ``edged`` command: run, check-config, events."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from edged import __version__
+from edged.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, EdgedError
+
+log = logging.getLogger("edged")
+
+DEFAULT_CONFIG = os.environ.get("EDGED_CONFIG", "/etc/edged/edged.toml")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="edged",
+        description="Edge daemon for cameras: slow algorithms always see the newest frame.",
+    )
+    p.add_argument("--version", action="version", version=f"edged {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument(
+        "--config", "-c", default=DEFAULT_CONFIG, help="TOML config (default: %(default)s)"
+    )
+    run.add_argument(
+        "--camera",
+        action="append",
+        metavar="NAME",
+        help="run only this camera (repeatable; default: all)",
+    )
+
+    check = sub.add_parser("check-config", help="validate a config file; exit 78 if invalid")
+    check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+
+    events = sub.add_parser("events", help="print events from the event file")
+    events.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    events.add_argument("--file", type=Path, help="event file (default: [events] path)")
+    events.add_argument("--follow", "-f", action="store_true", help="keep printing new events")
+    events.add_argument("--camera", help="only this camera")
+    events.add_argument("--type", dest="type_", metavar="TYPE", help="only this type or prefix")
+    events.add_argument("--json", action="store_true", help="raw JSON lines")
+    return p
+
+
+def _load(path: str):  # type: ignore[no-untyped-def]
+    from edged.config import load_config
+
+    return load_config(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from edged.logs import LogSettings, setup_logging
+    from edged.supervisor import Supervisor
+
+    setup_logging(LogSettings())
+    config = _load(args.config)
+    setup_logging(LogSettings(config.logging.level, config.logging.format))
+    cameras = args.camera or None
+    if cameras:
+        unknown = [c for c in cameras if c not in config.cameras]
+        if unknown:
+            known = ", ".join(config.cameras)
+            raise ConfigError(
+                args.config, [f"--camera {c}: no such camera (configured: {known})" for c in unknown]
+            )
+    return Supervisor(config, cameras).run()
+
+
+def cmd_check_config(args: argparse.Namespace) -> int:
+    config = _load(args.config)
+    print(f"{args.config}: OK, {len(config.cameras)} camera(s)")
+    for cam in config.cameras.values():
+        print(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}")
+    return EX_OK
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    from edged.eventlog import run_events_command
+
+    path = args.file
+    if path is None:
+        path = _load(args.config).events.path
+    return run_events_command(
+        path, follow=args.follow, camera=args.camera, type_=args.type_, as_json=args.json
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "check-config": cmd_check_config, "events": cmd_events}
+    try:
+        return handler[args.command](args)
+    except ConfigError as exc:
+        print(exc, file=sys.stderr)
+        return EX_CONFIG
+    except EdgedError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception:
+        log.exception("edged: internal error")
+        return EX_SOFTWARE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

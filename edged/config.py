@@ -1,0 +1,1022 @@
+"""The configuration: one TOML file, validated with pydantic into a :class:`Config`.
+
+:func:`load_config` reads and checks the file and raises :class:`ConfigError`
+listing every mistake at once, each with the file, line, dotted key path and
+reason, never the value (it may be a secret)::
+
+    edged.toml:12: cameras.cam1.processor.min_area: Input should be greater than 0
+    edged.toml:14: cameras.cam1.stale_afer: unknown key (did you mean 'stale_after'?)
+
+Each ``[cameras.NAME]`` table inherits ``[defaults]`` key by key (a
+``processor`` table is replaced as a whole). Relative paths are resolved
+against the folder of the config file. Passwords are held as ``SecretStr``
+(a password written in a source URL is moved there), so ``repr()``, ``str()``
+and ``model_dump_json()`` never show one. The validated object is picklable
+and is what the supervisor hands to its children.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Self
+from urllib.parse import quote, unquote, urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.functional_validators import ModelWrapValidatorHandler
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from edged.errors import ConfigError, PluginError
+from edged.processor import resolve_processor
+
+__all__ = [
+    "ByteSize",
+    "CameraConfig",
+    "CameraDefaults",
+    "Config",
+    "DaemonConfig",
+    "Duration",
+    "EventsConfig",
+    "LoggingConfig",
+    "MetricsConfig",
+    "ProcessorConfig",
+    "SourceKind",
+    "camera_from_dict",
+    "load_config",
+    "parse_byte_size",
+    "parse_config",
+    "parse_duration",
+    "redact_url",
+    "scrub",
+]
+
+SourceKind = Literal["synthetic", "rtsp", "url", "v4l2", "plugin", "file"]
+
+# --- value types ---------------------------------------------------------------
+
+_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:\s*{_NUMBER}\s*(?:ms|s|m|h))+\s*")
+_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_BYTE_SIZE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*")
+# Bare K/M/G/T are binary, as in systemd's size settings; kB/MB/GB/TB are SI.
+_BYTE_UNITS = {"": 1, "b": 1}
+for _i, _p in enumerate("kmgt", start=1):
+    _BYTE_UNITS |= {_p: 1024**_i, f"{_p}ib": 1024**_i, f"{_p}b": 1000**_i}
+
+
+def parse_duration(value: str | float) -> float:
+    """Seconds in ``value``: a number of seconds, or ``"500ms"``, ``"1.5s"``, ``"2m"``,
+    ``"1h"``, ``"1m30s"``. Raises ``ValueError`` (without echoing the value)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a duration: seconds, or a string like '500ms', '5s', '2m'")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        negative = text.startswith("-")
+        text = text.removeprefix("-")
+        if re.fullmatch(_NUMBER, text):
+            seconds = float(text)
+        elif _DURATION.fullmatch(text):
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
+        else:
+            raise ValueError(
+                "invalid duration: use seconds, or a number with a unit ms, s, m or h "
+                "(e.g. '500ms', '1.5s', '2m')"
+            )
+        seconds = -seconds if negative else seconds
+    else:
+        seconds = float(value)
+    if not math.isfinite(seconds):
+        raise ValueError("a duration must be a finite number")
+    if seconds < 0:
+        raise ValueError("a duration must not be negative")
+    return seconds
+
+
+def parse_byte_size(value: str | int | float) -> int:
+    """Bytes in ``value``: an integer, or ``"512k"``, ``"10MB"``, ``"10MiB"``, ``"1GiB"``.
+
+    ``kB``/``MB``/``GB``/``TB`` are powers of 1000; ``KiB``... and bare ``K``/``M``/
+    ``G``/``T`` (as in systemd) are powers of 1024. Case is ignored."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise ValueError("expected a size: bytes, or a string like '512k', '10MB', '10MiB'")
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text.startswith("-"):
+            raise ValueError("a size must not be negative")
+        match = _BYTE_SIZE.fullmatch(text)
+        if not match or match[2] not in _BYTE_UNITS:
+            raise ValueError(
+                "invalid size: use bytes, or a number with a unit such as k, MB, MiB, GiB"
+            )
+        size = float(match[1]) * _BYTE_UNITS[match[2]]
+    else:
+        size = float(value)
+    if not math.isfinite(size) or size != int(size):
+        raise ValueError("a size must be a whole number of bytes")
+    if size < 0:
+        raise ValueError("a size must not be negative")
+    return int(size)
+
+
+def _duration_before(value: Any) -> Any:
+    return parse_duration(value)
+
+
+def _byte_size_before(value: Any) -> Any:
+    return parse_byte_size(value)
+
+
+Duration = Annotated[float, BeforeValidator(_duration_before)]
+"""Seconds as a float; accepts a number or a string like ``"500ms"``, ``"5s"``, ``"2m"``."""
+ByteSize = Annotated[int, BeforeValidator(_byte_size_before)]
+"""Bytes as an int; accepts an integer or a string like ``"512k"``, ``"10MB"``, ``"1GiB"``."""
+
+
+def _scalar_to_str(value: Any) -> Any:
+    # FFmpeg options are strings, but `stimeout = 5000000` in TOML is an int.
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+# --- secrets in URLs -------------------------------------------------------------
+
+# Greedy up to the last '@' before whitespace: over-redacting a rare URL with
+# '@' in its path is better than leaking a password that contains '/'.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):(\S*)@")
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it
+    replaced by ``***`` (the user name is kept). Use it on anything logged."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``; the same as :func:`scrub`."""
+    return scrub(url)
+
+
+def _split_userinfo(url: str) -> tuple[str | None, str | None, str]:
+    """(user, password, url without them), percent-decoded, splitting as urlsplit does."""
+    scheme, sep, rest = url.partition("://")
+    end = len(rest)
+    for stop in "/?#":
+        if stop in rest:
+            end = min(end, rest.index(stop))
+    userinfo, at, hostport = rest[:end].rpartition("@")
+    if not sep or not at:
+        return None, None, url
+    user, colon, password = userinfo.partition(":")
+    return unquote(user), unquote(password) if colon else None, f"{scheme}://{hostport}{rest[end:]}"
+
+
+# --- helpers for validators ------------------------------------------------------
+
+
+def _context(info: ValidationInfo) -> dict[str, Any]:
+    return info.context if isinstance(info.context, dict) else {}
+
+
+def _resolve(path: Path, info: ValidationInfo) -> Path:
+    base = _context(info).get("base_dir")
+    if base is None or path.is_absolute():
+        return path
+    return Path(os.path.normpath(Path(base) / path))
+
+
+def _invalid(
+    problems: Sequence[tuple[str | tuple[str, ...], str]], title: str, data: Any = None
+) -> ValidationError:
+    """A ValidationError with one custom error per (key or key path, message); pydantic
+    merges it into the enclosing model's errors with the key path prefixed."""
+    details = [
+        InitErrorDetails(
+            type=PydanticCustomError("edged", message),
+            loc=key if isinstance(key, tuple) else (key,),
+            input=data,
+        )
+        for key, message in problems
+    ]
+    return ValidationError.from_exception_data(title, details)
+
+
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
+    hint = difflib.get_close_matches(key, list(known), n=1)
+    return f" (did you mean {hint[0]!r}?)" if hint else ""
+
+
+def _explain_unknown(
+    exc: ValidationError, known: Iterable[str], hints: dict[str, str], title: str
+) -> ValidationError | None:
+    """``exc`` with its top-level unknown-key errors given a did-you-mean, or None if
+    there are none. Every error is rebuilt as a custom one keeping its message."""
+    errors = exc.errors()
+    if not any(e["type"] == "extra_forbidden" and len(e["loc"]) == 1 for e in errors):
+        return None
+    known = list(known)
+    details = []
+    for err in errors:
+        kind, msg = err["type"], err["msg"]
+        if kind == "extra_forbidden" and len(err["loc"]) == 1:
+            key = str(err["loc"][0])
+            # A new type, so enclosing models leave the message alone.
+            kind, msg = "unknown_key", hints.get(key) or f"unknown key{_did_you_mean(key, known)}"
+        details.append(
+            InitErrorDetails(
+                type=PydanticCustomError(kind, msg), loc=err["loc"], input=err["input"]
+            )
+        )
+    return ValidationError.from_exception_data(title, details)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+
+    _key_hints: ClassVar[dict[str, str]] = {}
+    """Messages for keys that are not allowed here, instead of a did-you-mean."""
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _unknown_keys(cls, data: Any, handler: ModelWrapValidatorHandler[Self]) -> Self:
+        try:
+            return handler(data)
+        except ValidationError as exc:
+            better = _explain_unknown(exc, cls.model_fields, cls._key_hints, cls.__name__)
+            if better is None:
+                raise
+            raise better from None
+
+
+# --- sections ----------------------------------------------------------------------
+
+
+class EventsConfig(_Model):
+    """``[events]``: the JSONL event log."""
+
+    path: Path = Field(
+        Path("events/events.jsonl"),
+        validate_default=True,
+        description="JSONL file events are appended to (relative to the config file's folder).",
+    )
+    max_bytes: ByteSize = Field(
+        10 * 1024**2, ge=4096, description="Size at which the file is rotated ('10MiB', '512k')."
+    )
+    backups: int = Field(5, ge=0, le=1000, description="Rotated files kept (events.jsonl.1 ...).")
+    fsync: Literal["always", "interval", "never"] = Field(
+        "interval", description="When events are fsync'ed: after each, every interval, or never."
+    )
+    fsync_interval: Duration = Field(
+        1.0, ge=0.01, le=3600, description="Time between fsyncs when fsync = 'interval'."
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+def _split_listen(listen: str) -> tuple[str, int]:
+    if listen.startswith("["):
+        host, sep, port = listen[1:].partition("]:")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("invalid IPv6 address in brackets") from None
+    else:
+        host, sep, port = listen.rpartition(":")
+        if ":" in host:
+            raise ValueError("write an IPv6 address in brackets: '[::1]:9850'")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError("expected 'host:port' with a port 0-65535, e.g. '127.0.0.1:9850'")
+    return host, int(port)
+
+
+def _check_listen(value: str) -> str:
+    _split_listen(value)
+    return value
+
+
+class MetricsConfig(_Model):
+    """``[metrics]``: the Prometheus metrics and health HTTP endpoint."""
+
+    enabled: bool = Field(True, description="Serve /metrics and /health over HTTP.")
+    listen: Annotated[str, AfterValidator(_check_listen)] = Field(
+        "127.0.0.1:9850", description="'host:port' to listen on; '[::1]:9850' for IPv6."
+    )
+
+    @property
+    def host(self) -> str:
+        return _split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return _split_listen(self.listen)[1]
+
+
+class LoggingConfig(_Model):
+    """``[logging]``."""
+
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Least severe level logged."
+    )
+    format: Literal["auto", "human", "journal"] = Field(
+        "auto",
+        description="'journal': syslog priority prefixes, no timestamps; 'human': timestamps; "
+        "'auto': journal when stderr goes to the systemd journal.",
+    )
+
+
+class DaemonConfig(_Model):
+    """``[daemon]``: the supervisor."""
+
+    state_dir: Path = Field(
+        Path("state"),
+        validate_default=True,
+        description="Folder for runtime state (relative to the config file's folder).",
+    )
+    stop_timeout: Duration = Field(
+        5.0, ge=0.5, le=300, description="Grace period for children on stop before SIGKILL."
+    )
+
+    @field_validator("state_dir")
+    @classmethod
+    def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
+        return _resolve(value, info)
+
+
+# --- processors ----------------------------------------------------------------------
+
+
+class ProcessorConfig(_Model):
+    """``[cameras.NAME.processor]``: ``type`` and the processor's own options beside it."""
+
+    type: str = Field(
+        min_length=1,
+        description="Built-in or registered processor name, or 'package.module:ClassName'.",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="The options, validated by the processor's Options."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _validate_options(cls, data: Any, info: ValidationInfo) -> Any:
+        if isinstance(data, str):
+            data = {"type": data}  # processor = "motion"
+        if not isinstance(data, dict):
+            return data
+        if not isinstance(data.get("type"), str):
+            return {"type": data["type"]} if "type" in data else {}
+        options = {k: v for k, v in data.items() if k != "type"}
+        try:
+            processor = resolve_processor(data["type"])
+        except PluginError as exc:
+            raise _invalid([("type", str(exc))], cls.__name__) from None
+        model = processor.Options
+        if set(options) == {"options"} and "options" not in model.model_fields:
+            options = options["options"]  # the shape model_dump() gives
+        try:
+            validated = model.model_validate(options, context=info.context)
+        except ValidationError as exc:
+            raise (_explain_unknown(exc, model.model_fields, {}, cls.__name__) or exc) from None
+        return {"type": data["type"], "options": validated.model_dump()}
+
+    def build_options(self) -> BaseModel:
+        """The options as an instance of the processor's ``Options`` model."""
+        return resolve_processor(self.type).Options.model_validate(self.options)
+
+
+def _null_processor() -> ProcessorConfig:
+    return ProcessorConfig(type="null")
+
+
+# --- cameras -------------------------------------------------------------------------
+
+_CAMERA_NAME = re.compile(r"[a-z0-9_-]+")
+_PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
+_V4L2 = re.compile(r"\d+|/dev/.+")
+_FFMPEG_SCHEMES = {"http", "https", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp", "mmsh", "mmst"}
+_PASSWORD_FIELDS = ("password", "password_file", "password_credential")
+
+
+def source_kind(source: str) -> SourceKind:
+    """What kind of source ``source`` names (see :attr:`CameraConfig.source_kind`)."""
+    if source == "synthetic":
+        return "synthetic"
+    scheme = source.partition("://")[0].lower() if "://" in source else ""
+    if scheme in ("rtsp", "rtsps"):
+        return "rtsp"
+    if scheme:
+        return "url"
+    if _V4L2.fullmatch(source):
+        return "v4l2"
+    if _PLUGIN.fullmatch(source):
+        return "plugin"
+    return "file"
+
+
+def _read_secret(path: Path) -> str:
+    """The first line of ``path``; errors name the file, never its content."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ValueError(f"file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ValueError(f"cannot read {path}: {reason}") from None
+    secret = text.rstrip("\r\n")
+    if not secret:
+        raise ValueError(f"file is empty: {path}")
+    return secret
+
+
+def _credential_path(name: str, info: ValidationInfo) -> Path:
+    folder = _context(info).get("credentials_dir") or os.environ.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        raise ValueError(
+            "$CREDENTIALS_DIRECTORY is not set (systemd's LoadCredential= sets it); "
+            "use password_file outside systemd"
+        )
+    return Path(folder) / name
+
+
+class _CameraSettings(_Model):
+    """What a camera table and ``[defaults]`` may both set."""
+
+    source_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a plugin source's constructor."
+    )
+    username: str | None = Field(None, min_length=1, description="User name for the source URL.")
+    password: SecretStr | None = Field(
+        None, min_length=1, description="Password for the source URL (prefer password_file)."
+    )
+    password_file: Path | None = Field(
+        None, description="File whose first line is the password (relative to the config)."
+    )
+    password_credential: str | None = Field(
+        None,
+        min_length=1,
+        description="Name of a file in $CREDENTIALS_DIRECTORY holding the password "
+        "(systemd LoadCredential=).",
+    )
+    transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
+    open_timeout: Duration = Field(
+        10.0, ge=0.1, le=300, description="Time allowed to open the source."
+    )
+    read_timeout: Duration = Field(
+        5.0, ge=0.1, le=300, description="Time allowed for one frame read before giving up."
+    )
+    decoder_threads: int = Field(
+        1, ge=0, le=16, description="FFmpeg decoder threads; 0 lets FFmpeg choose."
+    )
+    ffmpeg_options: dict[str, Annotated[str, BeforeValidator(_scalar_to_str)]] = Field(
+        default_factory=dict, description="Extra FFmpeg demuxer options (OpenCV's FFmpeg backend)."
+    )
+    width: int | None = Field(
+        None, ge=16, le=7680, description="Frame width: synthetic size, V4L2 requested mode."
+    )
+    height: int | None = Field(
+        None, ge=16, le=4320, description="Frame height: synthetic size, V4L2 requested mode."
+    )
+    fps: float | None = Field(
+        None, gt=0, le=240, description="Frame rate: synthetic rate, V4L2 mode, file override."
+    )
+    loop: bool = Field(True, description="Files: start again at the end.")
+    realtime: bool = Field(True, description="Files: pace reading at the native frame rate.")
+    stale_after: Duration = Field(
+        5.0, ge=0.1, le=3600, description="No new frame for this long marks the camera stale."
+    )
+    restart_delay: Duration = Field(
+        1.0, ge=0, le=600, description="Wait before the first restart of a failed reader."
+    )
+    restart_max_delay: Duration = Field(
+        30.0, ge=0, le=3600, description="Ceiling of the exponential restart backoff."
+    )
+    processor: ProcessorConfig = Field(
+        default_factory=_null_processor,
+        description="The processor: 'type' plus its options; replaced as a whole, not merged.",
+    )
+
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("password_file")
+    @classmethod
+    def _check_password_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            value = _resolve(value, info)
+            _read_secret(value)
+        return value
+
+    @field_validator("password_credential")
+    @classmethod
+    def _check_credential(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            if "/" in value or value in (".", ".."):
+                raise ValueError("expected a credential name, not a path")
+            _read_secret(_credential_path(value, info))
+        return value
+
+    def _password_problems(self, url_password: bool = False) -> list[tuple[str, str]]:
+        given = [f for f in _PASSWORD_FIELDS if getattr(self, f) is not None]
+        if len(given) + url_password <= 1:
+            return []
+        names = ", ".join(given + ["a password in the source URL"] * url_password)
+        return [(given[-1], f"give only one password source; found: {names}")]
+
+    def _load_secret(self, info: ValidationInfo) -> None:
+        if self.password_file is not None:
+            self._secret = SecretStr(_read_secret(self.password_file))
+        elif self.password_credential is not None:
+            path = _credential_path(self.password_credential, info)
+            self._secret = SecretStr(_read_secret(path))
+
+    def password_value(self) -> str | None:
+        """The password from whichever field gave it, or None. Keep it out of logs."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return self._secret.get_secret_value() if self._secret is not None else None
+
+
+class CameraDefaults(_CameraSettings):
+    """``[defaults]``: settings every camera inherits unless it sets them itself."""
+
+    _key_hints: ClassVar[dict[str, str]] = {
+        "source": "set the source in each [cameras.NAME] table, not in [defaults]",
+        "name": "a camera's name is its table name",
+    }
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Self:
+        if problems := self._password_problems():
+            raise _invalid(problems, type(self).__name__)
+        self._load_secret(info)
+        return self
+
+
+class CameraConfig(_CameraSettings):
+    """``[cameras.NAME]``: one camera, with ``[defaults]`` merged in."""
+
+    name: str = Field(description="The camera's name, from its table name.")
+    source: str = Field(
+        description="'synthetic', an rtsp:// or other URL, /dev/videoN or a device number, "
+        "'package.module:ClassName' for a plugin source, or a video file.",
+    )
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _number_to_device(cls, value: Any) -> Any:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+    @field_validator("source")
+    @classmethod
+    def _check_source(cls, value: str, info: ValidationInfo) -> str:
+        kind = source_kind(value)
+        if kind in ("rtsp", "url"):
+            scheme = value.partition("://")[0].lower()
+            if kind == "url" and scheme not in _FFMPEG_SCHEMES:
+                allowed = ", ".join(sorted({"rtsp", "rtsps", *_FFMPEG_SCHEMES}))
+                raise ValueError(f"unsupported URL scheme {scheme!r}; use one of: {allowed}")
+            try:
+                parts = urlsplit(value)
+                parts.port  # noqa: B018 - raises ValueError on a bad port
+            except ValueError:
+                raise ValueError("invalid URL: bad host or port") from None
+            if not parts.hostname:
+                raise ValueError("invalid URL: no host")
+        elif kind == "file":
+            path = _resolve(Path(value), info)
+            # '%d' patterns name image sequences (img_%04d.png), which no single file matches.
+            if not re.search(r"%\d*d", value) and not path.is_file():
+                problem = "not a file" if path.exists() else "file not found"
+                raise ValueError(f"{problem}: {path}")
+            return str(path)
+        return value
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Self:
+        user, url_password, bare = _split_userinfo(self.source)
+        if self.source_kind not in ("rtsp", "url"):
+            user = url_password = None
+        problems = self._password_problems(url_password is not None)
+        if user and self.username is not None and user != self.username:
+            problems.append(("username", "a different user name is in the source URL"))
+        if (self.width is None) != (self.height is None):
+            missing = "height" if self.height is None else "width"
+            problems.append((missing, "give both width and height, or neither"))
+        if self.restart_max_delay < self.restart_delay:
+            problems.append(("restart_max_delay", "must not be less than restart_delay"))
+        if problems:
+            raise _invalid(problems, type(self).__name__)
+        if user is not None:
+            # Credentials move out of `source`, so no repr or dump can show them.
+            self.source = bare
+            self.username = user or self.username
+            if url_password is not None:
+                self.password = SecretStr(url_password)
+        self._load_secret(info)
+        return self
+
+    @property
+    def source_kind(self) -> SourceKind:
+        """``synthetic``, ``rtsp``, ``url`` (other FFmpeg URLs), ``v4l2``, ``plugin`` or
+        ``file``."""
+        return source_kind(self.source)
+
+    @property
+    def display_source(self) -> str:
+        """The source for logs and status: any password shown as ``***``."""
+        return self.source_url(with_credentials=False)
+
+    def source_url(self, with_credentials: bool = False) -> str:
+        """The source with the user name and password inserted (percent-encoded) for
+        URL sources; the password is ``***`` unless ``with_credentials``. Only the
+        reader process asks for the real one."""
+        password = self.password_value()
+        if self.source_kind not in ("rtsp", "url") or (self.username is None and not password):
+            return self.source
+        scheme, _, rest = self.source.partition("://")
+        userinfo = quote(self.username or "", safe="")
+        if password is not None:
+            userinfo += ":" + (quote(password, safe="") if with_credentials else "***")
+        return f"{scheme}://{userinfo}@{rest}"
+
+
+def _check_camera_name(name: str) -> str:
+    if not _CAMERA_NAME.fullmatch(name):
+        raise ValueError("a camera name may contain only a-z, 0-9, '_' and '-'")
+    return name
+
+
+CameraName = Annotated[str, AfterValidator(_check_camera_name)]
+
+
+# --- the whole file ------------------------------------------------------------------
+
+_SECTIONS = ("events", "metrics", "logging", "daemon", "defaults")
+
+
+class Config(_Model):
+    """The validated configuration. Build it with :func:`load_config`."""
+
+    events: EventsConfig = Field(default_factory=EventsConfig, description="[events]")
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig, description="[metrics]")
+    logging: LoggingConfig = Field(default_factory=LoggingConfig, description="[logging]")
+    daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="[daemon]")
+    defaults: CameraDefaults = Field(
+        default_factory=CameraDefaults, description="[defaults], as validated on its own."
+    )
+    cameras: dict[CameraName, CameraConfig] = Field(
+        default_factory=dict, validate_default=True, description="[cameras.NAME] tables."
+    )
+
+    _path: Path = PrivateAttr(default=Path("edged.toml"))
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def path(self) -> Path:
+        """The config file (absolute)."""
+        return self._path
+
+    @property
+    def base_dir(self) -> Path:
+        """The folder relative paths in the file were resolved against."""
+        return self._base_dir
+
+    @model_validator(mode="before")
+    @classmethod
+    def _inherit_defaults(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        # Sections left out are validated too, so their relative paths are resolved.
+        data = {**{k: {} for k in _SECTIONS}, **data}
+        defaults, cameras = data["defaults"], data.get("cameras")
+        if not isinstance(defaults, dict) or not isinstance(cameras, dict):
+            return data
+        try:
+            CameraDefaults.model_validate(defaults, context=info.context)
+            bad: set[Any] = set()
+        except ValidationError as exc:
+            # Reported once, at defaults.KEY; the cameras fall back to the built-in value.
+            bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
+        inherit = {k: v for k, v in defaults.items() if k not in bad}
+        merged: dict[Any, Any] = {}
+        for name, table in cameras.items():
+            if not isinstance(table, dict):
+                merged[name] = table
+                continue
+            own = dict(inherit)
+            user, password, _ = _split_userinfo(str(table.get("source", "")))
+            # A camera that gives its own password replaces the inherited one,
+            # whichever of the three fields each uses.
+            if password is not None or any(f in table for f in _PASSWORD_FIELDS):
+                for f in _PASSWORD_FIELDS:
+                    own.pop(f, None)
+            if user:
+                own.pop("username", None)
+            merged[name] = {**own, "name": name, **table}
+        return {**data, "cameras": merged}
+
+    @field_validator("cameras")
+    @classmethod
+    def _at_least_one(cls, value: dict[str, CameraConfig]) -> dict[str, CameraConfig]:
+        if not value:
+            raise ValueError("no cameras: add a [cameras.NAME] table with a source")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Self:
+        renamed = [k for k, camera in self.cameras.items() if camera.name != k]
+        if renamed:
+            message = "'name' cannot be set; a camera's name is its table name"
+            raise _invalid([(("cameras", k, "name"), message) for k in renamed], "Config")
+        context = _context(info)
+        if "path" in context:
+            self._path = Path(context["path"])
+            self._base_dir = Path(context["base_dir"])
+        return self
+
+
+# --- loading and error reports -----------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read and validate the config file at ``path``; raise :class:`ConfigError`."""
+    name = os.fspath(path)
+    try:
+        text = Path(name).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise ConfigError(name, [f"{name}: file not found"]) from None
+    except OSError as exc:
+        raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(name, [f"{name}: not UTF-8 text (byte {exc.start})"]) from None
+    return parse_config(text, name)
+
+
+def camera_from_dict(
+    name: str, options: Mapping[str, Any], base_dir: str | os.PathLike[str] | None = None
+) -> CameraConfig:
+    """One camera from keyword options (as in a ``[cameras.NAME]`` table), for using
+    the reader as a library; relative paths are resolved against ``base_dir`` (default:
+    the current folder). Raises :class:`ConfigError` naming the camera."""
+    base = Path(os.path.abspath(base_dir if base_dir is not None else os.curdir))
+    label = f"camera {name!r}"
+    try:
+        _check_camera_name(name)
+        return CameraConfig.model_validate({"name": name, **options}, context={"base_dir": base})
+    except ValueError as exc:  # ValidationError is a ValueError
+        if not isinstance(exc, ValidationError):
+            raise ConfigError(label, [f"{label}: {exc}"]) from None
+        raise ConfigError(label, _problems(label, exc, {})) from None
+
+
+def parse_config(text: str, path: str | os.PathLike[str]) -> Config:
+    """Validate TOML ``text`` as if read from ``path`` (which relative paths in it
+    are resolved against); raise :class:`ConfigError` listing every problem."""
+    name = os.fspath(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, [_syntax_problem(name, str(exc))]) from None
+    file = Path(os.path.abspath(name))
+    context = {"path": file, "base_dir": file.parent}
+    try:
+        return Config.model_validate(data, context=context)
+    except ValidationError as exc:
+        raise ConfigError(name, _problems(name, exc, _key_lines(text))) from None
+
+
+def _syntax_problem(name: str, message: str) -> str:
+    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
+    if not match:
+        return f"{name}: TOML syntax error: {message}"
+    reason = message[: match.start()]
+    return f"{name}:{match[1]}: TOML syntax error: {reason} (column {match[2]})"
+
+
+_MESSAGES = {
+    "missing": "required key is missing",
+    "model_type": "expected a table",
+    "model_attributes_type": "expected a table",
+    "dict_type": "expected a table",
+}
+_PREFIXES = ("Value error, ", "Assertion failed, ")
+
+
+def _problems(
+    name: str, exc: ValidationError, lines: dict[tuple[str | int, ...], int]
+) -> list[str]:
+    found: list[tuple[int | None, str]] = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if p != "[key]")
+        msg = _MESSAGES.get(err["type"], err["msg"])
+        for prefix in _PREFIXES:
+            msg = msg.removeprefix(prefix)
+        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
+        where = f"{name}:{line}" if line else name
+        key = _dotted(loc)
+        problem = f"{where}: {key}: {msg}" if key else f"{where}: {msg}"
+        if all(problem != p for _, p in found):
+            found.append((line, problem))
+    found.sort(key=lambda f: (f[0] is None, f[0] or 0))
+    return [p for _, p in found]
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(loc: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + (part if _BARE_KEY.fullmatch(part) else json.dumps(part))
+    return out
+
+
+_SCALAR = re.compile(r"[^,\]}\n#]+")
+
+
+class _Stop(Exception):
+    pass
+
+
+class _KeyScanner:
+    """Maps dotted key paths to 1-based line numbers in valid TOML text, which tomllib
+    does not report. It is approximate by design: on anything unexpected it stops,
+    keeping what it found, and the error report falls back to an enclosing table."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.lines: dict[tuple[str | int, ...], int] = {}
+        self._starts = [0] + [m.end() for m in re.finditer("\n", text)]
+
+    def scan(self) -> dict[tuple[str | int, ...], int]:
+        table: tuple[str | int, ...] = ()
+        arrays: dict[tuple[str | int, ...], int] = {}
+        try:
+            while True:
+                self._skip(newlines=True)
+                if self.pos >= len(self.text):
+                    break
+                start = self.pos
+                if self._peek() == "[":
+                    double = self.text.startswith("[[", self.pos)
+                    self.pos += 2 if double else 1
+                    key = self._key()
+                    self._record(key, start)
+                    if double:
+                        table = (*key, arrays.get(key, 0))
+                        arrays[key] = arrays.get(key, 0) + 1
+                        self._record(table, start)
+                    else:
+                        table = key
+                else:
+                    path = (*table, *self._key())
+                    self._record(path, start)
+                    self._expect("=")
+                    self._value(path)
+                self._to_line_end()
+        except (_Stop, IndexError):
+            pass
+        return self.lines
+
+    def _record(self, path: tuple[str | int, ...], pos: int) -> None:
+        line = bisect.bisect_right(self._starts, pos)
+        for n in range(1, len(path) + 1):
+            self.lines.setdefault(path[:n], line)
+
+    def _peek(self) -> str:
+        return self.text[self.pos : self.pos + 1]
+
+    def _skip(self, newlines: bool = False) -> bool:
+        while True:
+            c = self._peek()
+            if c in (" ", "\t", "\r") or (newlines and c == "\n"):
+                self.pos += 1
+            elif c == "#" and newlines:
+                self._to_line_end()
+            else:
+                return False
+
+    def _to_line_end(self) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end + 1
+
+    def _expect(self, char: str) -> None:
+        self._skip()
+        if self._peek() != char:
+            raise _Stop
+        self.pos += 1
+
+    def _key(self) -> tuple[str, ...]:
+        parts: list[str] = []
+        while True:
+            self._skip()
+            c = self._peek()
+            if c in ('"', "'"):
+                start = self.pos
+                self._string()
+                raw = self.text[start : self.pos]
+                try:
+                    parts.append(json.loads(raw) if c == '"' else raw[1:-1])
+                except ValueError:
+                    parts.append(raw[1:-1])
+            else:
+                match = _BARE_KEY.match(self.text, self.pos)
+                if not match:
+                    raise _Stop
+                parts.append(match[0])
+                self.pos = match.end()
+            self._skip()
+            if self._peek() != ".":
+                return tuple(parts)
+            self.pos += 1
+
+    def _string(self) -> None:
+        quote_char = self._peek()
+        triple = quote_char * 3
+        if self.text.startswith(triple, self.pos):
+            i = self.pos + 3
+            while True:
+                i = self.text.index(triple, i)
+                escapes = 0
+                while quote_char == '"' and self.text[i - 1 - escapes] == "\\":
+                    escapes += 1
+                if escapes % 2 == 0:
+                    break
+                i += 1
+            # Up to two quotes just before the closing three belong to the string.
+            end = i + 3
+            while end < i + 5 and self.text[end : end + 1] == quote_char:
+                end += 1
+            self.pos = end
+            return
+        i = self.pos + 1
+        while self.text[i] != quote_char:
+            if self.text[i] == "\n":
+                raise _Stop
+            i += 2 if quote_char == '"' and self.text[i] == "\\" else 1
+        self.pos = i + 1
+
+    def _value(self, path: tuple[str | int, ...]) -> None:
+        self._skip()
+        c = self._peek()
+        if c in ('"', "'"):
+            self._string()
+        elif c in ("[", "{"):
+            self.pos += 1
+            index = 0
+            while True:
+                self._skip(newlines=True)
+                if self._peek() in ("]", "}"):
+                    self.pos += 1
+                    return
+                start = self.pos
+                if c == "[":
+                    self._record((*path, index), start)
+                    self._value((*path, index))
+                    index += 1
+                else:
+                    key = (*path, *self._key())
+                    self._record(key, start)
+                    self._expect("=")
+                    self._value(key)
+                self._skip(newlines=True)
+                if self._peek() == ",":
+                    self.pos += 1
+                elif self._peek() not in ("]", "}"):
+                    raise _Stop
+        else:
+            match = _SCALAR.match(self.text, self.pos)
+            if not match:
+                raise _Stop
+            self.pos = match.end()
+
+
+def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
+    return _KeyScanner(text).scan()

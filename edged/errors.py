@@ -1,0 +1,40 @@
+"""The error hierarchy and exit codes.
+
+Every error a user can cause carries a message that names what is wrong and
+where; the CLI prints it and exits with the matching code.
+"""
+
+from __future__ import annotations
+
+EX_OK = 0
+EX_SOFTWARE = 70  # an internal error: a bug, or a failure we did not foresee
+EX_CONFIG = 78  # sysexits EX_CONFIG; units mark it RestartPreventExitStatus=78
+
+
+class EdgedError(Exception):
+    """Base class for errors edged reports to users."""
+
+    exit_code = EX_SOFTWARE
+
+
+class ConfigError(EdgedError):
+    """The configuration is invalid. ``problems`` holds one line per mistake."""
+
+    exit_code = EX_CONFIG
+
+    def __init__(self, path: str, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        n = len(problems)
+        head = f"{path}: {n} error{'s' if n != 1 else ''} in configuration"
+        super().__init__("\n".join([head, *(f"  {p}" for p in problems)]))
+
+
+class SourceError(EdgedError):
+    """A video source could not be opened or read."""
+
+
+class PluginError(EdgedError):
+    """A processor or source plugin could not be found, loaded or set up."""
+
+    exit_code = EX_CONFIG

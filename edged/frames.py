@@ -1,0 +1,439 @@
+"""The latest-frame slot: how a reader hands frames to a worker through shared memory.
+
+One slot per camera, one writer (the reader process) and one consumer (the
+worker process). It is a triple buffer: the writer always has a free buffer to
+decode into (neither the newest published one nor the one the consumer holds),
+so the writer never waits for the consumer, the consumer never sees a torn
+frame, and nothing is copied on the way: the reader decodes straight into the
+buffer and the worker processes it in place.
+
+Two shared-memory segments per slot:
+
+* the *control* segment (fixed size, created by the owner of the slot: the
+  supervisor or :class:`~edged.capture.LatestFrameCapture`) holds the buffer
+  table, the handshake fields and the children's heartbeats and counters;
+* the *data* segment (three frame buffers) is created by the writer once it
+  knows the frame size, and replaced by a new *generation* when a frame no
+  longer fits (a camera came back at another resolution).
+
+The handshake fields are only changed under an ``flock`` on the control
+segment: the kernel drops the lock when its holder dies, so a reader killed at
+any instant cannot wedge the worker. The consumer sleeps on a pipe (the
+doorbell) that the writer pokes after each publish: no busy-waiting.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import mmap
+import multiprocessing
+import os
+import secrets
+import select
+import time
+from collections.abc import Iterator
+from multiprocessing import resource_tracker
+
+import numpy as np
+
+SHM_DIR = "/dev/shm"
+PREFIX = "edged"
+NBUF = 3
+_MAGIC = 0x45444745_44534C54  # "EDGEDSLT"
+_VERSION = 1
+
+# int64 fields of the control segment
+_I_MAGIC, _I_VERSION, _I_GEN, _I_CAPACITY, _I_LATEST_SEQ, _I_LATEST_IDX = range(6)
+_I_READING_IDX, _I_READING_GEN, _I_WAITING = 6, 7, 8
+_I_BUF = 16  # + 4 * buffer: seq, height, width, channels
+_N_I64 = 64
+# float64 fields: per-buffer timestamps, then the children's status records
+_F_BUF = 0  # + 2 * buffer: wall-clock time, monotonic time
+_F_READER = 16
+_F_WORKER = 40
+_N_F64 = 64
+CONTROL_SIZE = 8 * (_N_I64 + _N_F64)
+
+# Status records: float64 fields written by one child, read by the supervisor.
+# Aligned 8-byte stores are atomic on the platforms we run on, so no lock.
+READER_FIELDS = (
+    "pid",
+    "heartbeat",  # time.monotonic() of the last sign of life outside native calls
+    "state",  # a ReaderState code
+    "frames",  # frames published
+    "last_frame",  # time.monotonic() of the last publish
+    "last_frame_wall",
+    "opens",  # successful opens of the source
+    "open_failures",
+    "width",
+    "height",
+    "fps",  # measured, exponentially smoothed
+    "state_since",  # time.monotonic() of the last state change
+)
+WORKER_FIELDS = (
+    "pid",
+    "heartbeat",
+    "frames",  # frames processed
+    "skipped",  # frames published but replaced before the worker looked
+    "errors",  # processor exceptions
+    "events",
+    "busy_since",  # time.monotonic() when process() was entered, 0 when idle
+    "last_age",  # seconds: frame age at the start of the last process()
+    "last_processing",  # seconds spent in the last process()
+)
+
+
+def segment_path(name: str) -> str:
+    return os.path.join(SHM_DIR, name)
+
+
+def new_slot_name(camera: str) -> str:
+    """A name unique to this process and slot, recognisable when left over."""
+    return f"{PREFIX}_{os.getpid()}_{camera}_{secrets.token_hex(3)}"
+
+
+def _create_segment(name: str, size: int) -> mmap.mmap:
+    fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        os.ftruncate(fd, size)
+        mm = mmap.mmap(fd, size)
+    except BaseException:
+        os.close(fd)
+        unlink_segment(name)
+        raise
+    os.close(fd)
+    # The resource tracker (shared by the whole process tree under `spawn`)
+    # unlinks the segment if every process using it dies without doing so.
+    resource_tracker.register("/" + name, "shared_memory")
+    return mm
+
+
+def _attach_segment(name: str) -> mmap.mmap:
+    fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC)
+    try:
+        return mmap.mmap(fd, 0)
+    finally:
+        os.close(fd)
+
+
+def unlink_segment(name: str) -> bool:
+    """Remove a segment by name; True if it existed. Safe to call from any process."""
+    try:
+        os.unlink(segment_path(name))
+    except FileNotFoundError:
+        return False
+    with contextlib.suppress(Exception):
+        resource_tracker.unregister("/" + name, "shared_memory")
+    return True
+
+
+def data_segment_name(control_name: str, gen: int) -> str:
+    return f"{control_name}_d{gen}"
+
+
+def leftover_segments() -> list[str]:
+    """edged segments whose creating process no longer exists."""
+    found = []
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return []
+    for name in names:
+        parts = name.split("_")
+        if parts[0] != PREFIX or len(parts) < 4 or not parts[1].isdigit():
+            continue
+        try:
+            os.kill(int(parts[1]), 0)
+        except ProcessLookupError:
+            found.append(name)
+        except PermissionError:
+            pass
+    return found
+
+
+class _Control:
+    """Typed views of a control segment, attached in this process."""
+
+    def __init__(self, name: str, mm: mmap.mmap) -> None:
+        self.name = name
+        self.mm = mm
+        self.i64 = np.frombuffer(mm, dtype=np.int64, count=_N_I64, offset=0)
+        self.f64 = np.frombuffer(mm, dtype=np.float64, count=_N_F64, offset=8 * _N_I64)
+        # Our own open file description, so flock excludes the other processes.
+        self._lock_fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        os.close(self._lock_fd)
+        del self.i64, self.f64
+        with contextlib.suppress(BufferError):
+            self.mm.close()
+
+
+class StatusRecord:
+    """Named float64 fields in the control segment (a child's status)."""
+
+    def __init__(self, f64: np.ndarray, base: int, fields: tuple[str, ...]) -> None:
+        self._f64 = f64
+        self._index = {f: base + i for i, f in enumerate(fields)}
+
+    def __getitem__(self, field: str) -> float:
+        return float(self._f64[self._index[field]])
+
+    def __setitem__(self, field: str, value: float) -> None:
+        self._f64[self._index[field]] = value
+
+    def add(self, field: str, n: float = 1) -> None:
+        self._f64[self._index[field]] += n
+
+    def snapshot(self) -> dict[str, float]:
+        return {f: float(self._f64[i]) for f, i in self._index.items()}
+
+    def clear(self) -> None:
+        for i in self._index.values():
+            self._f64[i] = 0.0
+
+
+class SlotOwner:
+    """Creates and removes a slot; lives in the supervisor (or a capture object).
+
+    Reads the children's status records, and cleans up whatever data segment a
+    dead writer left behind.
+    """
+
+    def __init__(self, camera: str) -> None:
+        self.name = new_slot_name(camera)
+        mm = _create_segment(self.name, CONTROL_SIZE)
+        self._ctl = _Control(self.name, mm)
+        self._ctl.i64[_I_MAGIC] = _MAGIC
+        self._ctl.i64[_I_VERSION] = _VERSION
+        self._ctl.i64[_I_LATEST_IDX] = -1
+        self._ctl.i64[_I_READING_IDX] = -1
+        # Connections, not raw fds: multiprocessing hands them to spawned children.
+        self.doorbell_r, self.doorbell_w = multiprocessing.get_context("spawn").Pipe(duplex=False)
+        os.set_blocking(self.doorbell_w.fileno(), False)
+        self.reader = StatusRecord(self._ctl.f64, _F_READER, READER_FIELDS)
+        self.worker = StatusRecord(self._ctl.f64, _F_WORKER, WORKER_FIELDS)
+
+    @property
+    def latest_seq(self) -> int:
+        return int(self._ctl.i64[_I_LATEST_SEQ])
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int] | None:
+        with self._ctl.locked():
+            idx = int(self._ctl.i64[_I_LATEST_IDX])
+            if idx < 0:
+                return None
+            b = _I_BUF + 4 * idx
+            h, w, c = (int(v) for v in self._ctl.i64[b + 1 : b + 4])
+        return (h, w, c)
+
+    def reap_writer(self) -> None:
+        """After the writer died: remove its data segment (the consumer keeps its mapping)."""
+        with self._ctl.locked():
+            gen = int(self._ctl.i64[_I_GEN])
+            self._ctl.i64[_I_LATEST_IDX] = -1
+        if gen:
+            unlink_segment(data_segment_name(self.name, gen))
+
+    def close(self) -> None:
+        """Remove everything; call after both children are gone."""
+        gen = int(self._ctl.i64[_I_GEN])
+        for g in range(max(1, gen - 1), gen + 1):
+            unlink_segment(data_segment_name(self.name, g))
+        self.doorbell_r.close()
+        self.doorbell_w.close()
+        del self.reader, self.worker
+        self._ctl.close()
+        unlink_segment(self.name)
+
+
+class _DataSegment:
+    def __init__(self, gen: int, mm: mmap.mmap, capacity: int) -> None:
+        self.gen = gen
+        self.mm = mm
+        self.capacity = capacity
+        self.flat = np.frombuffer(mm, dtype=np.uint8)
+
+    def view(self, idx: int, shape: tuple[int, ...]) -> np.ndarray:
+        n = int(np.prod(shape))
+        start = idx * self.capacity
+        return self.flat[start : start + n].reshape(shape)
+
+
+class SlotWriter:
+    """The reader's side: pick a free buffer, fill it, publish it."""
+
+    def __init__(self, name: str, doorbell_w: int) -> None:
+        self._ctl = _Control(name, _attach_segment(name))
+        if int(self._ctl.i64[_I_MAGIC]) != _MAGIC:
+            raise RuntimeError(f"shared memory {name!r} is not an edged slot")
+        self._doorbell = doorbell_w
+        self._data: _DataSegment | None = None
+        self._idx = -1
+        self._shape: tuple[int, ...] = ()
+        self.status = StatusRecord(self._ctl.f64, _F_READER, READER_FIELDS)
+
+    @property
+    def consumer_waiting(self) -> bool:
+        """True while the consumer sleeps waiting for a frame newer than it has."""
+        return bool(self._ctl.i64[_I_WAITING])
+
+    @property
+    def seq(self) -> int:
+        return int(self._ctl.i64[_I_LATEST_SEQ])
+
+    def _new_generation(self, capacity: int) -> None:
+        ctl = self._ctl
+        gen = int(ctl.i64[_I_GEN]) + 1
+        mm = _create_segment(data_segment_name(ctl.name, gen), NBUF * capacity)
+        old = self._data
+        self._data = _DataSegment(gen, mm, capacity)
+        with ctl.locked():
+            ctl.i64[_I_GEN] = gen
+            ctl.i64[_I_CAPACITY] = capacity
+            ctl.i64[_I_LATEST_IDX] = -1
+        # The consumer may still be reading the old buffers: unlinking drops
+        # only the name, its mapping stays valid until it lets go.
+        if old is not None:
+            unlink_segment(data_segment_name(ctl.name, old.gen))
+        elif gen > 1:  # left by a writer that died
+            unlink_segment(data_segment_name(ctl.name, gen - 1))
+
+    def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """A writable uint8 array of ``shape`` that no one else is looking at."""
+        nbytes = int(np.prod(shape))
+        if self._data is None or nbytes > self._data.capacity:
+            # Round up to whole pages so a slightly larger frame reuses it.
+            self._new_generation(-(-nbytes // mmap.PAGESIZE) * mmap.PAGESIZE)
+        data = self._data
+        assert data is not None
+        ctl = self._ctl
+        with ctl.locked():
+            busy = {int(ctl.i64[_I_LATEST_IDX])}
+            if int(ctl.i64[_I_READING_GEN]) == data.gen:
+                busy.add(int(ctl.i64[_I_READING_IDX]))
+        self._idx = next(i for i in range(NBUF) if i not in busy)
+        self._shape = shape
+        return data.view(self._idx, shape)
+
+    def publish(self, wall: float, mono: float, shape: tuple[int, ...] | None = None) -> int:
+        """Make the buffer last returned by :meth:`buffer` the newest frame."""
+        ctl = self._ctl
+        shape = shape or self._shape
+        h, w = shape[0], shape[1]
+        c = shape[2] if len(shape) > 2 else 1
+        b = _I_BUF + 4 * self._idx
+        with ctl.locked():
+            seq = int(ctl.i64[_I_LATEST_SEQ]) + 1
+            ctl.i64[b : b + 4] = (seq, h, w, c)
+            ctl.f64[_F_BUF + 2 * self._idx] = wall
+            ctl.f64[_F_BUF + 2 * self._idx + 1] = mono
+            ctl.i64[_I_LATEST_IDX] = self._idx
+            ctl.i64[_I_LATEST_SEQ] = seq
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._doorbell, b"\0")
+        self._idx = -1
+        return seq
+
+    def close(self) -> None:
+        """Remove this writer's data segment (the consumer keeps its mapping)."""
+        if self._data is not None:
+            unlink_segment(data_segment_name(self._ctl.name, self._data.gen))
+            self._data = None
+        del self.status
+        self._ctl.close()
+
+
+class SlotReader:
+    """The worker's side: sleep until a newer frame exists, hold it, release it."""
+
+    def __init__(self, name: str, doorbell_r: int) -> None:
+        self._ctl = _Control(name, _attach_segment(name))
+        if int(self._ctl.i64[_I_MAGIC]) != _MAGIC:
+            raise RuntimeError(f"shared memory {name!r} is not an edged slot")
+        self._doorbell = doorbell_r
+        os.set_blocking(doorbell_r, False)
+        self._poll = select.poll()
+        self._poll.register(doorbell_r, select.POLLIN)
+        self._data: _DataSegment | None = None
+        self.status = StatusRecord(self._ctl.f64, _F_WORKER, WORKER_FIELDS)
+
+    @property
+    def latest_seq(self) -> int:
+        return int(self._ctl.i64[_I_LATEST_SEQ])
+
+    def _drain(self) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while os.read(self._doorbell, 4096):
+                pass
+
+    def _attach(self, gen: int) -> bool:
+        if self._data is not None and self._data.gen == gen:
+            return True
+        try:
+            mm = _attach_segment(data_segment_name(self._ctl.name, gen))
+        except FileNotFoundError:  # replaced again, or its writer died: wait for the next
+            return False
+        self._data = _DataSegment(gen, mm, int(self._ctl.i64[_I_CAPACITY]))
+        return True
+
+    def acquire(self, after_seq: int, timeout: float) -> tuple[np.ndarray, int, float, float] | None:
+        """Wait up to ``timeout`` s for a frame newer than ``after_seq`` and hold it.
+
+        Returns ``(image, seq, wall, mono)``, the image a read-only view that
+        stays valid until the next :meth:`acquire` or :meth:`release`.
+        """
+        ctl = self._ctl
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain()
+            if int(ctl.i64[_I_LATEST_SEQ]) > after_seq and int(ctl.i64[_I_LATEST_IDX]) >= 0:
+                seq = h = w = c = 0
+                wall = mono = 0.0
+                with ctl.locked():
+                    idx = int(ctl.i64[_I_LATEST_IDX])
+                    gen = int(ctl.i64[_I_GEN])
+                    if idx >= 0:
+                        ctl.i64[_I_READING_IDX] = idx
+                        ctl.i64[_I_READING_GEN] = gen
+                        b = _I_BUF + 4 * idx
+                        seq, h, w, c = (int(v) for v in ctl.i64[b : b + 4])
+                        wall = float(ctl.f64[_F_BUF + 2 * idx])
+                        mono = float(ctl.f64[_F_BUF + 2 * idx + 1])
+                if idx >= 0 and self._attach(gen):
+                    assert self._data is not None
+                    image = self._data.view(idx, (h, w, c) if c > 1 else (h, w))
+                    image.flags.writeable = False
+                    return image, seq, wall, mono
+                # The segment was replaced or its writer died: the next publish
+                # or the supervisor's clean-up settles it; look again shortly.
+                wait = 0.05
+            else:
+                wait = timeout
+            remaining = min(deadline - time.monotonic(), wait)
+            if remaining <= 0:
+                return None
+            ctl.i64[_I_WAITING] = 1
+            try:
+                self._poll.poll(max(1, int(remaining * 1000)))
+            finally:
+                ctl.i64[_I_WAITING] = 0
+
+    def release(self) -> None:
+        self._ctl.i64[_I_READING_IDX] = -1
+
+    def close(self) -> None:
+        self.release()
+        self._data = None
+        del self.status
+        self._ctl.close()

@@ -1,0 +1,140 @@
+"""The processor plugin API and loader.
+
+A processor turns frames into events. Subclass :class:`Processor`, implement
+:meth:`Processor.process`, and name the class in the config::
+
+    [cameras.front.processor]
+    type = "mypackage.detect:PeopleCounter"   # or a registered or built-in name
+    threshold = 0.6                           # validated by PeopleCounter.Options
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import re
+from collections.abc import Iterable
+from importlib.metadata import entry_points
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from edged.errors import PluginError
+
+ENTRY_POINT_GROUP = "edged.processors"
+BUILTINS: dict[str, str] = {
+    "motion": "edged.processors.motion:MotionProcessor",
+    "null": "edged.processors.null:NullProcessor",
+}
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Frame:
+    """One decoded frame, as a processor sees it.
+
+    ``image`` is a view of shared memory, valid only during :meth:`Processor.process`:
+    copy it (``frame.image.copy()``) to keep it longer. Treat it as read-only.
+    """
+
+    image: np.ndarray
+    """HxWx3 BGR uint8 pixels."""
+    seq: int
+    """Sequence number from the reader, 1 for the first frame; gaps are frames skipped."""
+    timestamp: float
+    """Wall-clock time (seconds since the epoch) at which the grab returned."""
+    monotonic: float
+    """``time.monotonic()`` at the same instant; comparable across processes."""
+    camera: str = ""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Event:
+    """What a processor reports. ``type`` is a short dotted name like ``motion.start``."""
+
+    type: str
+    data: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+class NoOptions(BaseModel):
+    """Options of a processor that takes none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Processor:
+    """Base class for processors: implement :meth:`process`.
+
+    Declare options as a pydantic model in a nested ``Options`` class; the
+    config's ``[cameras.NAME.processor]`` table (less its ``type`` key) is
+    validated against it and the result is ``self.options``.
+
+    Each camera's processor runs in its own worker process. ``process`` is
+    called with the newest frame only; frames that arrived while it was busy
+    are skipped, never queued. An exception is logged and counted, and the
+    next frame is processed as usual.
+    """
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+
+    def __init__(self, options: BaseModel, camera: str) -> None:
+        self.options = options
+        self.camera = camera
+
+    def setup(self) -> None:
+        """Called once in the worker process before the first frame (load models here)."""
+
+    def process(self, frame: Frame) -> Iterable[Event]:
+        """Look at one frame and return (or yield) the events it shows."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Called once when the worker stops."""
+
+
+def _import_class(spec: str) -> type[Any]:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except Exception as exc:
+        raise PluginError(f"cannot import module {module_name!r}: {exc}") from exc
+    try:
+        obj = getattr(module, attr)
+    except AttributeError:
+        raise PluginError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if not isinstance(obj, type):
+        raise PluginError(f"{spec!r} is not a class")
+    return obj
+
+
+def _registered() -> dict[str, str]:
+    found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    return {**found, **BUILTINS}
+
+
+def processor_names() -> list[str]:
+    """Names usable as ``type``: built-ins and the ``edged.processors`` entry points."""
+    return sorted(_registered())
+
+
+def resolve_processor(type_name: str) -> type[Processor]:
+    """Find the processor class that ``type`` names, or raise :class:`PluginError`."""
+    registered = _registered()
+    if type_name in registered:
+        spec = registered[type_name]
+    elif _IMPORT_PATH.match(type_name):
+        spec = type_name
+    else:
+        hint = difflib.get_close_matches(type_name, registered, n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        known = ", ".join(sorted(registered))
+        raise PluginError(
+            f"unknown processor {type_name!r}{did}; use one of: {known}, "
+            "or 'package.module:ClassName'"
+        )
+    cls = _import_class(spec)
+    if not issubclass(cls, Processor):
+        raise PluginError(f"{spec!r} is not a subclass of edged.Processor")
+    return cls

@@ -1,0 +1,213 @@
+"""The reader process: decode one camera continuously into its latest-frame slot.
+
+A reader never waits for anyone: it grabs, stamps the capture time, decodes
+straight into a free buffer of the slot and publishes it. When the source is
+lost it reconnects with exponential backoff and jitter. It is a process, not a
+thread, because FFmpeg can block inside native code where Python cannot
+interrupt it; the supervisor then kills it (its heartbeat stops) and starts
+another.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+import random
+import signal
+import threading
+import time
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from edged.errors import EdgedError
+from edged.frames import SlotWriter
+from edged.logs import LogSettings, setup_logging
+from edged.sources import Source, open_source
+
+if TYPE_CHECKING:
+    from edged.config import CameraConfig
+
+log = logging.getLogger(__name__)
+
+EXIT_END_OF_STREAM = 3  # a file without loop=true played to its end: do not restart
+
+
+class ReaderState(enum.IntEnum):
+    STARTING = 0
+    CONNECTING = 1
+    STREAMING = 2
+    RECONNECTING = 3
+    ENDED = 4
+
+
+def set_parent_death_signal() -> None:
+    """Die with the supervisor (Linux): no reader outlives a SIGKILLed parent."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    except (OSError, AttributeError):
+        pass
+
+
+class Backoff:
+    """Exponential backoff with full jitter, reset after a stable period."""
+
+    def __init__(self, initial: float, maximum: float, stable_after: float = 30.0) -> None:
+        self.initial = initial
+        self.maximum = maximum
+        self.stable_after = stable_after
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        base = min(self.maximum, self.initial * (2**self.attempt))
+        self.attempt += 1
+        # Jitter in [base/2, base]: never a hot loop, and a fleet of cameras
+        # that dropped together does not reconnect in lockstep.
+        return base / 2 + random.random() * base / 2
+
+    def succeeded(self, ran_for: float) -> None:
+        if ran_for >= self.stable_after:
+            self.attempt = 0
+
+
+class Reader:
+    def __init__(self, cam: CameraConfig, writer: SlotWriter, stop: threading.Event) -> None:
+        self.cam = cam
+        self.writer = writer
+        self.status = writer.status
+        self.stop = stop
+        self.backoff = Backoff(cam.restart_delay, cam.restart_max_delay)
+        self._fps_last = 0.0
+
+    def set_state(self, state: ReaderState) -> None:
+        if int(self.status["state"]) != state:
+            self.status["state"] = state
+            self.status["state_since"] = time.monotonic()
+
+    def beat(self) -> None:
+        self.status["heartbeat"] = time.monotonic()
+
+    def run(self) -> int:
+        self.status["pid"] = os.getpid()
+        self.beat()
+        failures = 0
+        while not self.stop.is_set():
+            self.set_state(ReaderState.CONNECTING if failures == 0 else ReaderState.RECONNECTING)
+            source = open_source(self.cam)
+            started = time.monotonic()
+            try:
+                self.beat()
+                source.open()
+                self.status.add("opens")
+                if failures:
+                    log.info("camera %s: reconnected after %d attempts", self.cam.name, failures)
+                failures = 0
+                self.set_state(ReaderState.STREAMING)
+                ended = self.stream(source)
+                if ended:
+                    self.set_state(ReaderState.ENDED)
+                    log.info("camera %s: end of %s", self.cam.name, self.cam.display_source)
+                    return EXIT_END_OF_STREAM
+            except EdgedError as exc:
+                failures += 1
+                self.status.add("open_failures")
+                self.backoff.succeeded(time.monotonic() - started)
+                delay = self.backoff.next_delay()
+                # One line when the camera goes away; then only a summary now and then.
+                if failures == 1 or failures % 10 == 0:
+                    log.warning(
+                        "camera %s: %s; retrying in %.1fs (attempt %d)",
+                        self.cam.name,
+                        exc,
+                        delay,
+                        failures,
+                    )
+                self.set_state(ReaderState.RECONNECTING)
+                self._sleep(delay)
+            finally:
+                source.close()
+        return 0
+
+    def _sleep(self, delay: float) -> None:
+        deadline = time.monotonic() + delay
+        while not self.stop.is_set():
+            self.beat()
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.stop.wait(min(remaining, 0.5))
+
+    def stream(self, source: Source) -> bool:
+        """Publish frames until stopped (False) or the stream ends (True)."""
+        writer, status = self.writer, self.status
+        shape: tuple[int, ...] | None = None
+        while not self.stop.is_set():
+            self.beat()
+            if not source.grab():
+                return True
+            wall, mono = time.time(), time.monotonic()
+            if shape is None:
+                frame = source.retrieve(None)
+            else:
+                buf = writer.buffer(shape)
+                frame = source.retrieve(buf)
+                if frame is not buf and not np.shares_memory(frame, buf):
+                    shape = None  # the size changed; OpenCV decoded into a new array
+            if shape is None:
+                # First frame, or a new size: one copy, then decode in place again.
+                if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+                    raise EdgedError(f"source gave a {frame.dtype} array of shape {frame.shape}")
+                shape = tuple(frame.shape)
+                if (status["width"], status["height"]) != (shape[1], shape[0]):
+                    if status["width"]:
+                        log.info(
+                            "camera %s: frame size changed to %dx%d",
+                            self.cam.name,
+                            shape[1],
+                            shape[0],
+                        )
+                    status["width"], status["height"] = shape[1], shape[0]
+                buf = writer.buffer(shape)
+                np.copyto(buf, frame)
+            writer.publish(wall, mono, shape)
+            status.add("frames")
+            last = status["last_frame"]
+            if last:
+                dt = mono - last
+                if dt > 0:
+                    fps = status["fps"]
+                    status["fps"] = 1.0 / dt if fps == 0 else fps * 0.9 + 0.1 / dt
+            status["last_frame"] = mono
+            status["last_frame_wall"] = wall
+        return False
+
+
+def reader_main(
+    cam: CameraConfig, slot_name: str, doorbell: Connection, log_settings: LogSettings
+) -> None:
+    """Entry point of a reader process (started with the ``spawn`` method)."""
+    set_parent_death_signal()
+    setup_logging(log_settings)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
+    writer = SlotWriter(slot_name, doorbell.fileno())
+    code = 0
+    try:
+        code = Reader(cam, writer, stop).run()
+    except Exception:
+        log.exception("camera %s: reader crashed", cam.name)
+        code = 1
+    finally:
+        writer.close()
+    os._exit(code)

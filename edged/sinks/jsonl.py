@@ -1,0 +1,411 @@
+"""The JSONL event file: one JSON object per line, appended, rotated by size.
+
+The supervisor owns one :class:`JsonlWriter` and calls it from one thread.
+Lines are written with a single ``os.write`` on an ``O_APPEND`` descriptor, so
+a reader (``tail -F``, ``edged events --follow``) and even another process
+appending to the same file never see two lines torn or interleaved.
+
+Failure contract: :meth:`JsonlWriter.write` either appends the whole line or
+raises :class:`SinkError` having left nothing unterminated behind, so the
+caller can keep the event and retry later without duplicating or corrupting
+anything.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+from edged.errors import EdgedError
+
+log = logging.getLogger(__name__)
+
+FsyncPolicy = Literal["always", "interval", "never"]
+_OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+_FILE_MODE = 0o640
+_DIR_MODE = 0o750
+_STAT_EVERY = 1.0  # seconds between checks that the path still names our file
+_MAX_DEPTH = 64  # nesting kept when coercing unserialisable data
+
+
+class SinkError(EdgedError):
+    """An event sink could not write. The event was not written; retrying is safe."""
+
+    def __init__(self, path: Path, what: str, err: OSError | None = None) -> None:
+        self.path = path
+        self.errno = err.errno if err is not None else None
+        reason = os.strerror(err.errno) if err is not None and err.errno else str(err or "")
+        super().__init__(f"{path}: {what}" + (f": {reason}" if reason else ""))
+
+
+def encode_event(event: dict[str, Any]) -> bytes:
+    """Serialise one event as a UTF-8 JSON line (ending in ``\\n``); never raises.
+
+    NaN and infinities become ``null``; values JSON cannot represent are
+    converted (numpy scalars and arrays to numbers and lists, datetimes to ISO
+    strings, anything else to its ``repr``) instead of losing the event.
+    """
+    try:
+        text = _dumps(event)
+    except (TypeError, ValueError, RecursionError):
+        text = _dumps(_coerce(event, 0, set()))
+    # A lone surrogate (from a badly decoded name, say) cannot be encoded as
+    # UTF-8; it can only sit inside a JSON string, where "\udc80" is a valid
+    # escape, so backslashreplace keeps the line valid JSON.
+    return (text + "\n").encode("utf-8", "backslashreplace")
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _coerce(obj: Any, depth: int, active: set[int]) -> Any:
+    """A JSON-safe copy of ``obj``: see :func:`encode_event`."""
+    if obj is None or isinstance(obj, str | bool):
+        return obj
+    if isinstance(obj, int):
+        # Python refuses to print ints of more than 4300 digits (CVE-2020-10735).
+        return obj if obj.bit_length() < 4000 else f"<int of {obj.bit_length()} bits>"
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if depth >= _MAX_DEPTH:
+        return "<too deep>"
+    if isinstance(obj, dict | list | tuple):
+        if id(obj) in active:
+            return "<circular>"
+        active.add(id(obj))
+        try:
+            if isinstance(obj, dict):
+                return {_coerce_key(k): _coerce(v, depth + 1, active) for k, v in obj.items()}
+            return [_coerce(v, depth + 1, active) for v in obj]
+        finally:
+            active.discard(id(obj))
+    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars, without importing numpy
+    if callable(tolist):
+        try:
+            converted = tolist()
+        except Exception:
+            converted = obj
+        if converted is not obj:
+            return _coerce(converted, depth + 1, active)
+    isoformat = getattr(obj, "isoformat", None)
+    if callable(isoformat):
+        try:
+            return str(isoformat())
+        except Exception:
+            pass
+    try:
+        return repr(obj)
+    except Exception:
+        return f"<unrepresentable {type(obj).__name__}>"
+
+
+def _coerce_key(key: Any) -> str | int | bool | None:
+    if key is None or isinstance(key, str | bool):
+        return key
+    if isinstance(key, int) and key.bit_length() < 4000:
+        return key
+    if isinstance(key, float):
+        return repr(key)  # allow_nan=False rejects NaN keys too; "nan" is a fine string
+    tolist = getattr(key, "tolist", None)  # a numpy scalar
+    if callable(tolist):
+        try:
+            value = tolist()
+        except Exception:
+            value = key
+        if value is not key and (value is None or isinstance(value, str | bool | int | float)):
+            return _coerce_key(value)
+    try:
+        return repr(key)
+    except Exception:
+        return f"<unrepresentable {type(key).__name__}>"
+
+
+class JsonlWriter:
+    """Appends events to a JSONL file with size-based rotation and an fsync policy.
+
+    Rotation: before a line that would take the file past ``max_bytes``, the
+    file is renamed to ``PATH.1`` (``.1`` to ``.2`` and so on, the oldest
+    beyond ``backups`` overwritten) and a new file is started; with
+    ``backups=0`` the old file is simply removed. A line is never split
+    across files; a single line longer than ``max_bytes`` gets a file of its own.
+
+    If someone else moves or deletes the file (logrotate), the writer notices
+    within a second and reopens ``path``.
+
+    Not thread-safe: one writer, one thread. The counters ``lines_written``,
+    ``bytes_written``, ``rotations``, ``reopens``, ``coerced`` (events whose
+    data had to be converted) and ``errors`` are for metrics.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        backups: int,
+        fsync: FsyncPolicy,
+        fsync_interval: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be positive, not {max_bytes}")
+        if backups < 0:
+            raise ValueError(f"backups must be >= 0, not {backups}")
+        if fsync not in ("always", "interval", "never"):
+            raise ValueError(f"fsync must be 'always', 'interval' or 'never', not {fsync!r}")
+        if fsync_interval < 0:
+            raise ValueError(f"fsync_interval must be >= 0, not {fsync_interval}")
+        self.path = Path(path)
+        self.max_bytes = max_bytes
+        self.backups = backups
+        self.fsync = fsync
+        self.fsync_interval = fsync_interval
+        self._clock = clock
+        self.lines_written = 0
+        self.bytes_written = 0
+        self.rotations = 0
+        self.reopens = 0
+        self.coerced = 0
+        self.errors = 0
+        self._fd: int | None = None
+        self._ident = (0, 0)  # (st_dev, st_ino) of the file we hold open
+        self._closed = False
+        self._unterminated = False  # the file ends mid-line: start the next write with "\n"
+        self._unsynced = False
+        self._rotate_failing = False
+        now = clock()
+        self._last_fsync = now
+        self._last_stat = now
+        try:
+            self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+        except OSError as e:
+            self.errors += 1
+            raise SinkError(self.path.parent, "cannot create directory", e) from e
+        self._open()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def write(self, event: dict[str, Any]) -> None:
+        """Append ``event`` as one line, rotating and syncing as configured.
+
+        Raises :class:`SinkError` (disk full, permission denied, ...) having
+        written nothing: a short write is truncated away with ``ftruncate``.
+        If even that fails, the fragment is left and the next successful write
+        starts with a newline, so the fragment is one invalid line that
+        readers skip and the following lines stay intact.
+        """
+        if self._closed:
+            raise ValueError(f"write to closed JsonlWriter for {self.path}")
+        line = self._encode(event)
+        now = self._clock()
+        try:
+            if self._fd is None:
+                self._open()
+            elif now - self._last_stat >= _STAT_EVERY:
+                self._last_stat = now
+                self._reopen_if_moved()
+            assert self._fd is not None
+            size = os.fstat(self._fd).st_size
+            if size > 0 and size + len(line) > self.max_bytes:
+                self._rotate()
+                assert self._fd is not None
+                size = os.fstat(self._fd).st_size
+        except SinkError:
+            self.errors += 1
+            raise
+        except OSError as e:
+            self.errors += 1
+            raise SinkError(self.path, "cannot prepare write", e) from e
+        assert self._fd is not None
+        data = b"\n" + line if self._unterminated else line
+        self._append(self._fd, data, size)
+        self._unterminated = False
+        self.lines_written += 1
+        self.bytes_written += len(data)
+        self._unsynced = True
+        if self.fsync == "always" or (
+            self.fsync == "interval" and now - self._last_fsync >= self.fsync_interval
+        ):
+            self._sync(now)
+
+    def tick(self) -> bool:
+        """Fsync if the ``interval`` policy is due; the supervisor calls this periodically.
+
+        Lines written in a burst followed by a quiet period are synced here
+        rather than at the next write. Returns True if it synced.
+        """
+        if self.fsync != "interval" or not self._unsynced or self._fd is None:
+            return False
+        now = self._clock()
+        if now - self._last_fsync < self.fsync_interval:
+            return False
+        self._sync(now)
+        return True
+
+    flush_due = tick
+
+    def close(self) -> None:
+        """Fsync (unless the policy is ``never``) and close. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if self.fsync != "never" and self._unsynced:
+                self._fsync_fd(fd)
+        finally:
+            os.close(fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # Internals
+
+    def _encode(self, event: dict[str, Any]) -> bytes:
+        try:
+            return (_dumps(event) + "\n").encode("utf-8")
+        except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+            pass
+        self.coerced += 1
+        if self.coerced == 1:
+            log.warning(
+                "%s: event %r has data JSON cannot represent; converting it "
+                "(further events like this are counted, not logged)",
+                self.path,
+                event.get("type") if isinstance(event, dict) else None,
+            )
+        return encode_event(event)
+
+    def _append(self, fd: int, data: bytes, size: int) -> None:
+        """One ``os.write`` for the whole line; on failure, undo any partial write."""
+        done = 0
+        try:
+            while done < len(data):
+                n = os.write(fd, data[done:] if done else data)
+                if n <= 0:  # not seen on Linux for a regular file, but never loop forever
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                done += n
+        except OSError as e:
+            self.errors += 1
+            if done:
+                self._undo_partial(fd, size, done)
+            raise SinkError(self.path, "cannot write event", e) from e
+
+    def _undo_partial(self, fd: int, size: int, done: int) -> None:
+        # With O_APPEND our bytes start at the size seen just before the write,
+        # as long as nobody else appended in between (we are the only writer).
+        try:
+            os.ftruncate(fd, size)
+        except OSError as e:
+            self._unterminated = True
+            log.error(
+                "%s: left a partial line of %d bytes and could not remove it (%s); "
+                "the next line starts on a fresh line",
+                self.path,
+                done,
+                os.strerror(e.errno) if e.errno else e,
+            )
+
+    def _open(self) -> None:
+        try:
+            fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
+        except OSError as e:
+            raise SinkError(self.path, "cannot open event file", e) from e
+        st = os.fstat(fd)
+        self._fd = fd
+        self._ident = (st.st_dev, st.st_ino)
+        self._last_stat = self._clock()
+        self._unterminated = st.st_size > 0 and not self._ends_with_newline()
+
+    def _ends_with_newline(self) -> bool:
+        # A crash or full disk in an earlier run may have left a partial line;
+        # our descriptor is write-only, so peek through a second one.
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(-1, os.SEEK_END)
+                return f.read(1) == b"\n"
+        except OSError:
+            return True
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            if self.fsync != "never" and self._unsynced:
+                self._fsync_fd(fd)
+                self._unsynced = False
+        finally:
+            os.close(fd)
+
+    def _reopen_if_moved(self) -> None:
+        try:
+            st = os.stat(self.path)
+            moved = (st.st_dev, st.st_ino) != self._ident
+        except FileNotFoundError:
+            moved = True
+        if moved:
+            log.info("%s: the file was moved or deleted; reopening", self.path)
+            self._close_fd()
+            self._open()
+            self.reopens += 1
+
+    def _rotate(self) -> None:
+        self._close_fd()
+        try:
+            if self.backups == 0:
+                self.path.unlink(missing_ok=True)
+            else:
+                for i in range(self.backups - 1, 0, -1):
+                    src = self._backup(i)
+                    if src.exists():
+                        os.replace(src, self._backup(i + 1))
+                os.replace(self.path, self._backup(1))
+        except FileNotFoundError:
+            pass  # someone else moved it away already: fine, start a new file
+        except OSError as e:
+            # Keep appending to the oversized file rather than refusing events;
+            # the next write tries again, and logs only if this is news.
+            self.errors += 1
+            if not self._rotate_failing:
+                log.error("%s: cannot rotate, still appending: %s", self.path, e)
+            self._rotate_failing = True
+            self._open()
+            return
+        self._open()
+        self._rotate_failing = False
+        self.rotations += 1
+        log.debug("%s: rotated (%d backups)", self.path, self.backups)
+
+    def _backup(self, n: int) -> Path:
+        return self.path.with_name(f"{self.path.name}.{n}")
+
+    def _sync(self, now: float) -> None:
+        assert self._fd is not None
+        self._fsync_fd(self._fd)
+        self._last_fsync = now
+        self._unsynced = False
+
+    def _fsync_fd(self, fd: int) -> None:
+        # The line is already in the file; raising would make the caller write
+        # it again. Count and log instead.
+        try:
+            os.fsync(fd)
+        except OSError as e:
+            self.errors += 1
+            log.error("%s: fsync failed: %s", self.path, os.strerror(e.errno) if e.errno else e)

@@ -1,0 +1,378 @@
+"""The supervisor: owns the config, the child processes, the sinks and the signals.
+
+One reader and one worker process per camera, started with the ``spawn``
+method (nothing forks after OpenCV or threads are running). Signal handlers
+only enqueue; the main loop waits on the workers' event pipes, the children's
+sentinels and the signal wake-up socket with a tick, then dispatches:
+``handle_term``, ``reap``, ``restart``, ``check_health``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import time
+from collections import deque
+from collections.abc import Callable
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
+from typing import Any
+
+from edged.config import CameraConfig, Config
+from edged.errors import EX_CONFIG, EX_OK
+from edged.frames import SlotOwner, leftover_segments, unlink_segment
+from edged.logs import LogSettings
+from edged.reader import EXIT_END_OF_STREAM, Backoff, ReaderState, reader_main
+from edged.sinks.jsonl import JsonlWriter, SinkError
+from edged.worker import worker_main
+
+log = logging.getLogger(__name__)
+
+TICK = 0.25
+HANG_MARGIN = 5.0  # seconds beyond a reader's own timeouts before it counts as hung
+MAX_PENDING = 100_000  # events held in memory while the event file cannot be written
+
+
+@dataclasses.dataclass
+class Child:
+    role: str
+    backoff: Backoff
+    process: BaseProcess | None = None
+    started: float = 0.0
+    due: float | None = 0.0  # monotonic time to (re)start it; None: do not
+    restarts: int = 0
+    last_exit: str = ""
+
+
+class CameraRuntime:
+    """Everything the supervisor keeps per camera."""
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        self.cfg = cfg
+        self.slot = SlotOwner(cfg.name)
+        ctx = multiprocessing.get_context("spawn")
+        self.events_r, self.events_w = ctx.Pipe(duplex=False)
+        self.reader = Child("reader", Backoff(cfg.restart_delay, cfg.restart_max_delay))
+        self.worker = Child("worker", Backoff(cfg.restart_delay, cfg.restart_max_delay))
+        self.state = "starting"
+        self.reason = ""
+        self.ended = False
+        self.frames_failed = 0
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+    def children(self) -> tuple[Child, Child]:
+        return (self.reader, self.worker)
+
+
+class Supervisor:
+    def __init__(self, config: Config, cameras: list[str] | None = None) -> None:
+        self.config = config
+        self.names = cameras or list(config.cameras)
+        self.ctx = multiprocessing.get_context("spawn")
+        self.log_settings = LogSettings(config.logging.level, config.logging.format)
+        self.cams: dict[str, CameraRuntime] = {}
+        self.signals: deque[int] = deque()
+        self.stopping = False
+        self.pending: deque[dict[str, Any]] = deque()
+        self.dropped = 0
+        self.sink_failing = False
+        self.events_total = 0
+        self.on_event: list[Callable[[dict[str, Any]], None]] = []
+        ev = config.events
+        self.writer = JsonlWriter(
+            ev.path,
+            max_bytes=ev.max_bytes,
+            backups=ev.backups,
+            fsync=ev.fsync,
+            fsync_interval=ev.fsync_interval,
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    def run(self) -> int:
+        for name in leftover_segments():
+            if unlink_segment(name):
+                log.info("removed shared memory %s left by a process that is gone", name)
+        self._install_signals()
+        # Children must not talk to systemd: they never see NOTIFY_SOCKET.
+        os.environ.pop("NOTIFY_SOCKET", None)
+        try:
+            for name in self.names:
+                self.cams[name] = CameraRuntime(self.config.cameras[name])
+            log.info(
+                "edged started: %d camera(s): %s (pid %d)",
+                len(self.cams),
+                ", ".join(self.cams),
+                os.getpid(),
+            )
+            while not self.stopping:
+                self.tick()
+            self.shutdown()
+        finally:
+            self._close()
+        return EX_OK
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(sig, self._enqueue_signal)
+
+    def _enqueue_signal(self, signum: int, frame: object) -> None:
+        self.signals.append(signum)
+
+    def tick(self) -> None:
+        handles: list[Any] = [self._wake_r]
+        for cam in self.cams.values():
+            handles.append(cam.events_r)
+            handles += [c.process.sentinel for c in cam.children() if c.process]
+        ready = wait(handles, timeout=TICK)
+        if self._wake_r in ready:
+            try:
+                while self._wake_r.recv(4096):
+                    pass
+            except BlockingIOError:
+                pass
+        while self.signals:
+            signum = self.signals.popleft()
+            if signum in (signal.SIGTERM, signal.SIGINT):
+                self.handle_term(signum)
+            elif signum == signal.SIGHUP:
+                self.handle_hup()
+        self.collect_events()
+        now = time.monotonic()
+        for cam in self.cams.values():
+            self.reap(cam, now)
+            if not self.stopping:
+                self.restart(cam, now)
+                self.check_health(cam, now)
+        self.flush_pending()
+        self.writer.tick()
+
+    def handle_term(self, signum: int) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stopping = True
+
+    def handle_hup(self) -> None:
+        log.warning("received SIGHUP: reload is not supported yet; restart to apply changes")
+
+    # -- children ----------------------------------------------------------
+
+    def spawn_reader(self, cam: CameraRuntime) -> BaseProcess:
+        return self.ctx.Process(
+            target=reader_main,
+            args=(cam.cfg, cam.slot.name, cam.slot.doorbell_w, self.log_settings),
+            name=f"edged-reader-{cam.name}",
+        )
+
+    def spawn_worker(self, cam: CameraRuntime) -> BaseProcess:
+        return self.ctx.Process(
+            target=worker_main,
+            args=(cam.cfg, cam.slot.name, cam.slot.doorbell_r, cam.events_w, self.log_settings),
+            name=f"edged-worker-{cam.name}",
+        )
+
+    def restart(self, cam: CameraRuntime, now: float) -> None:
+        for child in cam.children():
+            if child.process is None and child.due is not None and now >= child.due:
+                if child.role == "reader":
+                    cam.slot.reader.clear()
+                    proc = self.spawn_reader(cam)
+                else:
+                    cam.slot.worker.clear()
+                    proc = self.spawn_worker(cam)
+                proc.start()
+                child.process, child.started, child.due = proc, now, None
+                log.debug("camera %s: %s started (pid %s)", cam.name, child.role, proc.pid)
+
+    def reap(self, cam: CameraRuntime, now: float) -> None:
+        for child in cam.children():
+            proc = child.process
+            if proc is None or proc.is_alive():
+                continue
+            proc.join()
+            code = proc.exitcode
+            child.process = None
+            proc.close()
+            if child.role == "reader":
+                cam.slot.reap_writer()
+            if self.stopping:
+                continue
+            if child.role == "reader" and code == EXIT_END_OF_STREAM:
+                cam.ended = True
+                child.due = None
+                continue
+            ran = now - child.started
+            child.backoff.succeeded(ran)
+            delay = child.backoff.next_delay()
+            if child.role == "worker" and code == EX_CONFIG:
+                # The processor cannot be set up: retry slowly, it will not fix itself soon.
+                delay = max(delay, cam.cfg.restart_max_delay)
+            child.restarts += 1
+            child.due = now + delay
+            child.last_exit = _describe_exit(code)
+            log.warning(
+                "camera %s: %s (pid %s) %s after %.1fs; restarting in %.1fs",
+                cam.name,
+                child.role,
+                proc.pid if hasattr(proc, "pid") else "?",
+                child.last_exit,
+                ran,
+                delay,
+            )
+
+    def check_health(self, cam: CameraRuntime, now: float) -> None:
+        rs = cam.slot.reader
+        proc = cam.reader.process
+        if proc is not None and rs["pid"]:
+            allowance = cam.cfg.open_timeout + cam.cfg.read_timeout + HANG_MARGIN
+            silent = now - rs["heartbeat"]
+            if silent > allowance:
+                log.error(
+                    "camera %s: reader (pid %d) silent for %.0fs, stuck in a native call; "
+                    "killing it",
+                    cam.name,
+                    int(rs["pid"]),
+                    silent,
+                )
+                proc.kill()
+        state, reason = self._camera_state(cam, now)
+        if state != cam.state:
+            level = logging.INFO if state in ("streaming", "starting", "ended") else logging.WARNING
+            log.log(
+                level,
+                "camera %s: %s%s",
+                cam.name,
+                state,
+                f" ({reason})" if reason else "",
+            )
+            cam.state, cam.reason = state, reason
+
+    def _camera_state(self, cam: CameraRuntime, now: float) -> tuple[str, str]:
+        if cam.ended:
+            return "ended", "end of file"
+        if cam.reader.process is None:
+            return "restarting", f"reader {cam.reader.last_exit}"
+        rs = cam.slot.reader
+        code = int(rs["state"])
+        if code == ReaderState.STREAMING:
+            last = rs["last_frame"]
+            if last and now - last > cam.cfg.stale_after:
+                return "stalled", f"no frame for {now - last:.1f}s"
+            return "streaming", ""
+        if code == ReaderState.RECONNECTING:
+            return "reconnecting", ""
+        if code == ReaderState.ENDED:
+            return "ended", "end of file"
+        return "starting", ""
+
+    # -- events --------------------------------------------------------------
+
+    def collect_events(self) -> None:
+        for cam in self.cams.values():
+            conn = cam.events_r
+            while conn.poll():
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    break
+                if msg.get("failed"):
+                    cam.frames_failed += 1
+                for record in msg["events"]:
+                    self.accept(record)
+
+    def accept(self, record: dict[str, Any]) -> None:
+        self.events_total += 1
+        for hook in self.on_event:
+            hook(record)
+        if self.pending:
+            self._hold(record)
+            return
+        try:
+            self.writer.write(record)
+        except SinkError as exc:
+            self._sink_failed(exc)
+            self._hold(record)
+
+    def _hold(self, record: dict[str, Any]) -> None:
+        if len(self.pending) >= MAX_PENDING:
+            self.pending.popleft()
+            self.dropped += 1
+            if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
+                log.error("event file unwritable: dropped %d oldest events", self.dropped)
+        self.pending.append(record)
+
+    def _sink_failed(self, exc: Exception) -> None:
+        if not self.sink_failing:
+            log.error("cannot write events: %s; holding them in memory and retrying", exc)
+            self.sink_failing = True
+
+    def flush_pending(self) -> None:
+        while self.pending:
+            try:
+                self.writer.write(self.pending[0])
+            except SinkError as exc:
+                self._sink_failed(exc)
+                return
+            self.pending.popleft()
+        if self.sink_failing:
+            log.info("event file writable again")
+            self.sink_failing = False
+
+    # -- shutdown ------------------------------------------------------------
+
+    def shutdown(self) -> None:
+        procs = [c.process for cam in self.cams.values() for c in cam.children() if c.process]
+        for proc in procs:
+            proc.terminate()
+        deadline = time.monotonic() + self.config.daemon.stop_timeout
+        while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
+            live = [p.sentinel for p in procs if p.is_alive()]
+            conns = [cam.events_r for cam in self.cams.values()]
+            wait(live + conns, timeout=min(TICK, max(0.0, deadline - time.monotonic())))
+            self.collect_events()
+        for proc in procs:
+            if proc.is_alive():
+                log.warning("%s (pid %s) did not stop in time: killing it", proc.name, proc.pid)
+                proc.kill()
+        now = time.monotonic()
+        for cam in self.cams.values():
+            self.reap(cam, now)
+        # A worker's last events are in the pipe even if it was killed.
+        self.collect_events()
+        self.flush_pending()
+        if self.pending:
+            log.error("stopping with %d events that could not be written", len(self.pending))
+        log.info("edged stopped: %d events written this run", self.writer.lines_written)
+
+    def _close(self) -> None:
+        for cam in self.cams.values():
+            for child in cam.children():
+                if child.process is not None and child.process.is_alive():
+                    child.process.kill()
+                    child.process.join()
+            cam.slot.close()
+        self.writer.close()
+        signal.set_wakeup_fd(-1)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "vanished"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    if code == EX_CONFIG:
+        return "failed to set up (exit 78)"
+    return f"exited with code {code}"

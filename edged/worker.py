@@ -1,0 +1,215 @@
+"""The worker process: run one camera's processor on the newest frame, again and again.
+
+The worker sleeps until the reader publishes a frame newer than the last one it
+saw, processes it in place in shared memory, and sends the resulting events
+(small dicts, never frames) to the supervisor over a pipe. Frames published
+while the processor was busy are counted as skipped; none is queued.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import re
+import signal
+import threading
+import time
+import traceback
+import uuid
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from edged.errors import EX_CONFIG, EdgedError
+from edged.frames import SlotReader
+from edged.logs import LogSettings, setup_logging
+from edged.processor import Event, Frame, Processor, resolve_processor
+from edged.reader import set_parent_death_signal
+
+if TYPE_CHECKING:
+    from edged.config import CameraConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
+
+
+def _plain(obj: Any) -> Any:
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [_plain(v) for v in obj]
+    if hasattr(obj, "tolist"):  # numpy scalars and arrays, what processors return most
+        return _plain(obj.tolist())
+    return repr(obj)
+
+
+def jsonable(data: dict[str, Any]) -> dict[str, Any]:
+    """The processor's data as plain JSON types (NaN and infinities become null)."""
+    result: dict[str, Any] = _plain(data)
+    return result
+
+
+def utc_iso(ts: float) -> str:
+    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def make_event(
+    cam: str, processor: str, event: Event, frame: Frame, age: float, took: float
+) -> dict[str, Any]:
+    """The event record, exactly as written to JSONL and published to MQTT."""
+    if not isinstance(event, Event):
+        raise TypeError(f"process() produced {type(event).__name__}, not edged.Event")
+    if not isinstance(event.type, str) or not _EVENT_TYPE.match(event.type):
+        raise ValueError(f"bad event type {event.type!r}: use letters, digits, '_', '.', '-'")
+    if not isinstance(event.data, dict):
+        raise TypeError(f"event data must be a dict, not {type(event.data).__name__}")
+    return {
+        "schema": SCHEMA_VERSION,
+        "id": uuid.uuid4().hex,
+        "camera": cam,
+        "processor": processor,
+        "type": event.type,
+        "time": utc_iso(frame.timestamp),
+        "seq": frame.seq,
+        "frame_age_ms": round(age * 1000, 3),
+        "processing_ms": round(took * 1000, 3),
+        "data": jsonable(event.data),
+    }
+
+
+class Worker:
+    def __init__(
+        self,
+        cam: CameraConfig,
+        processor: Processor,
+        slot: SlotReader,
+        out: Connection,
+        stop: threading.Event,
+    ) -> None:
+        self.cam = cam
+        self.processor = processor
+        self.slot = slot
+        self.status = slot.status
+        self.out = out
+        self.stop = stop
+        self.consecutive_errors = 0
+
+    def run(self) -> None:
+        status, slot, cam = self.status, self.slot, self.cam
+        status["pid"] = os.getpid()
+        last_seq = 0
+        while not self.stop.is_set():
+            status["heartbeat"] = time.monotonic()
+            got = slot.acquire(last_seq, timeout=0.5)
+            if got is None:
+                continue
+            image, seq, wall, mono = got
+            if last_seq:
+                status.add("skipped", max(0, seq - last_seq - 1))
+            last_seq = seq
+            frame = Frame(image=image, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
+            start = time.monotonic()
+            status["busy_since"] = start
+            records, failed = self._process(frame, start - mono, start)
+            took = time.monotonic() - start
+            slot.release()
+            status["busy_since"] = 0.0
+            status["last_age"] = start - mono
+            status["last_processing"] = took
+            status.add("frames")
+            status.add("events", len(records))
+            # Sent with the frame's timings so the supervisor's histograms and
+            # the events travel together; a blocking send is the kernel pipe
+            # filling up, which only happens when the supervisor is stuck.
+            self.out.send({"age": start - mono, "took": took, "failed": failed, "events": records})
+
+    def _process(self, frame: Frame, age: float, start: float) -> tuple[list[dict[str, Any]], bool]:
+        cam = self.cam
+        try:
+            result = self.processor.process(frame)
+            events = list(result) if result is not None else []
+            took = time.monotonic() - start
+            records = [
+                make_event(cam.name, cam.processor.type, e, frame, age, took) for e in events
+            ]
+        except Exception as exc:
+            self.status.add("errors")
+            self.consecutive_errors += 1
+            n = self.consecutive_errors
+            # The first failure in a row gets the traceback; a processor that
+            # fails on every frame gets a reminder, not a flood.
+            if n == 1:
+                log.error(
+                    "camera %s: processor %s failed on frame %d:\n%s",
+                    cam.name,
+                    cam.processor.type,
+                    frame.seq,
+                    "".join(traceback.format_exception(exc)).rstrip(),
+                )
+            elif n in (10, 100) or n % 1000 == 0:
+                log.error(
+                    "camera %s: processor %s failed %d frames in a row; last: %s",
+                    cam.name,
+                    cam.processor.type,
+                    n,
+                    exc,
+                )
+            return [], True
+        if self.consecutive_errors:
+            log.info(
+                "camera %s: processor %s recovered after %d failed frames",
+                cam.name,
+                cam.processor.type,
+                self.consecutive_errors,
+            )
+            self.consecutive_errors = 0
+        return records, False
+
+
+def worker_main(
+    cam: CameraConfig,
+    slot_name: str,
+    doorbell: Connection,
+    out: Connection,
+    log_settings: LogSettings,
+) -> None:
+    """Entry point of a worker process (started with the ``spawn`` method)."""
+    set_parent_death_signal()
+    setup_logging(log_settings)
+    stop = threading.Event()
+
+    def on_term(signum: int, frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        cls = resolve_processor(cam.processor.type)
+        processor = cls(cam.processor.build_options(), cam.name)
+        processor.setup()
+    except (EdgedError, Exception) as exc:
+        log.error(
+            "camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, exc
+        )
+        os._exit(EX_CONFIG)
+    slot = SlotReader(slot_name, doorbell.fileno())
+    code = 0
+    try:
+        Worker(cam, processor, slot, out, stop).run()
+    except Exception:
+        log.exception("camera %s: worker crashed", cam.name)
+        code = 1
+    finally:
+        try:
+            processor.close()
+        except Exception:
+            log.exception("camera %s: processor %s close() failed", cam.name, cam.processor.type)
+        slot.close()
+    os._exit(code)

@@ -1,0 +1,59 @@
+"""Shared pytest fixtures.
+
+``tests/`` has no ``__init__.py``: with pytest's default (prepend) import mode this
+directory is put on ``sys.path``, so test modules import helpers as
+``from components.rtsp import RtspServer``.
+
+Keep fixtures grouped by component, one section each.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+from components.rtsp import RtspServer, check_gstreamer
+
+# ======================================================================================
+# RTSP test server (tests/components/rtsp.py, tests/components/rtsp_server.py)
+# ======================================================================================
+
+
+@functools.cache
+def _gstreamer_problem() -> str | None:
+    return check_gstreamer()
+
+
+def require_gstreamer() -> None:
+    """Fail (never skip) when Debian's GStreamer RTSP server cannot run."""
+    problem = _gstreamer_problem()
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture
+def rtsp_server_factory() -> Iterator[Callable[..., RtspServer]]:
+    """``make(width=640, height=360, fps=25, pattern="moving", user=None, password=None,
+    auth_method="digest", path="/stream", port=None)`` -> a started RtspServer.
+
+    Every server it made is stopped at teardown (also ones a test restarted).
+    """
+    require_gstreamer()
+    started: list[RtspServer] = []
+
+    def make(**kwargs: Any) -> RtspServer:
+        server = RtspServer(**kwargs)
+        started.append(server)
+        return server.start()
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def rtsp_server(rtsp_server_factory: Callable[..., RtspServer]) -> RtspServer:
+    """A running 640x360@25 ``moving`` stream at ``rtsp_server.url``."""
+    return rtsp_server_factory(width=640, height=360, fps=25, pattern="moving")

@@ -1,0 +1,144 @@
+"""The latest-frame slot: triple-buffer handshake, no torn frames, clean-up."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+
+import numpy as np
+import pytest
+
+from edged.frames import SHM_DIR, SlotOwner, SlotReader, SlotWriter, segment_path
+
+
+def _segments(owner: SlotOwner) -> list[str]:
+    return [n for n in os.listdir(SHM_DIR) if n.startswith(owner.name)]
+
+
+@pytest.fixture
+def slot():
+    owner = SlotOwner("test")
+    writer = SlotWriter(owner.name, owner.doorbell_w.fileno())
+    reader = SlotReader(owner.name, owner.doorbell_r.fileno())
+    yield owner, writer, reader
+    reader.close()
+    writer.close()
+    owner.close()
+    assert not os.path.exists(segment_path(owner.name))
+
+
+def _publish(writer: SlotWriter, value: int, shape=(4, 6, 3)) -> int:
+    buf = writer.buffer(shape)
+    buf[...] = value
+    return writer.publish(time.time(), time.monotonic())
+
+
+def test_consumer_gets_newest_frame_and_skips_older(slot):
+    owner, writer, reader = slot
+    for v in (1, 2, 3):
+        _publish(writer, v)
+    got = reader.acquire(0, timeout=1)
+    assert got is not None
+    image, seq, wall, mono = got
+    assert seq == 3
+    assert (image == 3).all()
+    assert not image.flags.writeable
+    assert reader.acquire(3, timeout=0.05) is None
+
+
+def test_writer_never_overwrites_the_held_buffer(slot):
+    owner, writer, reader = slot
+    _publish(writer, 7)
+    image, seq, _, _ = reader.acquire(0, timeout=1)
+    addr = image.ctypes.data
+    for v in range(50):  # many publishes while the consumer holds frame 1
+        buf = writer.buffer((4, 6, 3))
+        assert buf.ctypes.data != addr
+        buf[...] = v
+        writer.publish(time.time(), time.monotonic())
+    assert (image == 7).all()
+    reader.release()
+
+
+def test_timestamps_and_shape_travel_with_the_frame(slot):
+    owner, writer, reader = slot
+    buf = writer.buffer((2, 3, 3))
+    buf[...] = 1
+    writer.publish(123.5, 45.25)
+    image, seq, wall, mono = reader.acquire(0, timeout=1)
+    assert image.shape == (2, 3, 3)
+    assert (wall, mono) == (123.5, 45.25)
+    assert owner.frame_shape == (2, 3, 3)
+
+
+def test_resolution_change_makes_a_new_generation(slot):
+    owner, writer, reader = slot
+    _publish(writer, 1, (4, 4, 3))
+    first = reader.acquire(0, timeout=1)[0]
+    _publish(writer, 2, (480, 640, 3))  # larger than the first segment's capacity
+    image, seq, _, _ = reader.acquire(1, timeout=1)
+    assert image.shape == (480, 640, 3) and (image == 2).all()
+    assert (first == 1).all()  # the old mapping is still valid for its holder
+    assert len(_segments(owner)) == 2  # control + the current data segment only
+
+
+def test_acquire_sleeps_until_a_publish(slot):
+    owner, writer, reader = slot
+    start = time.monotonic()
+    assert reader.acquire(0, timeout=0.2) is None
+    assert time.monotonic() - start >= 0.19
+
+
+def test_reap_writer_removes_its_data_segment(slot):
+    owner, writer, reader = slot
+    _publish(writer, 1)
+    assert len(_segments(owner)) == 2
+    owner.reap_writer()
+    assert len(_segments(owner)) == 1
+
+
+def _solid_writer(name: str, fd_conn, n: int, shape) -> None:
+    writer = SlotWriter(name, fd_conn.fileno())
+    for i in range(1, n + 1):
+        buf = writer.buffer(shape)
+        # Row by row, so a reader looking at a buffer being written would
+        # see two values.
+        for row in range(shape[0]):
+            buf[row] = i % 251
+        writer.publish(time.time(), time.monotonic())
+    writer.close()
+
+
+def test_no_torn_frames_across_processes():
+    owner = SlotOwner("torn")
+    reader = SlotReader(owner.name, owner.doorbell_r.fileno())
+    shape = (270, 480, 3)
+    n = 600
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_solid_writer, args=(owner.name, owner.doorbell_w, n, shape))
+    proc.start()
+    seen = 0
+    last = 0
+    try:
+        while last < n:
+            got = reader.acquire(last, timeout=10)
+            assert got is not None, "writer stopped publishing"
+            image, seq, _, _ = got
+            assert seq > last
+            first = image[0, 0, 0]
+            time.sleep(0.002)  # hold it while the writer keeps going: the point of the test
+            assert (image == first).all(), f"torn frame at seq {seq}"
+            assert first == seq % 251
+            last = seq
+            seen += 1
+            reader.release()
+        proc.join(10)
+        assert proc.exitcode == 0
+        assert 1 < seen <= n
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        reader.close()
+        owner.close()
+    assert not [x for x in os.listdir(SHM_DIR) if x.startswith(owner.name)]
