@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import multiprocessing
 import os
 import random
 import signal
@@ -43,16 +44,24 @@ class ReaderState(enum.IntEnum):
     ENDED = 4
 
 
-def set_parent_death_signal() -> None:
-    """Die with the supervisor (Linux): no reader outlives a SIGKILLed parent."""
+def prepare_child(role: str, camera: str, log_settings: LogSettings) -> None:
+    """First thing in a reader or worker: die with the supervisor, name, logging."""
     import ctypes
 
-    pr_set_pdeathsig = 1
+    pr_set_name, pr_set_pdeathsig = 15, 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
+        # No reader or worker outlives a SIGKILLed supervisor (Linux).
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+        # `ps`/`top` show "reader:cam1" instead of a bare "python3".
+        libc.prctl(pr_set_name, f"{role}:{camera}"[:15].encode())
     except (OSError, AttributeError):
         pass
+    # A supervisor SIGKILLed between fork and prctl leaves us orphaned already.
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os._exit(1)
+    setup_logging(log_settings)
 
 
 class Backoff:
@@ -192,8 +201,7 @@ def reader_main(
     cam: CameraConfig, slot_name: str, doorbell: Connection, log_settings: LogSettings
 ) -> None:
     """Entry point of a reader process (started with the ``spawn`` method)."""
-    set_parent_death_signal()
-    setup_logging(log_settings)
+    prepare_child("reader", cam.name, log_settings)
     stop = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:

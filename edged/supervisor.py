@@ -61,11 +61,37 @@ class CameraRuntime:
         self.state = "starting"
         self.reason = ""
         self.ended = False
-        self.frames_failed = 0
+        self.totals: dict[str, float] = {}
 
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    _COUNTERS = {  # noqa: RUF012 - (status record, field) -> counter name
+        ("reader", "frames"): "frames_decoded",
+        ("reader", "opens"): "opens",
+        ("reader", "open_failures"): "open_failures",
+        ("worker", "frames"): "frames_processed",
+        ("worker", "skipped"): "frames_skipped",
+        ("worker", "errors"): "processor_errors",
+        ("worker", "events"): "events",
+    }
+
+    def bank_counters(self, role: str) -> None:
+        """Before a child's status record is reused: keep its counters in the totals."""
+        record = self.slot.reader if role == "reader" else self.slot.worker
+        for (r, field), name in self._COUNTERS.items():
+            if r == role:
+                self.totals[name] = self.totals.get(name, 0.0) + record[field]
+        record.clear()
+
+    def counters(self) -> dict[str, int]:
+        """Counters over the camera's whole life, across child restarts."""
+        out = {}
+        for (role, field), name in self._COUNTERS.items():
+            record = self.slot.reader if role == "reader" else self.slot.worker
+            out[name] = int(self.totals.get(name, 0.0) + record[field])
+        return out
 
     def children(self) -> tuple[Child, Child]:
         return (self.reader, self.worker)
@@ -184,12 +210,8 @@ class Supervisor:
     def restart(self, cam: CameraRuntime, now: float) -> None:
         for child in cam.children():
             if child.process is None and child.due is not None and now >= child.due:
-                if child.role == "reader":
-                    cam.slot.reader.clear()
-                    proc = self.spawn_reader(cam)
-                else:
-                    cam.slot.worker.clear()
-                    proc = self.spawn_worker(cam)
+                cam.bank_counters(child.role)
+                proc = self.spawn_reader(cam) if child.role == "reader" else self.spawn_worker(cam)
                 proc.start()
                 child.process, child.started, child.due = proc, now, None
                 log.debug("camera %s: %s started (pid %s)", cam.name, child.role, proc.pid)
@@ -200,7 +222,7 @@ class Supervisor:
             if proc is None or proc.is_alive():
                 continue
             proc.join()
-            code = proc.exitcode
+            code, pid = proc.exitcode, proc.pid
             child.process = None
             proc.close()
             if child.role == "reader":
@@ -224,7 +246,7 @@ class Supervisor:
                 "camera %s: %s (pid %s) %s after %.1fs; restarting in %.1fs",
                 cam.name,
                 child.role,
-                proc.pid if hasattr(proc, "pid") else "?",
+                pid,
                 child.last_exit,
                 ran,
                 delay,
@@ -285,8 +307,6 @@ class Supervisor:
                     msg = conn.recv()
                 except (EOFError, OSError):
                     break
-                if msg.get("failed"):
-                    cam.frames_failed += 1
                 for record in msg["events"]:
                     self.accept(record)
 
@@ -352,6 +372,20 @@ class Supervisor:
         self.flush_pending()
         if self.pending:
             log.error("stopping with %d events that could not be written", len(self.pending))
+        for cam in self.cams.values():
+            c = cam.counters()
+            log.info(
+                "camera %s: %d frames decoded, %d processed, %d frames skipped, "
+                "%d processor errors, %d events, %d reader restarts, %d worker restarts",
+                cam.name,
+                c["frames_decoded"],
+                c["frames_processed"],
+                c["frames_skipped"],
+                c["processor_errors"],
+                c["events"],
+                cam.reader.restarts,
+                cam.worker.restarts,
+            )
         log.info("edged stopped: %d events written this run", self.writer.lines_written)
 
     def _close(self) -> None:

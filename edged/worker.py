@@ -23,9 +23,9 @@ from typing import TYPE_CHECKING, Any
 
 from edged.errors import EX_CONFIG, EdgedError
 from edged.frames import SlotReader
-from edged.logs import LogSettings, setup_logging
+from edged.logs import LogSettings
 from edged.processor import Event, Frame, Processor, resolve_processor
-from edged.reader import set_parent_death_signal
+from edged.reader import prepare_child
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+TRACEBACK_INTERVAL = 60.0
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -100,6 +101,8 @@ class Worker:
         self.out = out
         self.stop = stop
         self.consecutive_errors = 0
+        self._last_traceback = -TRACEBACK_INTERVAL
+        self._suppressed = 0
 
     def run(self) -> None:
         status, slot, cam = self.status, self.slot, self.cam
@@ -130,6 +133,26 @@ class Worker:
             # filling up, which only happens when the supervisor is stuck.
             self.out.send({"age": start - mono, "took": took, "failed": failed, "events": records})
 
+    def _report_failure(self, exc: Exception, seq: int) -> None:
+        # A traceback at most once a minute; in between only counted, then
+        # summarised with the next traceback: a processor failing on every
+        # frame must not flood the journal.
+        now = time.monotonic()
+        if now - self._last_traceback < TRACEBACK_INTERVAL:
+            self._suppressed += 1
+            return
+        since = f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
+        log.error(
+            "camera %s: processor %s failed on frame %d%s:\n%s",
+            self.cam.name,
+            self.cam.processor.type,
+            seq,
+            since,
+            "".join(traceback.format_exception(exc)).rstrip(),
+        )
+        self._last_traceback = now
+        self._suppressed = 0
+
     def _process(self, frame: Frame, age: float, start: float) -> tuple[list[dict[str, Any]], bool]:
         cam = self.cam
         try:
@@ -142,28 +165,10 @@ class Worker:
         except Exception as exc:
             self.status.add("errors")
             self.consecutive_errors += 1
-            n = self.consecutive_errors
-            # The first failure in a row gets the traceback; a processor that
-            # fails on every frame gets a reminder, not a flood.
-            if n == 1:
-                log.error(
-                    "camera %s: processor %s failed on frame %d:\n%s",
-                    cam.name,
-                    cam.processor.type,
-                    frame.seq,
-                    "".join(traceback.format_exception(exc)).rstrip(),
-                )
-            elif n in (10, 100) or n % 1000 == 0:
-                log.error(
-                    "camera %s: processor %s failed %d frames in a row; last: %s",
-                    cam.name,
-                    cam.processor.type,
-                    n,
-                    exc,
-                )
+            self._report_failure(exc, frame.seq)
             return [], True
         if self.consecutive_errors:
-            log.info(
+            log.debug(
                 "camera %s: processor %s recovered after %d failed frames",
                 cam.name,
                 cam.processor.type,
@@ -181,8 +186,7 @@ def worker_main(
     log_settings: LogSettings,
 ) -> None:
     """Entry point of a worker process (started with the ``spawn`` method)."""
-    set_parent_death_signal()
-    setup_logging(log_settings)
+    prepare_child("worker", cam.name, log_settings)
     stop = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:

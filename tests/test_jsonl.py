@@ -296,6 +296,18 @@ def test_file_deleted_under_the_writer_is_reopened(tmp_path: Path) -> None:
     assert seqs(path) == [1]
 
 
+def test_directory_removed_under_the_writer_is_recreated(tmp_path: Path) -> None:
+    path = tmp_path / "logs" / "events.jsonl"
+    clock = FakeClock()
+    with make_writer(path, clock=clock) as w:
+        w.write(event(0))
+        path.unlink()
+        path.parent.rmdir()
+        clock.now += 1.0
+        w.write(event(1))
+    assert seqs(path) == [1]
+
+
 def test_file_moved_away_is_reopened(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     clock = FakeClock()

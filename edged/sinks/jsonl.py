@@ -323,7 +323,11 @@ class JsonlWriter:
 
     def _open(self) -> None:
         try:
-            fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
+            try:
+                fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
+            except FileNotFoundError:  # the whole directory was removed under us
+                self.path.parent.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+                fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
         except OSError as e:
             raise SinkError(self.path, "cannot open event file", e) from e
         st = os.fstat(fd)

@@ -98,6 +98,7 @@ class Feeder(threading.Thread):
     def __init__(self, frames: Frames, fps: int) -> None:
         super().__init__(name="feeder", daemon=True)
         self.frames, self.period = frames, 1.0 / fps
+        self.duration = Gst.SECOND // fps
         self.cond = threading.Condition()
         self.appsrc: GstApp.AppSrc | None = None
         self.stopping = False
@@ -119,6 +120,22 @@ class Feeder(threading.Thread):
             self.stopping = True
             self.cond.notify_all()
 
+    @staticmethod
+    def _running_time(appsrc: GstApp.AppSrc) -> int | None:
+        """The pipeline's running time now, or None unless the pipeline is PLAYING.
+
+        Explicit PTS instead of do-timestamp: a buffer pushed while the shared media is
+        still starting up would be stamped with a base time of 0, i.e. with the raw clock
+        (system uptime), and the RTSP sinks would then wait that long before sending it.
+        """
+        _, state, _ = appsrc.get_state(0)
+        clock = appsrc.get_clock()
+        if state != Gst.State.PLAYING or clock is None:
+            return None
+        now = clock.get_time()
+        base = appsrc.get_base_time()
+        return now - base if now >= base else None
+
     def run(self) -> None:
         next_t: float | None = None
         current = None
@@ -137,12 +154,18 @@ class Feeder(threading.Thread):
                     self.cond.wait(next_t - now)
                     continue  # re-check stop / appsrc changes, then the clock
             appsrc = current
+            next_t += self.period
+            pts = self._running_time(appsrc)
+            if pts is None:
+                continue  # not PLAYING yet (or any more): produce nothing
             data, _ = self.frames.make(self.n)
-            ret = appsrc.push_buffer(Gst.Buffer.new_wrapped(data))
+            buf = Gst.Buffer.new_wrapped(data)
+            buf.pts = pts
+            buf.duration = self.duration
+            ret = appsrc.push_buffer(buf)
             if ret not in (Gst.FlowReturn.OK, Gst.FlowReturn.FLUSHING):
                 log(f"push-buffer: {ret.value_nick}")
             self.n += 1
-            next_t += self.period
             if time.monotonic() - next_t > 1.0:  # stalled for a second (e.g. SIGSTOP)
                 log("feeder fell more than 1 s behind; resynchronising")
                 next_t = time.monotonic()
@@ -188,7 +211,7 @@ def main() -> int:
         f"framerate={args.fps}/1"
     )
     factory.set_launch(
-        f"( appsrc name=src is-live=true do-timestamp=true format=time caps={caps} "
+        f"( appsrc name=src is-live=true do-timestamp=false format=time caps={caps} "
         f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} threads=1 "
         f"! rtph264pay name=pay0 pt=96 config-interval=-1 )"
     )

@@ -1,0 +1,119 @@
+"""Run ``edged`` as a real subprocess for end-to-end tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+TESTS = Path(__file__).resolve().parent
+
+
+def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0, every=0.05) -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def shm_segments(pid: int) -> list[str]:
+    return [n for n in os.listdir("/dev/shm") if n.startswith(f"edged_{pid}_")]
+
+
+class Daemon:
+    """``edged run`` on a config written into a temporary folder."""
+
+    def __init__(self, tmp: Path, toml: str, *args: str) -> None:
+        self.dir = tmp
+        self.config = tmp / "edged.toml"
+        self.config.write_text(toml)
+        self.events_path = tmp / "events.jsonl"
+        self.stderr_path = tmp / "stderr.log"
+        self.args = args
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+        env.pop("NOTIFY_SOCKET", None)
+        self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args],
+            stdin=subprocess.DEVNULL,
+            stdout=self._stderr,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def log(self) -> str:
+        return self.stderr_path.read_text(errors="replace")
+
+    def events(self, type_: str | None = None) -> list[dict[str, Any]]:
+        try:
+            lines = self.events_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        found = [json.loads(line) for line in lines if line.endswith("}")]
+        return [e for e in found if type_ is None or e["type"] == type_]
+
+    def wait_events(self, n: int, type_: str | None = None, timeout: float = 15) -> list[dict]:
+        return wait_for(
+            f"{n} {type_ or ''} events", lambda: len(self.events(type_)) >= n and self.events(type_),
+            timeout,
+        )
+
+    def wait_log(self, text: str, timeout: float = 15) -> None:
+        wait_for(f"{text!r} in the log", lambda: text in self.log, timeout)
+
+    def children(self, role: str | None = None) -> list[psutil.Process]:
+        """The reader and worker processes (named "reader:CAMERA", "worker:CAMERA")."""
+        found = []
+        for kid in psutil.Process(self.pid).children():
+            try:
+                name = kid.name()
+            except psutil.Error:
+                continue
+            if name.startswith(("reader:", "worker:")) and (
+                role is None or name.startswith(role + ":")
+            ):
+                found.append(kid)
+        return found
+
+    def stop(self, timeout: float = 10) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            code = self.proc.wait(timeout)
+        finally:
+            self.kill()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            for kid in psutil.Process(self.pid).children(recursive=True):
+                kid.kill()
+            self.proc.kill()
+            self.proc.wait()
+        if not self._stderr.closed:
+            self._stderr.close()

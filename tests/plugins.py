@@ -1,0 +1,95 @@
+"""Processors and sources used by the end-to-end tests (loaded by the daemon as plugins).
+
+The daemon under test runs with ``tests/`` on PYTHONPATH, so a camera names
+these as ``type = "plugins:SlowProcessor"`` or ``source = "plugins:SolidSource"``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from edged import Event, Frame, Processor, Source
+
+
+class SlowOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    delay: float = Field(0.3, ge=0, description="seconds each frame takes")
+    timestamps: bool = Field(False, description="decode the RTSP test server's timestamp strip")
+
+
+class SlowProcessor(Processor):
+    """Takes ``delay`` seconds per frame and reports every frame it saw."""
+
+    Options = SlowOptions
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        data: dict[str, object] = {"shape": list(frame.image.shape)}
+        if self.options.timestamps:  # type: ignore[attr-defined]
+            from components.rtsp import decode_timestamp
+
+            made = decode_timestamp(frame.image)
+            # true age: from the moment the server made the frame
+            data["true_age_ms"] = None if made is None else (time.time() - made) * 1000
+        time.sleep(self.options.delay)  # type: ignore[attr-defined]
+        yield Event("frame", data)
+
+
+class SolidSource(Source):
+    """Frames that are each one uniform value (index % 256), as fast as it can."""
+
+    def __init__(self, options: dict[str, object] | None = None, camera: str = "") -> None:
+        super().__init__(options, camera)
+        self.shape = (int(self.options.get("height", 480)), int(self.options.get("width", 640)), 3)
+        self.index = 0
+
+    def grab(self) -> bool:
+        self.index += 1
+        return True
+
+    def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
+        if out is None or out.shape != self.shape:
+            out = np.empty(self.shape, np.uint8)
+        # Row by row, slowly enough that a reader looking at this buffer now
+        # would see two values.
+        value = self.index % 256
+        for row in range(0, self.shape[0], 16):
+            out[row : row + 16] = value
+        return out
+
+
+class SolidCheck(Processor):
+    """Checks every pixel of a frame has the same value; reports ``torn`` if not."""
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        img = frame.image
+        first = int(img.flat[0])
+        time.sleep(0.003)  # give the reader time to write elsewhere meanwhile
+        if not (img == first).all():
+            yield Event("torn", {"seq": frame.seq, "values": np.unique(img)[:8].tolist()})
+        elif frame.seq % 20 == 0:
+            yield Event("ok", {"seq": frame.seq, "value": first})
+
+
+class FlakyOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fail_every: int = Field(2, ge=1, description="raise on every Nth frame")
+
+
+class FlakyProcessor(Processor):
+    """Raises on every ``fail_every``-th frame, reports the others."""
+
+    Options = FlakyOptions
+
+    def __init__(self, options: BaseModel, camera: str) -> None:
+        super().__init__(options, camera)
+        self.n = 0
+
+    def process(self, frame: Frame) -> list[Event]:
+        self.n += 1
+        if self.n % self.options.fail_every == 0:  # type: ignore[attr-defined]
+            raise RuntimeError(f"boom on frame {frame.seq}")
+        return [Event("ok", {"n": self.n})]

@@ -1,0 +1,201 @@
+"""End-to-end: `edged run` as a real process, with real files, processes and shared memory."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+from daemon import Daemon, shm_segments, wait_for
+
+REPO = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+
+def _toml(camera: str, **extra: str) -> str:
+    lines = [
+        "[events]",
+        'path = "events.jsonl"',
+        "[daemon]",
+        'stop_timeout = "5s"',
+        "[cameras.cam1]",
+        camera,
+    ]
+    lines += [f"{k} = {v}" for k, v in extra.items()]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def daemons():
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def _start(daemons: list[Daemon], tmp: Path, toml: str, *args: str) -> Daemon:
+    d = Daemon(tmp, toml, *args).start()
+    daemons.append(d)
+    return d
+
+
+def test_default_config_writes_motion_events_and_stops_cleanly(tmp_path, daemons):
+    toml = (REPO / "config" / "edged.toml").read_text()
+    toml = toml.replace("../var/events/events.jsonl", "events.jsonl")
+    toml = toml.replace("../var/state", "state")
+    d = _start(daemons, tmp_path, toml)
+    start = d.wait_events(1, "motion.start", timeout=10)[0]
+    assert start["camera"] == "demo" and start["processor"] == "motion"
+    assert set(start) >= {"schema", "id", "time", "seq", "frame_age_ms", "processing_ms", "data"}
+    children = d.children()
+    assert sorted(c.name() for c in children) == ["reader:demo", "worker:demo"]
+    assert shm_segments(d.pid)
+    assert d.stop() == 0
+    for child in children:
+        assert not child.is_running()
+    assert shm_segments(d.pid) == []
+    assert "edged stopped" in d.log
+
+
+def test_no_torn_frames_under_load(tmp_path, daemons):
+    camera = (
+        'source = "plugins:SolidSource"\n'
+        "source_options = { width = 1280, height = 720 }\n"
+        '[cameras.cam1.processor]\ntype = "plugins:SolidCheck"'
+    )
+    d = _start(daemons, tmp_path, _toml(camera))
+    d.wait_events(20, "ok", timeout=30)
+    assert d.events("torn") == []
+    assert d.stop() == 0
+
+
+def test_slow_processor_works_on_fresh_frames_and_memory_stays_flat(
+    tmp_path, daemons, rtsp_server_factory
+):
+    server = rtsp_server_factory(width=1280, height=720, fps=25, pattern="moving")
+    camera = (
+        f'source = "{server.url}"\n'
+        '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.3\ntimestamps = true'
+    )
+    d = _start(daemons, tmp_path, _toml(camera))
+    d.wait_events(5, "frame", timeout=20)
+    procs = {p.name(): p for p in d.children()}
+    rss_before = {n: p.memory_info().rss for n, p in procs.items()}
+    events = d.wait_events(45, "frame", timeout=40)
+    rss_after = {n: p.memory_info().rss for n, p in procs.items()}
+    assert d.stop() == 0
+
+    steady = events[5:]
+    ages = sorted(e["frame_age_ms"] for e in steady)
+    # Each frame is at most about one frame interval (40 ms) old when the
+    # processor starts on it, plus scheduling noise: never a growing queue.
+    assert ages[int(len(ages) * 0.95)] < 2 * 40 + 20, ages
+    assert ages[-1] < 250, ages
+    # Measured from the server's own clock (burned into the pixels): the
+    # frame reaches the processor within decode delay plus two intervals.
+    true_ages = sorted(e["data"]["true_age_ms"] for e in steady if e["data"]["true_age_ms"])
+    assert len(true_ages) > len(steady) // 2
+    assert true_ages[len(true_ages) // 2] < 400, true_ages
+    # ~7 frames arrive per 300 ms processing: the rest are skipped, not queued.
+    gaps = [b["seq"] - a["seq"] for a, b in zip(steady, steady[1:], strict=False)]
+    assert sum(gaps) / len(gaps) > 4, gaps
+    assert "frames skipped" in d.log
+    for name, before in rss_before.items():
+        growth = rss_after[name] - before
+        assert growth < 30 * 2**20, f"{name} grew by {growth / 2**20:.1f} MiB"
+
+
+def test_killed_children_are_restarted(tmp_path, daemons):
+    camera = 'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"\n[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
+    d = _start(daemons, tmp_path, _toml(camera))
+    d.wait_events(5, "frame")
+    for role in ("reader", "worker"):
+        (victim,) = d.children(role)
+        victim.send_signal(signal.SIGKILL)
+        wait_for(
+            f"a new {role}",
+            lambda victim=victim, role=role: [p for p in d.children(role) if p.pid != victim.pid],
+        )
+        n = len(d.events("frame"))
+        d.wait_events(n + 10, "frame")
+        assert f"{role} (pid {victim.pid}) killed by SIGKILL" in d.log
+    assert d.stop() == 0
+    assert shm_segments(d.pid) == []
+
+
+def test_processor_that_raises_is_logged_counted_and_camera_carries_on(tmp_path, daemons):
+    camera = 'source = "synthetic"\nfps = 25\n[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 2'
+    d = _start(daemons, tmp_path, _toml(camera))
+    d.wait_events(20, "ok")
+    assert d.stop() == 0
+    log = d.log
+    assert "RuntimeError: boom on frame" in log
+    assert "Traceback" in log
+    # One traceback per run of failures, not one per frame
+    assert log.count("Traceback") <= 2
+    assert "processor errors" in log
+
+
+def test_supervisor_sigkill_leaves_no_children_or_shared_memory(tmp_path, daemons):
+    d = _start(daemons, tmp_path, _toml('source = "synthetic"'))
+    wait_for("children", lambda: len(d.children()) == 2)
+    kids = d.children()
+    wait_for("shared memory", lambda: shm_segments(d.pid))
+    d.proc.send_signal(signal.SIGKILL)
+    d.proc.wait()
+    gone = psutil.wait_procs(kids, timeout=10)[1]
+    assert gone == [], f"children outlived the supervisor: {gone}"
+    wait_for("shared memory cleaned up", lambda: shm_segments(d.pid) == [], timeout=10)
+
+
+def test_unknown_camera_on_the_command_line_exits_78(tmp_path):
+    cfg = tmp_path / "edged.toml"
+    cfg.write_text(_toml('source = "synthetic"'))
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", "run", "--config", str(cfg), "--camera", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 78
+    assert "--camera nope: no such camera (configured: cam1)" in r.stderr
+
+
+def test_check_config_reports_every_mistake_and_exits_78(tmp_path):
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(
+        "[events]\n"
+        "fsync = 'sometimes'\n"
+        "[cameras.cam1]\n"
+        "source = 'synthetic'\n"
+        "stale_afer = '5s'\n"
+        "[cameras.cam1.processor]\n"
+        "type = 'motion'\n"
+        "min_area = -3\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", "check-config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 78
+    err = r.stderr
+    assert "3 errors" in err
+    assert "bad.toml:2: events.fsync" in err
+    assert "bad.toml:5: cameras.cam1.stale_afer: unknown key (did you mean 'stale_after'?)" in err
+    assert "bad.toml:8: cameras.cam1.processor.min_area" in err
+
+
+def test_check_config_accepts_the_shipped_default():
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", "check-config", str(REPO / "config" / "edged.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "demo: synthetic -> motion" in r.stdout
