@@ -39,7 +39,9 @@ def _main_not_reimported() -> Iterator[None]:
     # guards with `if __name__ == "__main__":`. The reader needs nothing from
     # it, so hide it while the child is being prepared: scripts need no guard.
     main = sys.modules.get("__main__")
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__}
+    saved: dict[str, Any] = {
+        k: main.__dict__[k] for k in ("__file__", "__spec__") if main and k in main.__dict__
+    }
     try:
         if main is not None:
             for k in saved:
@@ -105,7 +107,7 @@ class LatestFrameCapture:
 
     # -- cv2.VideoCapture style -------------------------------------------------
 
-    def isOpened(self) -> bool:  # noqa: N802 - the cv2 name, on purpose
+    def isOpened(self) -> bool:
         """True while the reader runs (it may be reconnecting)."""
         return self._owner is not None and self._proc.is_alive()
 

@@ -67,7 +67,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         if unknown:
             known = ", ".join(config.cameras)
             raise ConfigError(
-                args.config, [f"--camera {c}: no such camera (configured: {known})" for c in unknown]
+                args.config,
+                [f"--camera {c}: no such camera (configured: {known})" for c in unknown],
             )
     return Supervisor(config, cameras).run()
 

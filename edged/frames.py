@@ -387,7 +387,9 @@ class SlotReader:
         self._data = _DataSegment(gen, mm, int(self._ctl.i64[_I_CAPACITY]))
         return True
 
-    def acquire(self, after_seq: int, timeout: float) -> tuple[np.ndarray, int, float, float] | None:
+    def acquire(
+        self, after_seq: int, timeout: float
+    ) -> tuple[np.ndarray, int, float, float] | None:
         """Wait up to ``timeout`` s for a frame newer than ``after_seq`` and hold it.
 
         Returns ``(image, seq, wall, mono)``, the image a read-only view that

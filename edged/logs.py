@@ -71,9 +71,7 @@ def setup_logging(settings: LogSettings) -> None:
     if journal:
         handler.setFormatter(_JournalFormatter("%(name)s: %(message)s"))
     else:
-        handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
-        )
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
     handler.addFilter(_ScrubFilter())
     root = logging.getLogger()
     for old in list(root.handlers):

@@ -74,7 +74,7 @@ class Backoff:
         self.attempt = 0
 
     def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * (2**self.attempt))
+        base = min(self.maximum, self.initial * 2.0**self.attempt)
         self.attempt += 1
         # Jitter in [base/2, base]: never a hot loop, and a fleet of cameras
         # that dropped together does not reconnect in lockstep.

@@ -18,7 +18,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
@@ -67,7 +67,7 @@ class CameraRuntime:
     def name(self) -> str:
         return self.cfg.name
 
-    _COUNTERS = {  # noqa: RUF012 - (status record, field) -> counter name
+    _COUNTERS = {
         ("reader", "frames"): "frames_decoded",
         ("reader", "opens"): "opens",
         ("reader", "open_failures"): "open_failures",
@@ -356,7 +356,7 @@ class Supervisor:
             proc.terminate()
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
-            live = [p.sentinel for p in procs if p.is_alive()]
+            live: list[Any] = [p.sentinel for p in procs if p.is_alive()]
             conns = [cam.events_r for cam in self.cams.values()]
             wait(live + conns, timeout=min(TICK, max(0.0, deadline - time.monotonic())))
             self.collect_events()

@@ -141,7 +141,9 @@ class Worker:
         if now - self._last_traceback < TRACEBACK_INTERVAL:
             self._suppressed += 1
             return
-        since = f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
+        since = (
+            f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
+        )
         log.error(
             "camera %s: processor %s failed on frame %d%s:\n%s",
             self.cam.name,
@@ -199,9 +201,7 @@ def worker_main(
         processor = cls(cam.processor.build_options(), cam.name)
         processor.setup()
     except (EdgedError, Exception) as exc:
-        log.error(
-            "camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, exc
-        )
+        log.error("camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, exc)
         os._exit(EX_CONFIG)
     slot = SlotReader(slot_name, doorbell.fileno())
     code = 0

@@ -78,7 +78,8 @@ class Daemon:
 
     def wait_events(self, n: int, type_: str | None = None, timeout: float = 15) -> list[dict]:
         return wait_for(
-            f"{n} {type_ or ''} events", lambda: len(self.events(type_)) >= n and self.events(type_),
+            f"{n} {type_ or ''} events",
+            lambda: len(self.events(type_)) >= n and self.events(type_),
             timeout,
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import signal
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_slow_processor_works_on_fresh_frames_and_memory_stays_flat(
     assert len(true_ages) > len(steady) // 2
     assert true_ages[len(true_ages) // 2] < 400, true_ages
     # ~7 frames arrive per 300 ms processing: the rest are skipped, not queued.
-    gaps = [b["seq"] - a["seq"] for a, b in zip(steady, steady[1:], strict=False)]
+    gaps = [b["seq"] - a["seq"] for a, b in itertools.pairwise(steady)]
     assert sum(gaps) / len(gaps) > 4, gaps
     assert "frames skipped" in d.log
     for name, before in rss_before.items():
@@ -109,7 +110,10 @@ def test_slow_processor_works_on_fresh_frames_and_memory_stays_flat(
 
 
 def test_killed_children_are_restarted(tmp_path, daemons):
-    camera = 'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"\n[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
+    camera = (
+        'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"\n'
+        '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
+    )
     d = _start(daemons, tmp_path, _toml(camera))
     d.wait_events(5, "frame")
     for role in ("reader", "worker"):
@@ -127,7 +131,10 @@ def test_killed_children_are_restarted(tmp_path, daemons):
 
 
 def test_processor_that_raises_is_logged_counted_and_camera_carries_on(tmp_path, daemons):
-    camera = 'source = "synthetic"\nfps = 25\n[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 2'
+    camera = (
+        'source = "synthetic"\nfps = 25\n'
+        '[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 2'
+    )
     d = _start(daemons, tmp_path, _toml(camera))
     d.wait_events(20, "ok")
     assert d.stop() == 0
