@@ -89,8 +89,10 @@ def test_rtsp_reconnects_after_the_server_restarts(rtsp_server):
 def clip(tmp_path):
     path = tmp_path / "clip.mp4"
     subprocess.run(
-        [shutil.which("ffmpeg") or "ffmpeg", "-loglevel", "error", "-f", "lavfi"]
-        + ["-i", "testsrc=duration=2:size=320x240:rate=25", "-pix_fmt", "yuv420p", str(path)],
+        [
+            *(shutil.which("ffmpeg") or "ffmpeg", "-loglevel", "error", "-f", "lavfi"),
+            *("-i", "testsrc=duration=2:size=320x240:rate=25", "-pix_fmt", "yuv420p", str(path)),
+        ],
         check=True,
         timeout=60,
     )
