@@ -53,7 +53,9 @@ _F_BUF = 0  # + 2 * buffer: wall-clock time, monotonic time
 _F_READER = 16
 _F_WORKER = 40
 _N_F64 = 64
-CONTROL_SIZE = 8 * (_N_I64 + _N_F64)
+_NOTE_OFFSET = 8 * (_N_I64 + _N_F64)
+NOTE_SIZE = 2048  # the reader's last native (FFmpeg) messages, scrubbed, NUL-terminated
+CONTROL_SIZE = _NOTE_OFFSET + NOTE_SIZE
 
 # Status records: float64 fields written by one child, read by the supervisor.
 # Aligned 8-byte stores are atomic on the platforms we run on, so no lock.
@@ -171,6 +173,14 @@ class _Control:
         finally:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
+    def read_note(self) -> str:
+        raw = bytes(self.mm[_NOTE_OFFSET : _NOTE_OFFSET + NOTE_SIZE])
+        return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
+
+    def write_note(self, text: str) -> None:
+        data = text.encode("utf-8", "replace")[-(NOTE_SIZE - 1) :] + b"\0"
+        self.mm[_NOTE_OFFSET : _NOTE_OFFSET + len(data)] = data
+
     def close(self) -> None:
         os.close(self._lock_fd)
         del self.i64, self.f64
@@ -237,6 +247,11 @@ class SlotOwner:
             h, w, c = (int(v) for v in self._ctl.i64[b + 1 : b + 4])
         return (h, w, c)
 
+    @property
+    def reader_note(self) -> str:
+        """The reader's last native messages (see :meth:`SlotWriter.set_note`)."""
+        return self._ctl.read_note()
+
     def reap_writer(self) -> None:
         """After the writer died: remove its data segment (the consumer keeps its mapping)."""
         with self._ctl.locked():
@@ -291,6 +306,10 @@ class SlotWriter:
     @property
     def seq(self) -> int:
         return int(self._ctl.i64[_I_LATEST_SEQ])
+
+    def set_note(self, text: str) -> None:
+        """Leave the last native messages where the supervisor can read them after a kill."""
+        self._ctl.write_note(text)
 
     def _new_generation(self, capacity: int) -> None:
         ctl = self._ctl

@@ -26,6 +26,7 @@ import numpy as np
 from edged.errors import EdgedError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
+from edged.nativelog import NativeStderr, classify
 from edged.sources import Source, open_source
 
 if TYPE_CHECKING:
@@ -44,8 +45,8 @@ class ReaderState(enum.IntEnum):
     ENDED = 4
 
 
-def prepare_child(role: str, camera: str, log_settings: LogSettings) -> None:
-    """First thing in a reader or worker: die with the supervisor, name, logging."""
+def prepare_child(role: str, camera: str) -> None:
+    """First thing in a reader or worker: die with the supervisor, take a name."""
     import ctypes
 
     pr_set_name, pr_set_pdeathsig = 15, 1
@@ -61,7 +62,6 @@ def prepare_child(role: str, camera: str, log_settings: LogSettings) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         os._exit(1)
-    setup_logging(log_settings)
 
 
 class Backoff:
@@ -86,8 +86,15 @@ class Backoff:
 
 
 class Reader:
-    def __init__(self, cam: CameraConfig, writer: SlotWriter, stop: threading.Event) -> None:
+    def __init__(
+        self,
+        cam: CameraConfig,
+        writer: SlotWriter,
+        stop: threading.Event,
+        native: NativeStderr | None = None,
+    ) -> None:
         self.cam = cam
+        self.native = native
         self.writer = writer
         self.status = writer.status
         self.stop = stop
@@ -106,10 +113,13 @@ class Reader:
         self.status["pid"] = os.getpid()
         self.beat()
         failures = 0
+        last_cause: str | None = None
         while not self.stop.is_set():
             self.set_state(ReaderState.CONNECTING if failures == 0 else ReaderState.RECONNECTING)
             source = open_source(self.cam)
             started = time.monotonic()
+            if self.native is not None:
+                self.native.clear()
             try:
                 self.beat()
                 source.open()
@@ -128,15 +138,22 @@ class Reader:
                 self.status.add("open_failures")
                 self.backoff.succeeded(time.monotonic() - started)
                 delay = self.backoff.next_delay()
-                # One line when the camera goes away; then only a summary now and then.
-                if failures == 1 or failures % 10 == 0:
+                lines = self.native.recent() if self.native else []
+                cause = classify(lines)
+                reason = f"{exc}: {cause}" if cause else str(exc)
+                # One line when the camera goes away or the cause changes; then
+                # a summary every 10 attempts, not a line per retry.
+                if failures == 1 or cause != last_cause or failures % 10 == 0:
                     log.warning(
                         "camera %s: %s; retrying in %.1fs (attempt %d)",
                         self.cam.name,
-                        exc,
+                        reason,
                         delay,
                         failures,
                     )
+                    if lines and failures == 1:
+                        log.info("camera %s: FFmpeg said: %s", self.cam.name, " | ".join(lines))
+                last_cause = cause
                 self.set_state(ReaderState.RECONNECTING)
                 self._sleep(delay)
             finally:
@@ -201,7 +218,9 @@ def reader_main(
     cam: CameraConfig, slot_name: str, doorbell: Connection, log_settings: LogSettings
 ) -> None:
     """Entry point of a reader process (started with the ``spawn`` method)."""
-    prepare_child("reader", cam.name, log_settings)
+    prepare_child("reader", cam.name)
+    native = NativeStderr()
+    setup_logging(log_settings)
     stop = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:
@@ -210,9 +229,10 @@ def reader_main(
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor decides
     writer = SlotWriter(slot_name, doorbell.fileno())
+    native.on_line = lambda lines: writer.set_note("\n".join(lines[-5:]))
     code = 0
     try:
-        code = Reader(cam, writer, stop).run()
+        code = Reader(cam, writer, stop, native).run()
     except Exception:
         log.exception("camera %s: reader crashed", cam.name)
         code = 1

@@ -242,14 +242,16 @@ class Supervisor:
             child.restarts += 1
             child.due = now + delay
             child.last_exit = _describe_exit(code)
+            note = cam.slot.reader_note if child.role == "reader" else ""
             log.warning(
-                "camera %s: %s (pid %s) %s after %.1fs; restarting in %.1fs",
+                "camera %s: %s (pid %s) %s after %.1fs; restarting in %.1fs%s",
                 cam.name,
                 child.role,
                 pid,
                 child.last_exit,
                 ran,
                 delay,
+                f"; last FFmpeg output: {note.replace(chr(10), ' | ')}" if note else "",
             )
 
     def check_health(self, cam: CameraRuntime, now: float) -> None:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from edged.errors import EX_CONFIG, EdgedError
 from edged.frames import SlotReader
-from edged.logs import LogSettings
+from edged.logs import LogSettings, setup_logging
 from edged.processor import Event, Frame, Processor, resolve_processor
 from edged.reader import prepare_child
 
@@ -188,7 +188,8 @@ def worker_main(
     log_settings: LogSettings,
 ) -> None:
     """Entry point of a worker process (started with the ``spawn`` method)."""
-    prepare_child("worker", cam.name, log_settings)
+    prepare_child("worker", cam.name)
+    setup_logging(log_settings)
     stop = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:

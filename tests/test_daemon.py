@@ -206,3 +206,26 @@ def test_check_config_accepts_the_shipped_default():
     )
     assert r.returncode == 0, r.stderr
     assert "demo: synthetic -> motion" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("credentials", "path", "cause"),
+    [
+        ("edged:wrong-Pa55word", "/stream", "authentication failed"),
+        ("edged:right-Pa55word", "/nope", "stream not found"),
+    ],
+)
+def test_camera_failures_name_their_cause_and_never_show_the_password(
+    tmp_path, daemons, rtsp_server_factory, credentials, path, cause
+):
+    server = rtsp_server_factory(user="edged", password="right-Pa55word")
+    url = f"rtsp://{credentials}@127.0.0.1:{server.port}{path}"
+    d = _start(daemons, tmp_path, _toml(f'source = "{url}"\nopen_timeout = "3s"'))
+    d.wait_log(cause, timeout=20)
+    d.wait_log("camera cam1: reconnecting")
+    assert d.stop() == 0
+    log = d.log
+    assert "Pa55word" not in log
+    assert f"rtsp://edged:***@127.0.0.1:{server.port}{path}" in log
+    # one line for the failure, not one per retry
+    assert log.count(cause) == 1

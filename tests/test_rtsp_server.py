@@ -5,6 +5,7 @@ The timestamp strip tests are plain numpy; the server tests are ``slow``.
 
 from __future__ import annotations
 
+import itertools
 import socket
 import time
 from collections.abc import Callable
@@ -72,37 +73,45 @@ def test_timestamp_strip_survives_noise_and_rejects_garbage() -> None:
 # --------------------------------------------------------------------------------------
 
 
-def read_frames(cap: Any, count: int, timeout: float = 15.0) -> list[np.ndarray]:
+def read_frames(
+    cap: Any, count: int, server: RtspServer | None = None, timeout: float = 15.0
+) -> list[np.ndarray]:
     """``count`` frames from an open capture, or fail after ``timeout`` seconds."""
     frames: list[np.ndarray] = []
     deadline = time.monotonic() + timeout
     while len(frames) < count:
-        assert time.monotonic() < deadline, f"only {len(frames)}/{count} frames in {timeout} s"
-        ok, frame = cap.read()  # bounded by the capture's read timeout
-        assert ok, f"read() failed after {len(frames)} frames"
+        ok = time.monotonic() < deadline
+        if ok:
+            ok, frame = cap.read()  # bounded by the capture's read timeout
+        if not ok:
+            log = server.stderr_text() if server is not None else ""
+            pytest.fail(f"got {len(frames)}/{count} frames; server stderr:\n{log}")
         frames.append(frame)
     return frames
 
 
-def opened(url: str, **kwargs: Any) -> Any:
+def opened(url: str, server: RtspServer | None = None, **kwargs: Any) -> Any:
     cap = open_capture(url, **kwargs)
     if not cap.isOpened():
         cap.release()
-        pytest.fail(f"cannot open {url}")
+        log = server.stderr_text() if server is not None else ""
+        pytest.fail(f"cannot open {url}; server stderr:\n{log}")
     return cap
 
 
 def check_live_stream(server: RtspServer, count: int) -> list[float]:
     """Reads ``count`` frames; checks size, fresh and increasing timestamps, pacing."""
-    cap = opened(server.url)
+    cap = opened(server.url, server)
     try:
-        frames = read_frames(cap, count)
+        frames = read_frames(cap, count, server)
         read_at = time.time()
     finally:
         cap.release()
     assert all(f.shape == (server.height, server.width, 3) for f in frames)
     stamps = [decode_timestamp(f) for f in frames]
-    assert None not in stamps, f"unreadable strips at {[i for i, s in enumerate(stamps) if s is None]}"
+    assert None not in stamps, (
+        f"unreadable strips at {[i for i, s in enumerate(stamps) if s is None]}"
+    )
     ts = np.array(stamps, dtype=float)
     assert (np.diff(ts) > 0).all(), "timestamps must increase"
     # The last frame was read just now: it is fresh (OpenCV buffers ~1 s after open,
@@ -149,11 +158,27 @@ def _non_loopback_ipv4() -> str | None:
 
 
 @pytest.mark.slow
+def test_clients_share_one_pipeline(rtsp_server: RtspServer) -> None:
+    first = opened(rtsp_server.url, rtsp_server)
+    try:
+        read_frames(first, 5, rtsp_server)
+        second = opened(rtsp_server.url, rtsp_server)
+        try:
+            read_frames(second, 5, rtsp_server)
+            read_frames(first, 5, rtsp_server)
+        finally:
+            second.release()
+    finally:
+        first.release()
+    assert rtsp_server.stderr_text().count("media configured") == 1
+
+
+@pytest.mark.slow
 def test_solid_frames_are_uniform_below_the_strip(rtsp_server_factory: Factory) -> None:
     server = rtsp_server_factory(width=640, height=360, fps=25, pattern="solid")
-    cap = opened(server.url)
+    cap = opened(server.url, server)
     try:
-        frames = read_frames(cap, 40)
+        frames = read_frames(cap, 40, server)
     finally:
         cap.release()
     levels = []
@@ -163,15 +188,15 @@ def test_solid_frames_are_uniform_below_the_strip(rtsp_server_factory: Factory) 
         levels.append(float(body.mean()))
         assert decode_timestamp(frame) is not None
     # The level changes from frame to frame (it wraps once every 220 frames).
-    assert sum(b != pytest.approx(a, abs=0.5) for a, b in zip(levels, levels[1:])) >= 30
+    assert sum(b != pytest.approx(a, abs=0.5) for a, b in itertools.pairwise(levels)) >= 30
 
 
 @pytest.mark.slow
 def test_restart_on_the_same_port(rtsp_server: RtspServer) -> None:
     port = rtsp_server.port
-    old = opened(rtsp_server.url)
+    old = opened(rtsp_server.url, rtsp_server)
     try:
-        read_frames(old, 5)
+        read_frames(old, 5, rtsp_server)
         before = time.time()
         rtsp_server.restart()
         assert rtsp_server.port == port and rtsp_server.running
@@ -217,9 +242,9 @@ def test_authentication(rtsp_server_factory: Factory, method: str) -> None:
             assert not cap.isOpened(), url
         finally:
             cap.release()
-    cap = opened(server.url_with_credentials())
+    cap = opened(server.url_with_credentials(), server)
     try:
-        (frame,) = read_frames(cap, 1)
+        (frame,) = read_frames(cap, 1, server)
     finally:
         cap.release()
     assert frame.shape == (360, 640, 3)

@@ -11,10 +11,11 @@ Timestamp strip
 Every frame carries its creation time, ``time.time_ns() // 1000`` (microseconds since
 the epoch, 64 bit), as 72 black/white blocks of ``BLOCK`` x ``BLOCK`` pixels in the
 top-left corner: 64 timestamp bits (most significant first) followed by a CRC-8
-(polynomial 0x07, initial value 0xFF) of the 8 big-endian timestamp bytes, laid out row by row, at most
-``MAX_COLUMNS`` blocks per row. For frames at least 576 px wide that is 2 rows: the
-strip covers ``x < 576, y < 32`` (``STRIP_HEIGHT``) and nothing else. Everything
-below ``strip_height(width)`` rows is pattern content (for ``solid``: uniform).
+(polynomial 0x07, initial value 0xFF) of the 8 big-endian timestamp bytes, laid out
+row by row, at most ``MAX_COLUMNS`` blocks per row. For frames at least 576 px wide
+that is 2 rows: the strip covers ``x < 576, y < 32`` (``STRIP_HEIGHT``) and nothing
+else. Everything below ``strip_height(width)`` rows is pattern content (for
+``solid``: uniform). Blocks are luma 16 / 235 (decoded to about 0 / 255 in BGR).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 
@@ -85,9 +87,7 @@ def draw_timestamp(luma: np.ndarray, us: int) -> None:
     cols, _ = strip_layout(luma.shape[1])
     for i, bit in enumerate(_bits(us)):
         r, c = divmod(i, cols)
-        luma[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = (
-            Y_WHITE if bit else Y_BLACK
-        )
+        luma[r * BLOCK : (r + 1) * BLOCK, c * BLOCK : (c + 1) * BLOCK] = Y_WHITE if bit else Y_BLACK
 
 
 _PLAUSIBLE_US = (946_684_800_000_000, 4_102_444_800_000_000)  # years 2000 to 2100
@@ -233,7 +233,8 @@ class RtspServer:
         self._fixed_port = port is not None
         self._proc: subprocess.Popen[bytes] | None = None
         self._stderr: Any = None  # temp file with the server's stderr
-        self.last_stderr = ""
+        self.last_stderr = ""  # stderr of the last server process, once it has stopped
+        self.last_returncode: int | None = None  # its exit status (0 after a clean SIGTERM)
 
     # ---- properties -------------------------------------------------------------------
     @property
@@ -248,8 +249,9 @@ class RtspServer:
         return f"rtsp://127.0.0.1:{self.port}{self.path}"
 
     def url_with_credentials(self, user: str | None = None, password: str | None = None) -> str:
-        user = self.user if user is None else user
-        password = self.password if password is None else password
+        """URL with ``user:password@`` (the server's own unless given), percent-encoded."""
+        user = quote(self.user or "" if user is None else user, safe="")
+        password = quote(self.password or "" if password is None else password, safe="")
         return f"rtsp://{user}:{password}@127.0.0.1:{self.port}{self.path}"
 
     @property
@@ -304,7 +306,7 @@ class RtspServer:
 
     def _spawn_and_wait(self) -> int | str | None:
         """Start the process; None when READY, else its exit status (or 'timeout')."""
-        self._stderr = tempfile.TemporaryFile()
+        self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _terminate()
         self._proc = subprocess.Popen(
             self._cmd(),
             stdin=subprocess.DEVNULL,
@@ -334,8 +336,6 @@ class RtspServer:
             buf += chunk
             if any(line.strip() == want for line in buf.split(b"\n")[:-1]):
                 return None
-
-    last_returncode: int | None = None
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None

@@ -206,10 +206,11 @@ def main() -> int:
     server.set_service(str(args.port))
 
     factory = GstRtspServer.RTSPMediaFactory()
-    caps = (
-        f"video/x-raw,format=I420,width={args.width},height={args.height},"
-        f"framerate={args.fps}/1"
-    )
+    caps = f"video/x-raw,format=I420,width={args.width},height={args.height},framerate={args.fps}/1"
+    # threads=1: with tune=zerolatency x264 otherwise uses sliced threads (several slices
+    # per frame), and this GStreamer 1.22 + rtph264pay path then delivers P-frames that
+    # FFmpeg/OpenCV (and rtspsrc) decode corrupted: only keyframes come out intact.
+    # config-interval=-1: SPS/PPS before every keyframe, so clients can join any time.
     factory.set_launch(
         f"( appsrc name=src is-live=true do-timestamp=false format=time caps={caps} "
         f"! x264enc tune=zerolatency speed-preset=ultrafast key-int-max={args.fps} threads=1 "
@@ -227,6 +228,7 @@ def main() -> int:
         appsrc.set_property("leaky-type", GstApp.AppLeakyType.DOWNSTREAM)
         media.connect("unprepared", on_unprepared, appsrc)
         feeder.attach(appsrc)
+        log("media configured (new pipeline)")
 
     factory.connect("media-configure", on_configure)
 
