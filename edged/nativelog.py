@@ -55,7 +55,7 @@ class NativeStderr:
     def __init__(self, keep: int = 20, on_line: Callable[[list[str]], None] | None = None) -> None:
         self._lines: collections.deque[str] = collections.deque(maxlen=keep)
         self._lock = threading.Lock()
-        self._on_line = on_line
+        self.on_line = on_line
         self._marks: dict[str, threading.Event] = {}
         self._seq = 0
         real = os.dup(2)
@@ -82,8 +82,8 @@ class NativeStderr:
                     self._lines.append(line)
                     recent = list(self._lines)
                 log.debug("%s", line)
-                if self._on_line is not None:
-                    self._on_line(recent)
+                if self.on_line is not None:
+                    self.on_line(recent)
 
     def recent(self, n: int = 5, wait: float = 0.5) -> list[str]:
         """The last ``n`` lines, after whatever native code wrote so far has been read."""
