@@ -37,6 +37,28 @@ HANG_MARGIN = 5.0  # seconds beyond a reader's own timeouts before it counts as 
 MAX_PENDING = 100_000  # events held in memory while the event file cannot be written
 
 
+@dataclasses.dataclass(frozen=True)
+class CameraSnapshot:
+    """A camera as the outside sees it: for metrics, health, systemd STATUS, MQTT state."""
+
+    name: str
+    state: str  # starting | streaming | stalled | reconnecting | restarting | ended | failed
+    reason: str  # why, when not streaming ("" otherwise)
+    state_since: float  # time.time() of the last state change
+    up: bool  # streaming and fresh
+    last_frame_time: float  # wall-clock time of the newest frame, 0 if none yet
+    frame_age: float  # seconds since the newest frame was grabbed (inf if none)
+    fps: float  # decoded frames per second, smoothed
+    width: int
+    height: int
+    stale_after: float
+    counters: dict[str, int]  # frames_decoded, frames_processed, frames_skipped,
+    # processor_errors, events, opens, open_failures, stalls (whole life of the camera)
+    restarts: dict[str, int]  # "reader" / "worker" -> restarts
+    restart_reasons: dict[str, int]  # "crash", "killed", "hung", "setup" -> count
+    last_error: str
+
+
 @dataclasses.dataclass
 class Child:
     role: str
@@ -46,6 +68,7 @@ class Child:
     due: float | None = 0.0  # monotonic time to (re)start it; None: do not
     restarts: int = 0
     last_exit: str = ""
+    hung: bool = False  # killed by us for a silent heartbeat
 
 
 class CameraRuntime:
@@ -62,6 +85,10 @@ class CameraRuntime:
         self.reason = ""
         self.ended = False
         self.totals: dict[str, float] = {}
+        self.state_since = time.time()
+        self.stalls = 0
+        self.restart_reasons: dict[str, int] = {}
+        self.last_error = ""
 
     @property
     def name(self) -> str:
@@ -91,7 +118,30 @@ class CameraRuntime:
         for (role, field), name in self._COUNTERS.items():
             record = self.slot.reader if role == "reader" else self.slot.worker
             out[name] = int(self.totals.get(name, 0.0) + record[field])
+        out["stalls"] = self.stalls
         return out
+
+    def snapshot(self, now: float) -> CameraSnapshot:
+        rs = self.slot.reader
+        last = rs["last_frame"]
+        age = now - last if last else float("inf")
+        return CameraSnapshot(
+            name=self.name,
+            state=self.state,
+            reason=self.reason,
+            state_since=self.state_since,
+            up=self.state == "streaming",
+            last_frame_time=rs["last_frame_wall"],
+            frame_age=age,
+            fps=rs["fps"] if self.state == "streaming" else 0.0,
+            width=int(rs["width"]),
+            height=int(rs["height"]),
+            stale_after=self.cfg.stale_after,
+            counters=self.counters(),
+            restarts={"reader": self.reader.restarts, "worker": self.worker.restarts},
+            restart_reasons=dict(self.restart_reasons),
+            last_error=self.last_error,
+        )
 
     def children(self) -> tuple[Child, Child]:
         return (self.reader, self.worker)
@@ -110,7 +160,12 @@ class Supervisor:
         self.dropped = 0
         self.sink_failing = False
         self.events_total = 0
+        # Hooks for the sinks and metrics that live beside the JSONL file:
+        # on_event(record) for every accepted event, on_frame(camera, age, took)
+        # for every processed frame, on_state(snapshot) on every state change.
         self.on_event: list[Callable[[dict[str, Any]], None]] = []
+        self.on_frame: list[Callable[[str, float, float], None]] = []
+        self.on_state: list[Callable[[CameraSnapshot], None]] = []
         ev = config.events
         self.writer = JsonlWriter(
             ev.path,
@@ -191,6 +246,11 @@ class Supervisor:
     def handle_hup(self) -> None:
         log.warning("received SIGHUP: reload is not supported yet; restart to apply changes")
 
+    def snapshot(self) -> dict[str, CameraSnapshot]:
+        """Every camera's state and counters, for metrics, health and STATUS."""
+        now = time.monotonic()
+        return {name: cam.snapshot(now) for name, cam in self.cams.items()}
+
     # -- children ----------------------------------------------------------
 
     def spawn_reader(self, cam: CameraRuntime) -> BaseProcess:
@@ -242,6 +302,11 @@ class Supervisor:
             child.restarts += 1
             child.due = now + delay
             child.last_exit = _describe_exit(code)
+            why = "setup" if code == EX_CONFIG else "killed" if (code or 0) < 0 else "crash"
+            if child.hung:
+                why, child.hung = "hung", False
+            cam.restart_reasons[why] = cam.restart_reasons.get(why, 0) + 1
+            cam.last_error = f"{child.role} {child.last_exit}"
             note = cam.slot.reader_note if child.role == "reader" else ""
             log.warning(
                 "camera %s: %s (pid %s) %s after %.1fs; restarting in %.1fs%s",
@@ -268,6 +333,7 @@ class Supervisor:
                     int(rs["pid"]),
                     silent,
                 )
+                cam.reader.hung = True
                 proc.kill()
         state, reason = self._camera_state(cam, now)
         if state != cam.state:
@@ -279,7 +345,14 @@ class Supervisor:
                 state,
                 f" ({reason})" if reason else "",
             )
-            cam.state, cam.reason = state, reason
+            if state == "stalled":
+                cam.stalls += 1
+            if state not in ("streaming", "starting"):
+                cam.last_error = f"{state}: {reason}" if reason else state
+            cam.state, cam.reason, cam.state_since = state, reason, time.time()
+            snap = cam.snapshot(now)
+            for hook in self.on_state:
+                hook(snap)
 
     def _camera_state(self, cam: CameraRuntime, now: float) -> tuple[str, str]:
         if cam.ended:
@@ -309,6 +382,8 @@ class Supervisor:
                     msg = conn.recv()
                 except (EOFError, OSError):
                     break
+                for hook in self.on_frame:
+                    hook(cam.name, msg["age"], msg["took"])
                 for record in msg["events"]:
                     self.accept(record)
 

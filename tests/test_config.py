@@ -581,7 +581,7 @@ def test_shipped_default_config_loads() -> None:
         15,
     )
     assert cam.processor.type == "motion"
-    assert cfg.events.path == REPO / "config/events/events.jsonl"
+    assert cfg.events.path == REPO / "var/events/events.jsonl"
 
 
 def test_example_config_loads_and_documents_every_option(
