@@ -38,3 +38,9 @@ class PluginError(EdgedError):
     """A processor or source plugin could not be found, loaded or set up."""
 
     exit_code = EX_CONFIG
+
+
+class CameraBusyError(EdgedError):
+    """Another edged process already captures this camera (an edged@ unit and edged.service)."""
+
+    exit_code = EX_CONFIG  # a deployment mistake: restarting will not fix it

@@ -10,6 +10,7 @@ sentinels and the signal wake-up socket with a tick, then dispatches:
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import logging
 import multiprocessing
 import os
@@ -22,12 +23,13 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from edged.config import CameraConfig, Config
-from edged.errors import EX_CONFIG, EX_OK
+from edged.config import CameraConfig, Config, load_config
+from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError
 from edged.frames import SlotOwner, leftover_segments, unlink_segment
-from edged.logs import LogSettings
+from edged.logs import LogSettings, setup_logging
 from edged.reader import EXIT_END_OF_STREAM, Backoff, ReaderState, reader_main
 from edged.sinks.jsonl import JsonlWriter, SinkError
+from edged.systemd import Notifier, format_status
 from edged.worker import worker_main
 
 log = logging.getLogger(__name__)
@@ -86,6 +88,7 @@ class CameraRuntime:
         self.ended = False
         self.totals: dict[str, float] = {}
         self.state_since = time.time()
+        self.stopping = False
         self.stalls = 0
         self.restart_reasons: dict[str, int] = {}
         self.last_error = ""
@@ -150,10 +153,16 @@ class CameraRuntime:
 class Supervisor:
     def __init__(self, config: Config, cameras: list[str] | None = None) -> None:
         self.config = config
+        self.requested = cameras  # from --camera; None: every camera in the config
         self.names = cameras or list(config.cameras)
         self.ctx = multiprocessing.get_context("spawn")
         self.log_settings = LogSettings(config.logging.level, config.logging.format)
         self.cams: dict[str, CameraRuntime] = {}
+        self.locks: dict[str, int] = {}
+        # Before any child exists: it takes NOTIFY_SOCKET out of the environment.
+        self.notifier = Notifier()
+        self._status_due = 0.0
+        self._status_prefix = ""  # "reload failed: ...; " until a reload succeeds
         self.signals: deque[int] = deque()
         self.stopping = False
         self.pending: deque[dict[str, Any]] = deque()
@@ -166,8 +175,11 @@ class Supervisor:
         self.on_event: list[Callable[[dict[str, Any]], None]] = []
         self.on_frame: list[Callable[[str, float, float], None]] = []
         self.on_state: list[Callable[[CameraSnapshot], None]] = []
-        ev = config.events
-        self.writer = JsonlWriter(
+        self.writer = self._open_writer()
+
+    def _open_writer(self) -> JsonlWriter:
+        ev = self.config.events
+        return JsonlWriter(
             ev.path,
             max_bytes=ev.max_bytes,
             backups=ev.backups,
@@ -182,9 +194,9 @@ class Supervisor:
             if unlink_segment(name):
                 log.info("removed shared memory %s left by a process that is gone", name)
         self._install_signals()
-        # Children must not talk to systemd: they never see NOTIFY_SOCKET.
-        os.environ.pop("NOTIFY_SOCKET", None)
         try:
+            for name in self.names:
+                self.lock_camera(name)
             for name in self.names:
                 self.cams[name] = CameraRuntime(self.config.cameras[name])
             log.info(
@@ -193,12 +205,40 @@ class Supervisor:
                 ", ".join(self.cams),
                 os.getpid(),
             )
+            # Children are spawned by the first tick; a camera still connecting
+            # does not hold up READY.
+            self.tick()
+            self.notifier.ready(format_status(self.snapshot()))
             while not self.stopping:
                 self.tick()
             self.shutdown()
         finally:
             self._close()
         return EX_OK
+
+    def lock_camera(self, name: str) -> None:
+        """Refuse to capture a camera another edged (an edged@ unit, say) already captures."""
+        folder = self.config.daemon.state_dir / "locks"
+        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+        path = folder / f"{name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise CameraBusyError(
+                f"camera {name} is already captured by another edged process (pid {holder}, "
+                f"lock {path}); stop that one (edged.service or edged@{name}) first"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.locks[name] = fd
+
+    def unlock_camera(self, name: str) -> None:
+        fd = self.locks.pop(name, None)
+        if fd is not None:
+            os.close(fd)
 
     def _install_signals(self) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -238,13 +278,77 @@ class Supervisor:
                 self.check_health(cam, now)
         self.flush_pending()
         self.writer.tick()
+        self.notify(now)
+
+    def notify(self, now: float) -> None:
+        # Pinged from here only: a loop that stops turning (a hung disk write,
+        # a deadlock) stops the pings and systemd kills and restarts us.
+        if self.notifier.watchdog_due(now):
+            self.notifier.ping()
+        if now >= self._status_due and not self.stopping:
+            self._status_due = now + 1.0
+            self.notifier.status(self._status_prefix + format_status(self.snapshot()))
 
     def handle_term(self, signum: int) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
     def handle_hup(self) -> None:
-        log.warning("received SIGHUP: reload is not supported yet; restart to apply changes")
+        self.notifier.reloading()
+        path = self.config.path
+        log.info("received SIGHUP: reloading %s", path)
+        try:
+            new = load_config(path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload failed: %s", problem)
+            n = len(exc.problems)
+            log.error("reload failed: %d error(s); still running the previous configuration", n)
+            self._status_prefix = f"reload failed: {n} error(s), see journal; "
+        else:
+            self._status_prefix = ""
+            self.apply(new)
+        self._status_due = 0.0
+        self.notifier.ready(self._status_prefix + format_status(self.snapshot()))
+
+    def apply(self, new: Config) -> None:
+        """Move to a new configuration; cameras whose settings did not change keep streaming."""
+        wanted = [n for n in (self.requested or new.cameras) if n in new.cameras]
+        for name in self.requested or []:
+            if name not in new.cameras:
+                log.warning("camera %s is no longer in the configuration: stopping it", name)
+        removed = [n for n in self.cams if n not in wanted]
+        changed = [n for n in self.cams if n in wanted and new.cameras[n] != self.cams[n].cfg]
+        added = [n for n in wanted if n not in self.cams]
+        going = [self.cams.pop(n) for n in removed + changed]
+        self.stop_cameras(going)
+        for cam in going:
+            cam.slot.close()
+        for name in removed:
+            self.unlock_camera(name)
+        old, self.config = self.config, new
+        if new.logging != old.logging:
+            setup_logging(LogSettings(new.logging.level, new.logging.format))
+            self.log_settings = LogSettings(new.logging.level, new.logging.format)
+        if new.events != old.events:
+            self.writer.close()
+            self.writer = self._open_writer()
+        for name in changed + added:
+            if name in added:
+                try:
+                    self.lock_camera(name)
+                except CameraBusyError as exc:
+                    log.error("not starting camera %s: %s", name, exc)
+                    continue
+            self.cams[name] = CameraRuntime(new.cameras[name])
+        unchanged = len(wanted) - len(changed) - len(added)
+        log.info(
+            "reloaded: %d added, %d removed, %d restarted, %d unchanged camera(s)",
+            len(added),
+            len(removed),
+            len(changed),
+            unchanged,
+        )
 
     def snapshot(self) -> dict[str, CameraSnapshot]:
         """Every camera's state and counters, for metrics, health and STATUS."""
@@ -287,7 +391,7 @@ class Supervisor:
             proc.close()
             if child.role == "reader":
                 cam.slot.reap_writer()
-            if self.stopping:
+            if self.stopping or cam.stopping:
                 continue
             if child.role == "reader" and code == EXIT_END_OF_STREAM:
                 cam.ended = True
@@ -427,25 +531,34 @@ class Supervisor:
 
     # -- shutdown ------------------------------------------------------------
 
-    def shutdown(self) -> None:
-        procs = [c.process for cam in self.cams.values() for c in cam.children() if c.process]
+    def stop_cameras(self, cams: list[CameraRuntime]) -> None:
+        """Stop these cameras' children: SIGTERM, a grace period, SIGKILL; keep their events."""
+        for cam in cams:
+            cam.stopping = True
+        procs = [c.process for cam in cams for c in cam.children() if c.process]
         for proc in procs:
             proc.terminate()
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
             live: list[Any] = [p.sentinel for p in procs if p.is_alive()]
-            conns = [cam.events_r for cam in self.cams.values()]
+            conns = [cam.events_r for cam in cams]
             wait(live + conns, timeout=min(TICK, max(0.0, deadline - time.monotonic())))
             self.collect_events()
+            if self.notifier.watchdog_due(time.monotonic()):
+                self.notifier.ping()
         for proc in procs:
             if proc.is_alive():
                 log.warning("%s (pid %s) did not stop in time: killing it", proc.name, proc.pid)
                 proc.kill()
         now = time.monotonic()
-        for cam in self.cams.values():
+        for cam in cams:
             self.reap(cam, now)
         # A worker's last events are in the pipe even if it was killed.
         self.collect_events()
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        self.stop_cameras(list(self.cams.values()))
         self.flush_pending()
         if self.pending:
             log.error("stopping with %d events that could not be written", len(self.pending))
@@ -472,6 +585,8 @@ class Supervisor:
                     child.process.kill()
                     child.process.join()
             cam.slot.close()
+        for name in list(self.locks):
+            self.unlock_camera(name)
         self.writer.close()
         signal.set_wakeup_fd(-1)
 

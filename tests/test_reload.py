@@ -1,0 +1,104 @@
+"""SIGHUP reload and the per-camera lock, against the real daemon."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from daemon import TESTS, Daemon, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _config(cameras: dict[str, str], extra: str = "") -> str:
+    out = ['[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n' + extra]
+    for name, processor_delay in cameras.items():
+        out.append(
+            f'[cameras.{name}]\nsource = "synthetic"\nfps = 25\n'
+            f'[cameras.{name}.processor]\ntype = "plugins:SlowProcessor"\n'
+            f"delay = {processor_delay}\n"
+        )
+    return "\n".join(out)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = Daemon(tmp_path, _config({"cam1": "0.0", "cam2": "0.0"}))
+    d.start()
+    yield d
+    d.kill()
+
+
+def _pids(d: Daemon) -> dict[str, int]:
+    return {p.name(): p.pid for p in d.children()}
+
+
+def _reload(d: Daemon, toml: str, expect: str) -> None:
+    before = d.log.count(expect)
+    d.config.write_text(toml)
+    d.proc.send_signal(signal.SIGHUP)
+    wait_for(f"{expect!r} after SIGHUP", lambda: d.log.count(expect) > before, timeout=20)
+
+
+def test_reload_restarts_only_changed_cameras(daemon):
+    d = daemon
+    wait_for("both cameras", lambda: len(d.children()) == 4)
+    d.wait_events(10, "frame")
+    before = _pids(d)
+    _reload(d, _config({"cam1": "0.0", "cam2": "0.01"}), "reloaded:")
+    assert "0 added, 0 removed, 1 restarted, 1 unchanged" in d.log
+    wait_for("cam2 restarted", lambda: len(d.children()) == 4)
+    after = _pids(d)
+    assert after["reader:cam1"] == before["reader:cam1"]
+    assert after["worker:cam1"] == before["worker:cam1"]
+    assert after["reader:cam2"] != before["reader:cam2"]
+    # cam1 kept streaming through the reload: its frames keep consecutive seqs
+    n = len(d.events("frame"))
+    d.wait_events(n + 40, "frame")
+    cam1 = [e["seq"] for e in d.events("frame") if e["camera"] == "cam1"]
+    assert cam1 == sorted(cam1) and cam1[-1] - cam1[0] + 1 - len(cam1) < 10
+    assert d.stop() == 0
+
+
+def test_reload_adds_and_removes_cameras(daemon):
+    d = daemon
+    wait_for("both cameras", lambda: len(d.children()) == 4)
+    _reload(d, _config({"cam1": "0.0", "cam3": "0.0"}), "reloaded:")
+    assert "1 added, 1 removed, 0 restarted, 1 unchanged" in d.log
+    wait_for(
+        "cam3 up and cam2 gone",
+        lambda: sorted(_pids(d)) == ["reader:cam1", "reader:cam3", "worker:cam1", "worker:cam3"],
+    )
+    wait_for("cam3 events", lambda: any(e["camera"] == "cam3" for e in d.events("frame")))
+    assert d.stop() == 0
+
+
+def test_broken_config_on_reload_keeps_the_old_one_running(daemon):
+    d = daemon
+    wait_for("both cameras", lambda: len(d.children()) == 4)
+    before = _pids(d)
+    _reload(d, "[cameras.cam1]\nsource = 'synthetic'\nfsp = 3\n", "still running the previous")
+    assert "reload failed:" in d.log and "cameras.cam1.fsp: unknown key" in d.log
+    assert _pids(d) == before
+    n = len(d.events("frame"))
+    d.wait_events(n + 10, "frame")
+    assert d.proc.poll() is None
+    assert d.stop() == 0
+
+
+def test_a_camera_is_captured_by_one_daemon_only(daemon, tmp_path):
+    d = daemon
+    wait_for("both cameras", lambda: len(d.children()) == 4)
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", "run", "--config", str(d.config), "--camera", "cam2"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+    )
+    assert r.returncode == 78
+    assert f"camera cam2 is already captured by another edged process (pid {d.pid}" in r.stderr
+    assert d.stop() == 0
