@@ -119,14 +119,19 @@ def _attach_segment(name: str) -> mmap.mmap:
         os.close(fd)
 
 
-def unlink_segment(name: str) -> bool:
-    """Remove a segment by name; True if it existed. Safe to call from any process."""
+def unlink_segment(name: str, tracked: bool = True) -> bool:
+    """Remove a segment by name; True if it existed. Safe to call from any process.
+
+    ``tracked=False`` for segments of another process tree (left over by a
+    supervisor that was killed): our resource tracker never knew them.
+    """
     try:
         os.unlink(segment_path(name))
     except FileNotFoundError:
         return False
-    with contextlib.suppress(Exception):
-        resource_tracker.unregister("/" + name, "shared_memory")
+    if tracked:
+        with contextlib.suppress(Exception):
+            resource_tracker.unregister("/" + name, "shared_memory")
     return True
 
 

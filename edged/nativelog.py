@@ -25,11 +25,15 @@ log = logging.getLogger("edged.ffmpeg")
 # Lines OpenCV prints on every open that say nothing about the camera.
 _NOISE = re.compile(r"backend is generally available but can't be used to capture by name")
 
+AUTH_FAILED = "authentication failed (check user and password)"
+FORBIDDEN = "access forbidden by the camera"
+NOT_FOUND = "stream not found (check the URL path)"
+
 # First match wins: the most specific cause first.
 _CAUSES: list[tuple[re.Pattern[str], str]] = [
-    (re.compile(r"\b401\b|Unauthorized", re.I), "authentication failed (check user and password)"),
-    (re.compile(r"\b403\b|Forbidden", re.I), "access forbidden by the camera"),
-    (re.compile(r"\b404\b|Not Found|No such file", re.I), "stream not found (check the URL path)"),
+    (re.compile(r"\b401\b|Unauthorized", re.I), AUTH_FAILED),
+    (re.compile(r"\b403\b|Forbidden", re.I), FORBIDDEN),
+    (re.compile(r"\b404\b|Not Found|No such file", re.I), NOT_FOUND),
     (re.compile(r"Connection refused", re.I), "connection refused"),
     (re.compile(r"No route to host|Network is unreachable", re.I), "network unreachable"),
     (

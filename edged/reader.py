@@ -26,7 +26,7 @@ import numpy as np
 from edged.errors import EdgedError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
-from edged.nativelog import NativeStderr, classify
+from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
 from edged.sources import Source, open_source
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 EXIT_END_OF_STREAM = 3  # a file without loop=true played to its end: do not restart
+SLOW_RETRY_CAUSES = {AUTH_FAILED, FORBIDDEN, NOT_FOUND}
+TOO_FAST = 1.5  # delivered fps above this times the nominal rate: the camera repeats frames
 
 
 class ReaderState(enum.IntEnum):
@@ -98,7 +100,7 @@ class Reader:
         self.writer = writer
         self.status = writer.status
         self.stop = stop
-        self.backoff = Backoff(cam.restart_delay, cam.restart_max_delay)
+        self.backoff = Backoff(cam.restart_delay, cam.restart_max_delay, cam.restart_reset_after)
         self._fps_last = 0.0
 
     def set_state(self, state: ReaderState) -> None:
@@ -140,6 +142,10 @@ class Reader:
                 delay = self.backoff.next_delay()
                 lines = self.native.recent() if self.native else []
                 cause = classify(lines)
+                if cause in SLOW_RETRY_CAUSES:
+                    # Retrying a wrong password quickly only fills the camera's
+                    # log (and may lock the account): use the slow end of the schedule.
+                    delay = max(delay, self.cam.restart_max_delay * (0.5 + random.random() / 2))
                 reason = f"{exc}: {cause}" if cause else str(exc)
                 # One line when the camera goes away or the cause changes; then
                 # a summary every 10 attempts, not a line per retry.
@@ -173,6 +179,11 @@ class Reader:
         """Publish frames until stopped (False) or the stream ends (True)."""
         writer, status = self.writer, self.status
         shape: tuple[int, ...] | None = None
+        nominal = self.cam.fps or source.nominal_fps
+        opened = time.monotonic()
+        warned_fast = False
+        status["fps"] = 0.0
+        status["last_frame"] = 0.0
         while not self.stop.is_set():
             self.beat()
             if not source.grab():
@@ -211,6 +222,17 @@ class Reader:
                     status["fps"] = 1.0 / dt if fps == 0 else fps * 0.9 + 0.1 / dt
             status["last_frame"] = mono
             status["last_frame_wall"] = wall
+            if not warned_fast and nominal and mono - opened > 5.0:
+                fps = status["fps"]
+                if fps > TOO_FAST * nominal:
+                    warned_fast = True
+                    log.warning(
+                        "camera %s: delivers %.1f frames/s, more than its nominal %.1f: "
+                        "it may be repeating frames",
+                        self.cam.name,
+                        fps,
+                        nominal,
+                    )
         return False
 
 

@@ -142,12 +142,15 @@ class OpenCVSource(Source):
             if self._next_due > now:
                 time.sleep(self._next_due - now)
             self._next_due = max(self._next_due + 1.0 / self._fps, time.monotonic() - 0.5)
+        started = time.monotonic()
         if self._cap.grab():
             return True
         if self.kind == "file":
             if self.cam.loop and self._rewind():
                 return bool(self._cap.grab())
             return False
+        if time.monotonic() - started < self.cam.read_timeout * 0.9:
+            raise SourceError(f"lost {self.cam.display_source}: the stream ended")
         raise SourceError(f"lost {self.cam.display_source}: no frame within read timeout")
 
     def _rewind(self) -> bool:

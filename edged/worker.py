@@ -33,6 +33,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
+EXIT_PROCESSOR_FAILING = 4  # too many failed frames in a row: the supervisor restarts us
+
+
+class ProcessorFailing(Exception):
+    pass
+
+
 TRACEBACK_INTERVAL = 60.0
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 
@@ -168,6 +175,19 @@ class Worker:
             self.status.add("errors")
             self.consecutive_errors += 1
             self._report_failure(exc, frame.seq)
+            limit = cam.max_processor_failures
+            if limit and self.consecutive_errors >= limit:
+                # Maybe its state is corrupt: a fresh process with a fresh
+                # processor is the only reset we can offer.
+                log.error(
+                    "camera %s: processor %s failed %d frames in a row (last: %s); "
+                    "restarting the worker",
+                    cam.name,
+                    cam.processor.type,
+                    self.consecutive_errors,
+                    exc,
+                )
+                raise ProcessorFailing from exc
             return [], True
         if self.consecutive_errors:
             log.debug(
@@ -208,6 +228,8 @@ def worker_main(
     code = 0
     try:
         Worker(cam, processor, slot, out, stop).run()
+    except ProcessorFailing:
+        code = EXIT_PROCESSOR_FAILING
     except Exception:
         log.exception("camera %s: worker crashed", cam.name)
         code = 1

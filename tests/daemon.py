@@ -36,9 +36,14 @@ def shm_segments(pid: int) -> list[str]:
 class Daemon:
     """``edged run`` on a config written into a temporary folder."""
 
-    def __init__(self, tmp: Path, toml: str, *args: str) -> None:
+    def __init__(self, tmp: Path, toml: str, *args: str, env: dict[str, str] | None = None) -> None:
         self.dir = tmp
+        self.env = env or {}  # set in the daemon's environment (e.g. NOTIFY_SOCKET)
         self.config = tmp / "edged.toml"
+        if "[metrics]" not in toml:
+            # Tests run daemons one after another and beside a developer's own:
+            # never the default port, let the kernel pick a free one.
+            toml += '\n[metrics]\nlisten = "127.0.0.1:0"\n'
         self.config.write_text(toml)
         self.events_path = tmp / "events.jsonl"
         self.stderr_path = tmp / "stderr.log"
@@ -49,6 +54,7 @@ class Daemon:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
         env.pop("NOTIFY_SOCKET", None)
+        env.update(self.env)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args],

@@ -47,6 +47,7 @@ def test_default_config_writes_motion_events_and_stops_cleanly(tmp_path, daemons
     toml = (REPO / "config" / "edged.toml").read_text()
     toml = toml.replace("../var/events/events.jsonl", "events.jsonl")
     toml = toml.replace("../var/state", "state")
+    toml = toml.replace('listen = "127.0.0.1:9850"', 'listen = "127.0.0.1:0"')
     d = _start(daemons, tmp_path, toml)
     start = d.wait_events(1, "motion.start", timeout=10)[0]
     assert start["camera"] == "demo" and start["processor"] == "motion"

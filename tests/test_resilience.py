@@ -1,0 +1,236 @@
+"""Fault injection: cameras that drop, hang, lie or refuse never stop edged (issue 3)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from components.rtsp import free_port
+from daemon import Daemon, wait_for
+
+pytestmark = pytest.mark.slow
+
+
+def _toml(cameras: dict[str, str]) -> str:
+    out = ['[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n']
+    for name, body in cameras.items():
+        out.append(f"[cameras.{name}]\n{body}\n")
+    return "\n".join(out)
+
+
+def _frames(url: str, extra: str = "") -> str:
+    return (
+        f'source = "{url}"\n{extra}\n'
+        '[cameras.CAM.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.05\n'
+    )
+
+
+def _camera(name: str, url: str, extra: str = "") -> dict[str, str]:
+    return {name: _frames(url, extra).replace("CAM", name)}
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def _start(daemons: list[Daemon], tmp, toml: str) -> Daemon:
+    d = Daemon(tmp, toml).start()
+    daemons.append(d)
+    return d
+
+
+def _assert_events_intact(d: Daemon, before: list[dict]) -> None:
+    """Nothing accepted before a fault is lost: every earlier event is still there, once."""
+    after = d.events()
+    ids = [e["id"] for e in after]
+    assert len(ids) == len(set(ids))
+    assert {e["id"] for e in before} <= set(ids)
+    for cam in {e["camera"] for e in after}:
+        seqs = [e["seq"] for e in after if e["camera"] == cam and e["type"] == "frame"]
+        assert seqs == sorted(seqs)
+
+
+class SilentServer:
+    """Accepts TCP connections on loopback and never says a word."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self.sock.settimeout(0.2)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.conns.append(conn)
+
+    def close(self) -> None:
+        self._stop.set()
+        self.thread.join()
+        for c in self.conns:
+            c.close()
+        self.sock.close()
+
+
+def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server):
+    d = _start(
+        daemons,
+        tmp_path,
+        _toml(
+            _camera(
+                "cam1",
+                rtsp_server.url,
+                'stale_after = "2s"\nread_timeout = "2s"\nrestart_delay = "0.5s"',
+            )
+        ),
+    )
+    d.wait_events(10, "frame", timeout=20)
+    before = d.events()
+    rtsp_server.stop()
+    d.wait_log("camera cam1: reconnecting", timeout=10)
+    down = time.monotonic()
+    time.sleep(10)  # the outage itself, not synchronisation
+    rtsp_server.start()
+    back = time.monotonic()
+    d.wait_log("camera cam1: streaming", timeout=20)
+    # streaming again within a few seconds of the server's return
+    recovered = time.monotonic() - back
+    assert recovered < 8, recovered
+    n = len(d.events("frame"))
+    d.wait_events(n + 5, "frame")
+    attempts = int(re.search(r"reconnected after (\d+) attempts", d.log).group(1))
+    # exponential backoff from 0.5 s over ~10 s: a handful of attempts, never a hot loop
+    assert 3 <= attempts <= 9, (attempts, time.monotonic() - down)
+    assert d.log.count("retrying in") <= 2  # one line per state change, not per retry
+    assert d.stop() == 0
+    _assert_events_intact(d, before)
+
+
+def test_silent_server_is_detected_and_retried(tmp_path, daemons):
+    silent = SilentServer()
+    try:
+        url = f"rtsp://127.0.0.1:{silent.port}/stream"
+        d = _start(
+            daemons,
+            tmp_path,
+            _toml(_camera("cam1", url, 'open_timeout = "2s"\nstale_after = "2s"')),
+        )
+        d.wait_log("timed out", timeout=15)
+        wait_for("a second connection", lambda: len(silent.conns) >= 2, timeout=15)
+        assert d.proc.poll() is None
+        assert d.stop() == 0
+    finally:
+        silent.close()
+
+
+def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_server):
+    d = _start(
+        daemons,
+        tmp_path,
+        _toml(_camera("cam1", rtsp_server.url, 'stale_after = "1s"\nread_timeout = "3s"')),
+    )
+    d.wait_events(10, "frame", timeout=20)
+    before = d.events()
+    os.kill(rtsp_server.pid, signal.SIGSTOP)  # socket stays open, nothing more arrives
+    try:
+        stopped = time.monotonic()
+        d.wait_log("camera cam1: stalled (no frame for", timeout=1 + 3)
+        # then the reader gives up on its own (FFmpeg's read timeout, which may
+        # fire twice) or the supervisor kills it as hung
+        d.wait_log("camera cam1: reconnecting", timeout=2 * 3 + 5)
+        assert time.monotonic() - stopped < 2 * 3 + 5
+    finally:
+        os.kill(rtsp_server.pid, signal.SIGCONT)
+    assert d.proc.poll() is None
+    assert d.stop() == 0
+    _assert_events_intact(d, before)
+
+
+def test_wrong_credentials_retry_slowly_without_flooding(tmp_path, daemons, rtsp_server_factory):
+    server = rtsp_server_factory(user="edged", password="right")
+    url = f"rtsp://edged:wrong@127.0.0.1:{server.port}/stream"
+    d = _start(
+        daemons,
+        tmp_path,
+        _toml(_camera("cam1", url, 'restart_delay = "0.1s"\nrestart_max_delay = "4s"')),
+    )
+    d.wait_log("authentication failed", timeout=15)
+    time.sleep(6)  # let it retry for a while: then count
+    assert d.stop() == 0
+    log = d.log
+    assert log.count("authentication failed") == 1
+    assert len(log.splitlines()) < 20
+    # the slow schedule: at least 2 s (half the 4 s ceiling) between attempts, from the start
+    assert "retrying in 0." not in log and "retrying in 1." not in log
+
+
+def test_processor_failing_every_frame_restarts_the_worker(tmp_path, daemons):
+    body = (
+        'source = "synthetic"\nfps = 25\nmax_processor_failures = 10\nrestart_delay = "0.2s"\n'
+        '[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 1\n'
+    )
+    d = _start(daemons, tmp_path, _toml({"cam1": body}))
+    d.wait_log("failed 10 frames in a row", timeout=20)
+    d.wait_log("worker (pid", timeout=10)
+    wait_for("a new worker", lambda: d.children("worker"), timeout=10)
+    assert d.log.count("Traceback") <= 2
+    assert d.stop() == 0
+
+
+def test_resolution_change_across_reconnect(tmp_path, daemons, rtsp_server_factory):
+    port = free_port()
+    server = rtsp_server_factory(width=640, height=360, port=port)
+    d = _start(
+        daemons,
+        tmp_path,
+        _toml(_camera("cam1", server.url, 'restart_delay = "0.2s"\nread_timeout = "2s"')),
+    )
+    d.wait_events(5, "frame", timeout=20)
+    server.stop()
+    rtsp_server_factory(width=1280, height=720, port=port)
+    wait_for(
+        "frames at the new size",
+        lambda: any(e["data"]["shape"] == [720, 1280, 3] for e in d.events("frame")),
+        timeout=30,
+    )
+    assert "frame size changed to 1280x720" in d.log
+    assert d.stop() == 0
+
+
+def test_a_dead_camera_does_not_delay_the_others(tmp_path, daemons, rtsp_server):
+    silent = SilentServer()
+    try:
+        cams = {
+            **_camera("dead", f"rtsp://127.0.0.1:{silent.port}/x", 'open_timeout = "20s"'),
+            **_camera("live", rtsp_server.url),
+        }
+        start = time.monotonic()
+        d = _start(daemons, tmp_path, _toml(cams))
+        wait_for(
+            "events from the live camera",
+            lambda: any(e["camera"] == "live" for e in d.events("frame")),
+            timeout=15,
+        )
+        # a healthy camera streams about as fast as it would alone (RTSP open ~1.2 s)
+        assert time.monotonic() - start < 6
+        assert d.stop() == 0
+    finally:
+        silent.close()
