@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import json
+import os
 import signal
 import subprocess
 import sys
@@ -10,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from daemon import Daemon, shm_segments, wait_for
+from daemon import TESTS, Daemon, shm_segments, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -230,3 +232,35 @@ def test_camera_failures_name_their_cause_and_never_show_the_password(
     assert f"rtsp://edged:***@127.0.0.1:{server.port}{path}" in log
     # one line for the failure, not one per retry
     assert log.count(cause) == 1
+
+
+def test_events_command_shows_what_the_daemon_wrote(tmp_path, daemons):
+    camera = (
+        'source = "synthetic"\nfps = 25\n'
+        '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
+    )
+    d = _start(daemons, tmp_path, _toml(camera))
+    d.wait_events(10, "frame")
+    assert d.stop() == 0
+    written = d.events()
+
+    def edged_events(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "edged", "events", "--config", str(d.config), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PYTHONPATH": str(TESTS)},
+        )
+
+    raw = edged_events("--json", "--camera", "cam1")
+    assert raw.returncode == 0, raw.stderr
+    assert [json.loads(line)["id"] for line in raw.stdout.splitlines()] == [
+        e["id"] for e in written
+    ]
+    human = edged_events("--type", "frame")
+    assert human.returncode == 0
+    lines = human.stdout.splitlines()
+    assert len(lines) == len(written)
+    assert " cam1 frame seq=" in lines[0]
+    assert edged_events("--camera", "nope").stdout == ""
