@@ -2,7 +2,7 @@
 
 A live RTSP stream from the test server (25 fps, 720p by default) carries its
 creation time burned into every frame. A processor that takes 300 ms per frame
-runs for ``--seconds`` in each of four designs, one after the other, in one run:
+runs for ``--seconds`` in each of these designs, one after the other, in one run:
 
 * ``edged``: the real daemon (``python -m edged run``) with ``plugins:SlowProcessor``
   from ``tests/plugins.py``; its events give edged's own ``frame_age_ms`` (from the
@@ -11,20 +11,26 @@ runs for ``--seconds`` in each of four designs, one after the other, in one run:
   the same loop; frames queue up behind the slow loop;
 * ``threaded``: a thread reads continuously and keeps only the newest frame, the
   main loop takes the newest (the imutils / vidgear pattern);
+* ``threaded1``: the same with one FFmpeg decoder thread, as edged uses by default
+  (OpenCV's default is one per core, and frame threading delays each frame);
 * ``blog``: a reader process appends every frame to a ``Manager().list()``, the
   consumer busy-polls it, takes the newest and clears the list.
 
 The baselines open the stream with OpenCV's defaults and TCP transport
 (``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp``); edged uses its own
 defaults (TCP, one decoder thread). The true age is taken when processing starts
-(wall clock now minus the server's timestamp), the same way in all four.
+(wall clock now minus the server's timestamp), the same way in all of them.
+
+The processor sleeps by default (``tests/plugins.py``'s ``SlowProcessor``), which
+releases the GIL: the best case for a reader thread. ``--work busy`` spends the
+300 ms computing in Python instead (``bench/bench_plugins.py``).
 
 Each design runs as its own process tree, measured from outside with psutil
 from its first processed frame for ``--seconds``: CPU (user+sys of every process
 in the tree, over wall time) and memory (PSS and RSS summed over the tree,
 sampled about ten times, maximum reported). The RTSP server is not counted.
 
-Run: ``.venv/bin/python bench/freshness.py [--seconds 60] [--height 1080]``
+Run: ``.venv/bin/python bench/freshness.py [--seconds 60] [--height 1080] [--work busy]``
 """
 
 from __future__ import annotations
@@ -48,17 +54,18 @@ from typing import Any, TextIO
 import numpy as np
 import psutil
 
-ROOT = Path(__file__).resolve().parent.parent
-TESTS = ROOT / "tests"
+BENCH = Path(__file__).resolve().parent
+TESTS = BENCH.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, decode_timestamp  # noqa: E402
 
-MODES = ("edged", "naive", "threaded", "blog")
+MODES = ("edged", "naive", "threaded", "threaded1", "blog")
 TITLES = {
     "edged": "edged",
     "naive": "naive loop",
     "threaded": "threaded reader",
+    "threaded1": "threaded, 1 decoder thread",
     "blog": "blog (Manager list)",
 }
 FIRST_FRAME_TIMEOUT = 60.0
@@ -90,16 +97,26 @@ class _Recorder:
         self.out.write(json.dumps(record) + "\n")
 
 
-def _open(url: str) -> Any:
+def _work(delay: float, kind: str) -> None:
+    """The slow algorithm: sleep, or keep a core busy in Python."""
+    if kind == "busy":
+        from bench_plugins import busy
+
+        busy(delay)
+    else:
+        time.sleep(delay)
+
+
+def _open(url: str, threads: int | None = None) -> Any:
     from components.rtsp import open_capture
 
-    cap = open_capture(url, transport="tcp", open_timeout=20, read_timeout=10)
+    cap = open_capture(url, transport="tcp", open_timeout=20, read_timeout=10, threads=threads)
     if not cap.isOpened():
         raise SystemExit(f"cannot open {url}")
     return cap
 
 
-def child_naive(url: str, delay: float, rec: _Recorder, stop: threading.Event) -> None:
+def child_naive(url: str, delay: float, work: str, rec: _Recorder, stop: threading.Event) -> None:
     cap = _open(url)
     try:
         while not stop.is_set():
@@ -107,13 +124,20 @@ def child_naive(url: str, delay: float, rec: _Recorder, stop: threading.Event) -
             if not ok:
                 raise SystemExit("read() failed")
             rec.frame(frame)
-            time.sleep(delay)  # the slow algorithm
+            _work(delay, work)  # the slow algorithm
     finally:
         cap.release()
 
 
-def child_threaded(url: str, delay: float, rec: _Recorder, stop: threading.Event) -> None:
-    cap = _open(url)
+def child_threaded(
+    url: str,
+    delay: float,
+    work: str,
+    rec: _Recorder,
+    stop: threading.Event,
+    threads: int | None = None,
+) -> None:
+    cap = _open(url, threads)
     cond = threading.Condition()
     latest: list[Any] = [None, 0]  # frame, sequence number
     failed: list[bool] = [False]
@@ -143,7 +167,7 @@ def child_threaded(url: str, delay: float, rec: _Recorder, stop: threading.Event
             if frame is None:
                 continue
             rec.frame(frame)
-            time.sleep(delay)
+            _work(delay, work)
     finally:
         stop.set()
         reader.join(15)
@@ -166,7 +190,7 @@ def _blog_reader(url: str, stack: Any, top: int) -> None:
             gc.collect()
 
 
-def child_blog(url: str, delay: float, rec: _Recorder, stop: threading.Event) -> None:
+def child_blog(url: str, delay: float, work: str, rec: _Recorder, stop: threading.Event) -> None:
     import multiprocessing
 
     manager = multiprocessing.Manager()
@@ -183,7 +207,7 @@ def child_blog(url: str, delay: float, rec: _Recorder, stop: threading.Event) ->
             frame = stack[-1]
             del stack[:]
             rec.frame(frame)
-            time.sleep(delay)
+            _work(delay, work)
     finally:
         if reader is not None:
             reader.terminate()
@@ -194,7 +218,7 @@ def child_blog(url: str, delay: float, rec: _Recorder, stop: threading.Event) ->
         manager.shutdown()
 
 
-def child_main(mode: str, url: str, delay: float, out: str) -> int:
+def child_main(mode: str, url: str, delay: float, work: str, out: str) -> int:
     stop = threading.Event()
 
     def on_term(signum: int, frame: object) -> None:
@@ -203,8 +227,11 @@ def child_main(mode: str, url: str, delay: float, out: str) -> int:
     signal.signal(signal.SIGTERM, on_term)
     signal.signal(signal.SIGINT, on_term)
     rec = _Recorder(out)
-    run = {"naive": child_naive, "threaded": child_threaded, "blog": child_blog}[mode]
-    run(url, delay, rec, stop)
+    if mode == "threaded1":
+        child_threaded(url, delay, work, rec, stop, threads=1)
+    else:
+        run = {"naive": child_naive, "threaded": child_threaded, "blog": child_blog}[mode]
+        run(url, delay, work, rec, stop)
     return 0
 
 
@@ -223,6 +250,7 @@ class TreeMeter:
         self.procs: dict[int, psutil.Process] = {}
         self.pss: list[float] = []
         self.rss: list[float] = []
+        self.pss_by_process: dict[str, float] = {}  # at the last sample, MiB
 
     def _tree(self) -> list[psutil.Process]:
         try:
@@ -249,6 +277,7 @@ class TreeMeter:
 
     def sample(self, memory: bool = True) -> None:
         pss = rss = 0.0
+        by_process: dict[str, float] = {}
         for p in self._tree():
             c = self._cpu(p)
             if c is not None:
@@ -259,9 +288,12 @@ class TreeMeter:
                     info = p.memory_full_info()
                     pss += info.pss
                     rss += info.rss
+                    name = f"{p.name()}[{p.pid}]"
+                    by_process[name] = info.pss / 2**20
         if memory and pss:
             self.pss.append(pss / 2**20)
             self.rss.append(rss / 2**20)
+            self.pss_by_process = by_process
 
     def cpu_seconds(self) -> float:
         return sum(self.cpu_last[pid] - c0 for pid, c0 in self.cpu0.items())
@@ -286,6 +318,8 @@ class Run:
     pss_first: float = 0.0
     pss_last: float = 0.0
     rss_max: float = 0.0
+    other_cpu: float = 0.0  # cores busy on the machine outside the measured tree
+    pss_by_process: dict[str, float] = field(default_factory=dict)
     error: str = ""
     leaked_shm: list[str] = field(default_factory=list)
 
@@ -299,7 +333,7 @@ class Run:
         return float(np.polyfit(x - x[0], y, 1)[0])
 
 
-def edged_config(tmp: Path, url: str, delay: float) -> Path:
+def edged_config(tmp: Path, url: str, delay: float, work: str) -> Path:
     toml = f"""
 [events]
 path = "{tmp / "events.jsonl"}"
@@ -319,7 +353,7 @@ source = "{url}"
 transport = "tcp"
 
 [cameras.bench.processor]
-type = "plugins:SlowProcessor"
+type = "{"bench_plugins:BusyProcessor" if work == "busy" else "plugins:SlowProcessor"}"
 delay = {delay}
 timestamps = true
 """
@@ -359,19 +393,28 @@ def _shm_of(pid: int) -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"edged_{pid}_"))
 
 
-def run_mode(mode: str, url: str, delay: float, seconds: float, workdir: Path) -> Run:
+def run_mode(mode: str, url: str, delay: float, work: str, seconds: float, workdir: Path) -> Run:
     tmp = workdir / mode
     tmp.mkdir()
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
+    env["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(TESTS), str(BENCH), env.get("PYTHONPATH")])
+    )
     env.pop("NOTIFY_SOCKET", None)
     if mode == "edged":
-        cmd = [sys.executable, "-m", "edged", "run", "--config", str(edged_config(tmp, url, delay))]
+        cmd = [
+            sys.executable,
+            "-m",
+            "edged",
+            "run",
+            "--config",
+            str(edged_config(tmp, url, delay, work)),
+        ]
         records_path = tmp / "events.jsonl"
     else:
         records_path = tmp / "frames.jsonl"
         cmd = [sys.executable, __file__, "--child", mode, "--url", url, "--delay", str(delay)]
-        cmd += ["--out", str(records_path)]
+        cmd += ["--work", work, "--out", str(records_path)]
     log_path = tmp / "stderr.log"
     result = Run(mode)
     with open(log_path, "wb") as log:
@@ -399,6 +442,11 @@ def run_mode(mode: str, url: str, delay: float, seconds: float, workdir: Path) -
     return result
 
 
+def _machine_busy() -> float:
+    t = psutil.cpu_times()
+    return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+
+
 def _measure(proc: subprocess.Popen[bytes], path: Path, seconds: float, result: Run) -> None:
     deadline = time.monotonic() + FIRST_FRAME_TIMEOUT
     while not _records(path):
@@ -412,6 +460,7 @@ def _measure(proc: subprocess.Popen[bytes], path: Path, seconds: float, result: 
     meter = TreeMeter(proc.pid)
     first = len(_records(path))
     t0 = time.monotonic()
+    busy0 = _machine_busy()
     meter.start()
     meter.sample()
     samples = 10
@@ -425,12 +474,15 @@ def _measure(proc: subprocess.Popen[bytes], path: Path, seconds: float, result: 
             meter.sample(memory=False)  # catch the CPU of processes that exit
         meter.sample()
     wall = time.monotonic() - t0
+    machine = (_machine_busy() - busy0) / wall
     records = _records(path)[first:]
     result.seconds = wall
     result.frames = len(records)
     result.cpu = meter.cpu_seconds() / wall
+    result.other_cpu = max(0.0, machine - result.cpu)
     result.pss_max, result.rss_max = max(meter.pss), max(meter.rss)
     result.pss_first, result.pss_last = meter.pss[0], meter.pss[-1]
+    result.pss_by_process = meter.pss_by_process
     for r in records:
         if result.mode == "edged":
             age = r.get("data", {}).get("true_age_ms")
@@ -508,15 +560,21 @@ def report(runs: list[Run], args: argparse.Namespace, width: int) -> str:
     row("PSS first -> last MiB", lambda r: f"{r.pss_first:.0f} -> {r.pss_last:.0f}")
     row("RSS max MiB (sum)", lambda r: f"{r.rss_max:.0f}")
     row("frames without a readable timestamp", lambda r: str(r.unreadable))
+    row("other CPU on the machine, cores", lambda r: f"{r.other_cpu:.2f}")
     lines = [
         f"Frame freshness: RTSP {width}x{args.height} @ {args.fps} fps, processor "
-        f"{args.delay * 1000:.0f} ms/frame, {args.seconds:.0f} s per design "
+        f"{args.delay * 1000:.0f} ms/frame ({args.work}), {args.seconds:.0f} s per design "
         "(ratios: x edged)",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "|".join("---" for _ in head) + "|",
     ]
     lines += ["| " + " | ".join(c) + " |" for c in rows]
+    lines.append("\nPSS by process at the end, MiB:")
+    for r in runs:
+        if r.pss_by_process:
+            parts = ", ".join(f"{k} {v:.0f}" for k, v in r.pss_by_process.items())
+            lines.append(f"- {TITLES[r.mode]}: {parts}")
     for r in runs:
         if r.error:
             lines.append(f"\n{TITLES[r.mode]} failed: {r.error}")
@@ -531,6 +589,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=720, choices=(720, 1080))
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--delay", type=float, default=0.3, help="processor seconds per frame")
+    ap.add_argument(
+        "--work",
+        choices=("sleep", "busy"),
+        default="sleep",
+        help="the processor sleeps (default; releases the GIL) or computes in Python",
+    )
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
     # internal: run one baseline design
     ap.add_argument("--child", choices=MODES[1:], help=argparse.SUPPRESS)
@@ -538,7 +602,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
-        return child_main(args.child, args.url, args.delay, args.out)
+        return child_main(args.child, args.url, args.delay, args.work, args.out)
 
     def on_term(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
@@ -561,7 +625,7 @@ def main(argv: list[str] | None = None) -> int:
             server.start()
             for mode in args.modes:
                 print(f"  {mode}: {args.seconds:.0f} s ...", file=sys.stderr, flush=True)
-                r = run_mode(mode, server.url, args.delay, args.seconds, Path(workdir))
+                r = run_mode(mode, server.url, args.delay, args.work, args.seconds, Path(workdir))
                 runs.append(r)
                 if r.error:
                     print(f"  {mode}: FAILED: {r.error}", file=sys.stderr, flush=True)

@@ -33,6 +33,7 @@ import contextlib
 import multiprocessing
 import multiprocessing.connection
 import platform
+import signal
 import statistics
 import sys
 import time
@@ -447,6 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         "--gap", type=float, default=2.0, help="ms the producer waits after the consumer is ready"
     )
     args = ap.parse_args(argv)
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
     if args.frames < 10:
         ap.error("--frames must be at least 10")
     print(
