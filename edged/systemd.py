@@ -6,6 +6,11 @@ them from the environment, so readers and workers never inherit them (with
 ``NotifyAccess=main`` systemd would ignore their messages anyway, but a child
 pinging the watchdog would hide a hung supervisor). Outside systemd every
 method is a no-op.
+
+The protocol is one datagram of ``KEY=value`` lines to an AF_UNIX socket, so
+it is written here rather than with sdnotify 0.3.2, which handles abstract
+(``@``) addresses but leaks its socket when the connect fails, has no way to
+close it, and either swallows every error or raises from its constructor.
 """
 
 from __future__ import annotations
@@ -13,11 +18,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-
-import sdnotify
 
 if TYPE_CHECKING:
     from edged.supervisor import CameraSnapshot
@@ -49,22 +53,14 @@ class Notifier:
         address = os.environ.pop("NOTIFY_SOCKET", None)
         usec = os.environ.pop("WATCHDOG_USEC", None)
         pid = os.environ.pop("WATCHDOG_PID", None)
-        self._notifier: sdnotify.SystemdNotifier | None = None
+        self._sock: socket.socket | None = None
         self._status: str | None = None
         self._last_ping = -math.inf
         self._failed = False
         self._timeout: float | None = None
         if address:
-            # sdnotify reads NOTIFY_SOCKET (translating a leading '@' into an
-            # abstract name) and connects once, in its constructor.
-            os.environ["NOTIFY_SOCKET"] = address
-            try:
-                self._notifier = sdnotify.SystemdNotifier(debug=True)
-            except OSError as exc:
-                log.warning("cannot connect to systemd's notify socket %s: %s", address, exc)
-            finally:
-                del os.environ["NOTIFY_SOCKET"]
-        if self._notifier is not None and usec and (not pid or pid == str(os.getpid())):
+            self._sock = _connect(address)
+        if self._sock is not None and usec and (not pid or pid == str(os.getpid())):
             try:
                 value = int(usec)
             except ValueError:
@@ -75,7 +71,7 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         """True when running under systemd with a notify socket we could connect to."""
-        return self._notifier is not None
+        return self._sock is not None
 
     @property
     def watchdog_timeout(self) -> float | None:
@@ -130,13 +126,20 @@ class Notifier:
         self._send("WATCHDOG=1")
         return True
 
+    def close(self) -> None:
+        """Close the socket; later calls are no-ops."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+            self._timeout = None
+
     def _send(self, message: str) -> None:
-        if self._notifier is None:
+        if self._sock is None:
             return
         try:
-            self._notifier.notify(message)
+            self._sock.send(message.encode("ascii", "replace"))
         except OSError as exc:
-            # Log once: the socket is gone (systemd restarting?) or its queue is full.
+            # Log once: the socket is gone (systemd re-executing?) or its queue is full.
             if not self._failed:
                 log.warning("cannot notify systemd: %s", exc)
                 self._failed = True
@@ -144,6 +147,21 @@ class Notifier:
         if self._failed:
             log.info("notifying systemd works again")
             self._failed = False
+
+
+def _connect(address: str) -> socket.socket | None:
+    # '@name' is a name in the abstract namespace: a leading NUL byte.
+    target = "\0" + address[1:] if address.startswith("@") else address
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # close-on-exec by default
+    # A full queue blocks a datagram send: wait a little, never hang the main loop.
+    sock.settimeout(2.0)
+    try:
+        sock.connect(target)
+    except OSError as exc:
+        sock.close()
+        log.warning("cannot connect to systemd's notify socket %s: %s", address, exc)
+        return None
+    return sock
 
 
 def _age(seconds: float) -> str:
