@@ -1,0 +1,487 @@
+"""Prometheus metrics and health checks, served over HTTP by the supervisor.
+
+One listener serves three paths:
+
+- ``/metrics``: the Prometheus text exposition. Per-camera state and counters
+  are read from :meth:`Supervisor.snapshot` at scrape time (a custom collector
+  over what the children report through shared memory), so children never
+  touch prometheus-client and no multiprocess mode is needed. Frame age,
+  processing time and sink latency are real histograms fed by the
+  supervisor's hooks.
+- ``/healthz``: 200 ``ok`` while the supervisor's main loop ticks; 503 when it
+  has not ticked for more than ``HEALTH_TIMEOUT`` seconds.
+- ``/readyz``: 200 when every camera is streaming within its staleness budget,
+  503 otherwise; a JSON body saying, per camera, its state and why, either way.
+
+Which address: a daemon that serves exactly one camera (``edged run --camera
+NAME``, as ``edged@NAME`` does, or a config with a single camera) listens on
+that camera's ``metrics_listen`` if it sets one, so ``edged@cam1`` and
+``edged@cam2`` run side by side from one config; every other daemon listens
+on ``[metrics] listen`` (default ``127.0.0.1:9850``). :func:`listen_address`
+is the rule; ``edged status`` uses it too. ``edged check-config`` reports two
+cameras, or a camera and ``[metrics] listen``, sharing an address.
+
+Counter semantics that are not obvious from the name:
+
+- ``edged_camera_reconnects_total``: times the stream was re-established
+  after the first successful open (by the reader reconnecting or by a
+  restarted reader), i.e. successful opens minus one.
+- ``edged_camera_open_failures_total``: failed attempts to open the source;
+  it climbs while a camera is away, ``reconnects`` steps when it is back.
+- ``edged_child_restarts_total{role}`` and
+  ``edged_child_restart_reasons_total{reason}`` count the same restarts, by
+  child (``reader``/``worker``) and by cause (``crash``, ``killed``, ``hung``,
+  ``setup``).
+- ``edged_event_latency_seconds{sink}``: from the frame's grab (the event's
+  ``time``) to the sink's acknowledgement (``jsonl``: the line written).
+
+The MQTT sink reports through an optional ``supervisor.outbox_stats()``: a
+dict with ``depth``, ``bytes``, ``dropped_total``, ``oldest_age_s``,
+``held_in_memory`` and ``connected`` (``{}`` when MQTT is off; missing keys
+read 0, and every ``edged_outbox_*`` series reads 0 without MQTT), and its
+broker acknowledgements through :meth:`Metrics.event_acknowledged`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import math
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edged import __version__
+from edged.config import _split_listen
+from edged.errors import EdgedError
+
+if TYPE_CHECKING:
+    from edged.config import Config
+    from edged.supervisor import CameraSnapshot, Supervisor
+
+log = logging.getLogger(__name__)
+
+HEALTH_TIMEOUT = 10.0  # seconds without a supervisor tick before /healthz fails
+# Around the frame budget (40 ms at 25 fps): sub-millisecond hand-overs up to
+# processors that take seconds.
+FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5, 10)
+# Sinks may hold events through an outage: the tail is longer.
+LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5, 10, 30, 60, 300)
+STATES = ("starting", "streaming", "stalled", "reconnecting", "restarting", "ended", "failed")
+ROLES = ("reader", "worker")
+RESTART_REASONS = ("crash", "killed", "hung", "setup", "processor")
+# The classic text format: every name here is a legacy one, so the body is the
+# same as prometheus-client's newer 1.0.0, and every Prometheus 2.x and tool reads it.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class MetricsError(EdgedError):
+    """The metrics endpoint cannot be served (its address is in use, say)."""
+
+
+def listen_address(config: Config, cameras: Sequence[str] | None = None) -> str:
+    """The ``host:port`` a daemon running ``cameras`` (default: all) listens on."""
+    names = list(cameras) if cameras else list(config.cameras)
+    if len(names) == 1:
+        own = config.cameras[names[0]].metrics_listen
+        if own is not None:
+            return own
+    return config.metrics.listen
+
+
+def url_for(listen: str) -> str:
+    """``http://host:port`` to reach a daemon listening on ``listen``."""
+    host, port = _split_listen(listen)
+    if host == "0.0.0.0":
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def event_latency(record: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds from the grab of the event's frame (its ``time``) to ``now``."""
+    try:
+        wall = dt.datetime.fromisoformat(record["time"]).timestamp()
+    except (KeyError, TypeError, ValueError):
+        return None
+    return (time.time() if now is None else now) - wall
+
+
+def camera_ready(snap: CameraSnapshot) -> bool:
+    """Streaming, with a frame younger than the camera's ``stale_after``."""
+    return snap.up and snap.frame_age <= snap.stale_after
+
+
+class SupervisorCollector(Collector):
+    """Per-camera and sink series, read from the supervisor at scrape time."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        snaps = sup.snapshot()
+        cam = ["camera"]
+
+        def gauge(name: str, doc: str, labels: list[str] = cam) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, labels=labels)
+
+        def counter(name: str, doc: str, labels: list[str] = cam) -> CounterMetricFamily:
+            return CounterMetricFamily(name, doc, labels=labels)
+
+        up = gauge("edged_camera_up", "1 while the camera streams fresh frames, else 0.")
+        state = gauge(
+            "edged_camera_state", "1 for the camera's current state.", ["camera", "state"]
+        )
+        last = gauge(
+            "edged_camera_last_frame_timestamp_seconds",
+            "Wall-clock time the newest frame was grabbed (0: none yet).",
+        )
+        stale = gauge(
+            "edged_camera_stale_after_seconds",
+            "No frame for this long marks the camera stalled (its staleness budget).",
+        )
+        fps = gauge("edged_camera_fps", "Frames decoded per second, smoothed (0 unless streaming).")
+        width = gauge("edged_camera_frame_width_pixels", "Width of the newest frame.")
+        height = gauge("edged_camera_frame_height_pixels", "Height of the newest frame.")
+        counters = {
+            "frames_decoded": counter(
+                "edged_frames_decoded_total", "Frames decoded by the reader."
+            ),
+            "frames_processed": counter(
+                "edged_frames_processed_total", "Frames the processor ran on."
+            ),
+            "frames_skipped": counter(
+                "edged_frames_skipped_total",
+                "Frames decoded but replaced by a newer one before the processor was free.",
+            ),
+            "processor_errors": counter(
+                "edged_processor_exceptions_total", "Frames on which the processor raised."
+            ),
+            "open_failures": counter(
+                "edged_camera_open_failures_total", "Failed attempts to open the source."
+            ),
+            "stalls": counter(
+                "edged_camera_stalls_total", "Times the camera went without frames too long."
+            ),
+        }
+        reconnects = counter(
+            "edged_camera_reconnects_total",
+            "Times the stream was re-established after its first open (successful opens - 1).",
+        )
+        restarts = counter(
+            "edged_child_restarts_total",
+            "Reader and worker processes restarted after exiting unexpectedly.",
+            ["camera", "role"],
+        )
+        reasons = counter(
+            "edged_child_restart_reasons_total",
+            "Child restarts by cause: crash, killed (by a signal), hung (killed by edged "
+            "for a silent heartbeat), setup (the processor could not be set up).",
+            ["camera", "reason"],
+        )
+        for name, snap in snaps.items():
+            up.add_metric([name], 1.0 if camera_ready(snap) else 0.0)
+            for s in (*STATES, *([snap.state] if snap.state not in STATES else [])):
+                state.add_metric([name, s], 1.0 if s == snap.state else 0.0)
+            last.add_metric([name], snap.last_frame_time)
+            stale.add_metric([name], snap.stale_after)
+            fps.add_metric([name], snap.fps)
+            width.add_metric([name], snap.width)
+            height.add_metric([name], snap.height)
+            for key, family in counters.items():
+                family.add_metric([name], snap.counters.get(key, 0))
+            reconnects.add_metric([name], max(0, snap.counters.get("opens", 0) - 1))
+            for role in ROLES:
+                restarts.add_metric([name, role], snap.restarts.get(role, 0))
+            extra = [r for r in snap.restart_reasons if r not in RESTART_REASONS]
+            for reason in (*RESTART_REASONS, *extra):
+                reasons.add_metric([name, reason], snap.restart_reasons.get(reason, 0))
+        yield from (up, state, last, stale, fps, width, height, *counters.values())
+        yield from (reconnects, restarts, reasons)
+        yield from self._sinks()
+        build = gauge("edged_build_info", "The running edged's version; always 1.", ["version"])
+        build.add_metric([__version__], 1.0)
+        yield build
+
+    def _sinks(self) -> Iterator[Metric]:
+        sup = self.supervisor
+        sink = ["sink"]
+        errors = CounterMetricFamily(
+            "edged_sink_errors_total", "Failed writes or deliveries, by sink.", labels=sink
+        )
+        pending = GaugeMetricFamily(
+            "edged_sink_pending_events",
+            "Events held in memory because the sink cannot take them now.",
+            labels=sink,
+        )
+        dropped = CounterMetricFamily(
+            "edged_sink_dropped_events_total",
+            "Events dropped, oldest first, because too many were held for the sink.",
+            labels=sink,
+        )
+        errors.add_metric(["jsonl"], sup.writer.errors)
+        pending.add_metric(["jsonl"], len(sup.pending))
+        dropped.add_metric(["jsonl"], sup.dropped)
+        stats_fn = getattr(sup, "outbox_stats", None)
+        stats: dict[str, Any] = (stats_fn() or {}) if callable(stats_fn) else {}
+        if "held_in_memory" in stats:
+            pending.add_metric(["mqtt"], stats["held_in_memory"])
+        if "errors" in stats:
+            errors.add_metric(["mqtt"], stats["errors"])
+        depth = GaugeMetricFamily(
+            "edged_outbox_events", "Events in the MQTT outbox, not yet acknowledged by the broker."
+        )
+        size = GaugeMetricFamily("edged_outbox_bytes", "Payload bytes in the MQTT outbox.")
+        oldest = GaugeMetricFamily(
+            "edged_outbox_oldest_age_seconds", "Age of the oldest event in the MQTT outbox."
+        )
+        lost = CounterMetricFamily(
+            "edged_outbox_dropped_events_total",
+            "Events dropped from the MQTT outbox, oldest first, at its size or age limit.",
+        )
+        depth.add_metric([], stats.get("depth", 0))
+        size.add_metric([], stats.get("bytes", 0))
+        oldest.add_metric([], stats.get("oldest_age_s", 0))
+        lost.add_metric([], stats.get("dropped_total", 0))
+        yield from (errors, pending, dropped, depth, size, oldest, lost)
+        if "connected" in stats:
+            connected = GaugeMetricFamily(
+                "edged_mqtt_connected", "1 while connected to the MQTT broker."
+            )
+            connected.add_metric([], stats["connected"])
+            yield connected
+
+
+class Metrics:
+    """The supervisor's metrics registry, hook receivers and HTTP endpoint.
+
+    ``start()`` binds (raising :class:`MetricsError` naming the address if it
+    cannot) and serves from a daemon thread; ``stop()`` closes the listener.
+    The supervisor calls :meth:`loop_alive` every tick and registers
+    :meth:`observe_frame` and :meth:`observe_event` as its ``on_frame`` and
+    ``on_event`` hooks; sinks call :meth:`event_acknowledged`.
+    """
+
+    def __init__(self, supervisor: Supervisor, config: Config) -> None:
+        # Series like edged_events_created would only double the exposition.
+        disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.supervisor = supervisor
+        self.listen = listen_address(config, supervisor.names)
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        self.registry.register(SupervisorCollector(supervisor))
+        self.frame_age = Histogram(
+            "edged_frame_age_seconds",
+            "Age of the frame (since its grab) when the processor started on it.",
+            ["camera"],
+            buckets=FRAME_BUCKETS,
+            registry=self.registry,
+        )
+        self.processing = Histogram(
+            "edged_processing_duration_seconds",
+            "Time the processor took on one frame.",
+            ["camera"],
+            buckets=FRAME_BUCKETS,
+            registry=self.registry,
+        )
+        self.events = Counter(
+            "edged_events",
+            "Events accepted from the processors, by type.",
+            ["camera", "type"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "edged_event_latency_seconds",
+            "From the grab of an event's frame to the sink's acknowledgement.",
+            ["camera", "sink"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        # Series exist from the start and read 0, rather than appearing later.
+        self._age = {n: self.frame_age.labels(n) for n in supervisor.names}
+        self._took = {n: self.processing.labels(n) for n in supervisor.names}
+        for name in supervisor.names:
+            self.latency.labels(name, "jsonl")
+        self._last_tick = time.monotonic()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    # -- hooks ----------------------------------------------------------------------
+
+    def loop_alive(self) -> None:
+        """The supervisor's main loop ticked."""
+        self._last_tick = time.monotonic()
+
+    def observe_frame(self, camera: str, age: float, took: float) -> None:
+        """A processed frame: its age when processing started, and the processing time."""
+        hist = self._age.get(camera)
+        if hist is None:
+            hist = self._age[camera] = self.frame_age.labels(camera)
+            self._took[camera] = self.processing.labels(camera)
+        hist.observe(age)
+        self._took[camera].observe(took)
+
+    def observe_event(self, record: dict[str, Any]) -> None:
+        """An event accepted from a worker."""
+        self.events.labels(record.get("camera", ""), record.get("type", "")).inc()
+
+    def observe_sink_latency(self, sink: str, camera: str, seconds: float) -> None:
+        """``sink`` acknowledged an event of ``camera`` ``seconds`` after its frame's grab."""
+        self.latency.labels(camera, sink).observe(max(0.0, seconds))
+
+    def event_acknowledged(self, sink: str, record: dict[str, Any]) -> None:
+        """``sink`` has the event ``record`` (written, or acknowledged by the broker)."""
+        seconds = event_latency(record)
+        if seconds is not None:
+            self.observe_sink_latency(sink, str(record.get("camera", "")), seconds)
+
+    # -- health -----------------------------------------------------------------------
+
+    def alive(self) -> tuple[bool, float]:
+        """(the main loop ticked recently, seconds since its last tick)."""
+        silent = time.monotonic() - self._last_tick
+        return silent <= HEALTH_TIMEOUT, silent
+
+    def readiness(self) -> dict[str, Any]:
+        """``{"ready": bool, "alive": bool, "cameras": {name: {...}}}`` for ``/readyz``."""
+        alive, _ = self.alive()
+        cameras: dict[str, Any] = {}
+        for name, snap in self.supervisor.snapshot().items():
+            age, ready = snap.frame_age, camera_ready(snap)
+            reason = snap.reason
+            if not ready and not reason:
+                reason = f"no frame for {age:.1f}s" if math.isfinite(age) else "no frame yet"
+            cameras[name] = {
+                "ready": ready,
+                "state": snap.state,
+                "reason": reason,
+                "frame_age_s": round(age, 3) if math.isfinite(age) else None,
+                "stale_after_s": snap.stale_after,
+                "fps": round(snap.fps, 2),
+                "last_error": snap.last_error,
+            }
+        ready = alive and all(c["ready"] for c in cameras.values())
+        return {"ready": ready, "alive": alive, "cameras": cameras}
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- the listener -------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """(host, port) actually bound; the port is real even for ``:0``."""
+        if self._server is None:
+            return _split_listen(self.listen)
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        host, port = _split_listen(self.listen)
+        try:
+            self._server = _Server((host, port), self)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise MetricsError(
+                f"cannot serve metrics on {self.listen}: {reason} (another edged running? "
+                "set [metrics] listen, or cameras.NAME.metrics_listen for edged@NAME)"
+            ) from None
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.25},
+            name="edged-metrics",
+            daemon=True,
+        )
+        self._thread.start()
+        host, port = self.address
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        log.info("serving /metrics, /healthz and /readyz on %s", shown)
+
+    def stop(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        server.server_close()
+        if self._thread is not None:
+            self._thread.join(5)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics) -> None:
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self.metrics = metrics
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks the host name up in DNS (getfqdn), which
+        # can hang on a box without a resolver; nothing here needs it.
+        socketserver.TCPServer.server_bind(self)
+        host, port = self.server_address[:2]
+        self.server_name, self.server_port = str(host), int(port)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = f"edged/{__version__}"
+
+    def do_GET(self) -> None:
+        path = self.path.partition("?")[0]
+        metrics = self.server.metrics
+        try:
+            if path == "/metrics":
+                self._reply(200, CONTENT_TYPE, metrics.render())
+            elif path == "/healthz":
+                alive, silent = metrics.alive()
+                text = "ok\n" if alive else f"supervisor loop silent for {silent:.0f}s\n"
+                self._reply(200 if alive else 503, "text/plain; charset=utf-8", text.encode())
+            elif path == "/readyz":
+                body = metrics.readiness()
+                data = (json.dumps(body, indent=1) + "\n").encode()
+                self._reply(200 if body["ready"] else 503, "application/json", data)
+            elif path == "/":
+                links = b"edged: /metrics /healthz /readyz\n"
+                self._reply(200, "text/plain; charset=utf-8", links)
+            else:
+                self._reply(404, "text/plain; charset=utf-8", b"not found\n")
+        except Exception:
+            log.exception("metrics: serving %s failed", path)
+            with contextlib.suppress(OSError):
+                self._reply(500, "text/plain; charset=utf-8", b"internal error\n")
+
+    def _reply(self, code: int, ctype: str, body: bytes) -> None:
+        try:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("Cache-Control", "no-store")
+            self.end_headers()
+            self.wfile.write(body)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went away; nothing to tell it
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("metrics: %s %s", self.address_string(), format % args)
