@@ -1,0 +1,355 @@
+"""The MQTT sink: events at least once, in order, through the durable outbox.
+
+Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
+
+- ``PREFIX/CAMERA/events``: every event, QoS 1, not retained; the payload is
+  the event's JSONL line (same bytes, without the newline).
+- ``PREFIX/NODE/status``: ``online`` (retained) once connected; ``offline``
+  (retained) on a clean stop, and as the Last Will when edged dies or loses
+  the connection.
+- ``PREFIX/CAMERA/state``: retained JSON ``{"state", "reason", "since"}``
+  whenever a camera's state changes (``since`` is UTC, like an event's time).
+
+Threads: :meth:`MqttSink.submit` and :meth:`MqttSink.on_state` run in the
+supervisor's thread and never touch the network: ``submit`` stores the event
+in the outbox (one SQLite insert, committed at once; see
+``edged.sinks.outbox``) and wakes the delivery thread; ``on_state`` only
+records the state. paho's own thread (``loop_start``) runs the connection and
+reconnects with paho's doubling backoff. The delivery thread pages through
+the outbox in id order, keeps at most ``max_inflight`` events published and
+unacknowledged, and removes each from the outbox when its PUBACK arrives
+(``on_publish`` hands the message id over through a queue; paho calls it with
+its own lock held, so it must not wait for ours). Events published before a
+disconnect stay in paho's session and are sent again on reconnect (QoS 1
+allows the duplicate); after a restart the outbox replays everything not
+acknowledged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
+from paho.mqtt.reasoncodes import ReasonCode
+
+from edged.config import MqttConfig
+from edged.sinks.jsonl import encode_event
+from edged.sinks.outbox import Outbox
+
+if TYPE_CHECKING:
+    from edged.supervisor import CameraSnapshot
+
+log = logging.getLogger(__name__)
+
+MAINTAIN_EVERY = 1.0  # seconds between outbox maintenance (age limit, held events, logs)
+DRAIN_TIMEOUT = 2.0  # seconds stop() waits for the outbox to empty while connected
+OFFLINE_TIMEOUT = 1.0  # seconds stop() waits for the broker to acknowledge 'offline'
+_AUTH_CODES = {4, 5, 134, 135}  # bad user name or password / not authorised (3.1.1 and 5)
+
+
+def outbox_path(state_dir: Path, instance: str = "") -> Path:
+    """The outbox file for a process running all cameras (``instance=""``) or some."""
+    return state_dir / (f"outbox-{instance}.sqlite3" if instance else "outbox.sqlite3")
+
+
+class MqttSink:
+    """Publishes events, availability and camera state; see the module docstring.
+
+    ``instance`` names the cameras a process runs when it runs only some
+    (``edged run --camera a``): it keeps the outbox file and the default client
+    id apart from those of the processes running the others.
+    """
+
+    def __init__(self, config: MqttConfig, state_dir: Path, instance: str = "") -> None:
+        self.cfg = config
+        self.node = config.node_name
+        self.prefix = config.topic_prefix
+        self.client_id = config.client_id or "-".join(filter(None, ["edged", self.node, instance]))
+        self.status_topic = f"{self.prefix}/{self.node}/status"
+        self.where = f"{config.host}:{config.broker_port}"
+        self.outbox = Outbox(
+            outbox_path(state_dir, instance),
+            max_bytes=config.outbox_max_bytes,
+            max_age=config.outbox_max_age,
+            sync=config.outbox_sync,
+        )
+        self.delivered_total = 0
+        self.connected = False
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._idle = threading.Event()  # nothing waiting and nothing in flight
+        self._acks: deque[tuple[int, ReasonCode]] = deque()
+        self._announce = False  # connected: publish 'online' and every state
+        self._link = ""  # the connection state last logged
+        self._refusal = ""  # the last reason the broker gave for refusing an event
+        self._states: dict[str, bytes] = {}
+        self._dirty: set[str] = set()
+        self._states_lock = threading.Lock()
+        self._inflight: dict[int, int] = {}  # paho message id -> outbox row id
+        self._cursor = 0  # highest outbox row id handed to paho
+        self._thread: threading.Thread | None = None
+        self._stopped = False
+        self._client = self._make_client()
+
+    def _make_client(self) -> mqtt.Client:
+        cfg = self.cfg
+        v5 = cfg.protocol == "5"
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2,
+            client_id=self.client_id,
+            protocol=MQTTProtocolVersion.MQTTv5 if v5 else MQTTProtocolVersion.MQTTv311,
+        )
+        if cfg.username is not None:
+            client.username_pw_set(cfg.username, cfg.password_value())
+        if cfg.use_tls:
+            client.tls_set_context(cfg.ssl_context())
+            # Else paho checks the host name itself, against a certificate not verified.
+            client.tls_insecure_set(cfg.tls_insecure)
+        client.will_set(self.status_topic, b"offline", qos=1, retain=True)
+        client.reconnect_delay_set(
+            max(1, round(cfg.reconnect_min_delay)), max(1, round(cfg.reconnect_max_delay))
+        )
+        # Our window bounds what is in flight; paho's extra room is for status and state.
+        client.max_inflight_messages_set(cfg.max_inflight + 32)
+        client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
+        client.on_disconnect = self._on_disconnect
+        client.on_publish = self._on_publish
+        return client
+
+    # -- the supervisor's side -------------------------------------------------
+
+    def start(self) -> None:
+        """Connect in the background and start delivering; returns at once."""
+        log.info(
+            "mqtt: publishing to %s as %s (topics %s/...; %s)",
+            self.where,
+            self.client_id,
+            self.prefix,
+            "TLS" if self.cfg.use_tls else "no TLS",
+        )
+        self._client.connect_async(
+            self.cfg.host, self.cfg.broker_port, keepalive=max(5, round(self.cfg.keepalive))
+        )
+        self._client.loop_start()
+        self._thread = threading.Thread(target=self._deliver, name="edged-mqtt", daemon=True)
+        self._thread.start()
+
+    def submit(self, record: dict[str, Any]) -> None:
+        """Store one event for delivery. Called for every event; never blocks on the network."""
+        payload = encode_event(record)[:-1]  # the JSONL line without its newline
+        self.outbox.put(str(record.get("camera", "")), payload)
+        self._idle.clear()
+        self._wake.set()
+
+    def on_state(self, snap: CameraSnapshot) -> None:
+        """Record a camera's new state; the delivery thread publishes it (retained)."""
+        since = dt.datetime.fromtimestamp(snap.state_since, dt.UTC)
+        payload = {
+            "state": snap.state,
+            "reason": snap.reason,
+            "since": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        }
+        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        with self._states_lock:
+            self._states[snap.name] = data
+            self._dirty.add(snap.name)
+        self._wake.set()
+
+    def stats(self) -> dict[str, float]:
+        """The outbox's stats (``depth``, ``bytes``, ``dropped_total``, ``oldest_age_s``,
+        ``held_in_memory``) plus ``delivered_total``, ``inflight`` and ``connected`` (0/1)."""
+        out = self.outbox.stats()
+        out["delivered_total"] = float(self.delivered_total)
+        out["inflight"] = float(len(self._inflight))
+        out["connected"] = 1.0 if self.connected else 0.0
+        return out
+
+    def stop(self) -> None:
+        """Deliver what is waiting (briefly), publish ``offline``, disconnect cleanly.
+
+        Events still undelivered stay in the outbox for the next run. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._thread is None:
+            self.outbox.close()
+            return
+        if self.connected:
+            # Everything was submitted before this: the next full pass sees it all.
+            self._idle.clear()
+            self._wake.set()
+            self._idle.wait(DRAIN_TIMEOUT)
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join()
+        if self.connected:
+            info = self._client.publish(self.status_topic, b"offline", qos=1, retain=True)
+            with contextlib.suppress(RuntimeError, ValueError):  # not queued: disconnected
+                info.wait_for_publish(OFFLINE_TIMEOUT)
+        self._client.disconnect()
+        self._client.loop_stop()
+        waiting = self.outbox.stats()["depth"]
+        self.outbox.close()
+        log.info(
+            "mqtt: stopped: %d events delivered this run, %d kept in the outbox for the next",
+            self.delivered_total,
+            waiting,
+        )
+
+    # -- paho's thread --------------------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.ConnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        if reason.is_failure:
+            hint = " (check username and password)" if reason.value in _AUTH_CODES else ""
+            self._link_changed(
+                f"refused: {reason}",
+                logging.ERROR,
+                "mqtt: %s refused the connection: %s%s; retrying with backoff",
+                self.where,
+                reason,
+                hint,
+            )
+            return
+        self.connected = True
+        self._announce = True
+        self._link_changed("connected", logging.INFO, "mqtt: connected to %s", self.where)
+        self._wake.set()
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        self._link_changed(
+            "unreachable",
+            logging.WARNING,
+            "mqtt: cannot connect to %s; retrying with backoff (at most %ds apart)",
+            self.where,
+            round(self.cfg.reconnect_max_delay),
+        )
+
+    def _on_disconnect(
+        self,
+        client: mqtt.Client,
+        userdata: Any,
+        flags: mqtt.DisconnectFlags,
+        reason: ReasonCode,
+        properties: Any,
+    ) -> None:
+        was = self.connected
+        self.connected = False
+        if was and not self._stopping.is_set():
+            # Without a DISCONNECT from the broker paho says "Unspecified error".
+            why = str(reason) if flags.is_disconnect_packet_from_server else "connection lost"
+            self._link_changed(
+                "disconnected",
+                logging.WARNING,
+                "mqtt: disconnected from %s: %s; reconnecting (events wait in the outbox)",
+                self.where,
+                why,
+            )
+
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Any
+    ) -> None:
+        # Called with paho's message lock held: hand over, never wait here.
+        self._acks.append((mid, reason))
+        self._wake.set()
+
+    def _link_changed(self, state: str, level: int, msg: str, *args: Any) -> None:
+        if state != self._link:
+            self._link = state
+            log.log(level, msg, *args)
+
+    # -- the delivery thread --------------------------------------------------------
+
+    def _deliver(self) -> None:
+        next_maintain = time.monotonic()
+        while not self._stopping.is_set():
+            self._wake.wait(MAINTAIN_EVERY)
+            self._wake.clear()
+            try:
+                self._take_acks()
+                if time.monotonic() >= next_maintain:
+                    self.outbox.maintain()
+                    next_maintain = time.monotonic() + MAINTAIN_EVERY
+                if self.connected:
+                    if self._announce:
+                        self._announce = False
+                        self._publish(self.status_topic, b"online", retain=True)
+                        with self._states_lock:
+                            self._dirty.update(self._states)
+                    self._publish_states()
+                    self._fill_window()
+                if not self._inflight and not self.outbox.fetch(self._cursor, 1):
+                    self._idle.set()
+            except Exception:
+                # A bug here must not silently end delivery for the rest of the run.
+                log.exception("mqtt: delivery failed; retrying")
+                self._stopping.wait(MAINTAIN_EVERY)
+        self._take_acks()
+
+    def _publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        return self._client.publish(topic, payload, qos=1, retain=retain)
+
+    def _publish_states(self) -> None:
+        with self._states_lock:
+            todo = [(name, self._states[name]) for name in sorted(self._dirty)]
+            self._dirty.clear()
+        for name, data in todo:
+            self._publish(f"{self.prefix}/{name}/state", data, retain=True)
+
+    def _fill_window(self) -> None:
+        room = self.cfg.max_inflight - len(self._inflight)
+        if room <= 0:
+            return
+        bad: list[int] = []
+        for rid, camera, payload in self.outbox.fetch(self._cursor, room):
+            try:
+                info = self._publish(f"{self.prefix}/{camera}/events", payload)
+            except ValueError as exc:  # an invalid topic or payload: it never will be valid
+                log.error("mqtt: cannot publish event %d of camera %r: %s", rid, camera, exc)
+                bad.append(rid)
+                self._cursor = rid
+                continue
+            # NO_CONN: paho keeps it and sends it after reconnecting, like one in flight.
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+                break
+            self._inflight[info.mid] = rid
+            self._cursor = rid
+        if bad:
+            self.outbox.drop(bad)
+
+    def _take_acks(self) -> None:
+        done: list[int] = []
+        refused: list[int] = []
+        while self._acks:
+            mid, reason = self._acks.popleft()
+            rid = self._inflight.pop(mid, None)
+            if rid is None:
+                continue  # status or state
+            if reason.is_failure:
+                refused.append(rid)
+                if str(reason) != self._refusal:
+                    self._refusal = str(reason)
+                    log.error("mqtt: the broker refuses events: %s (they are dropped)", reason)
+            else:
+                done.append(rid)
+        if done:
+            self.outbox.remove(done)
+            self.delivered_total += len(done)
+        if refused:
+            self.outbox.drop(refused, "rejected")

@@ -1,0 +1,550 @@
+"""The durable outbox: events waiting for the MQTT broker's acknowledgement.
+
+Every event bound for MQTT is stored here *before* it is handed to the MQTT
+client, and removed only when the broker has acknowledged it (PUBACK). What is
+left when the broker is away, or when edged dies, even by SIGKILL, is sent
+again, oldest first, by the next delivery loop or the next run.
+
+Storage: SQLite (standard library), one table keyed by a row id that grows
+with every event, in WAL mode. Why not an append-only log of our own: removing
+acknowledged events out of order, bounding the size by dropping the oldest,
+and surviving a torn write at the end of the file all come with SQLite's
+transactions for free, and its WAL lets one connection insert while the
+delivery thread reads and deletes, with one small transaction each. A torn
+append log would need its own framing, checksums, compaction and recovery
+code, which is exactly what SQLite already is, well tested.
+
+Durability (``sync``): ``"normal"`` (``PRAGMA synchronous=NORMAL``, the
+default) makes each insert one WAL append with no fsync: committed events
+survive a crash or SIGKILL of edged (they are in the kernel's page cache), and
+a power loss may lose the last moments of events but never corrupts the file.
+Inserting costs tens of microseconds, so each event is committed on its own
+as it arrives (no batching, nothing to lose in a batch buffer). ``"full"``
+fsyncs the WAL at every commit: events also survive a power loss, at the cost
+of one fsync (about a millisecond on an SSD, more on an SD card) per event in
+the supervisor's thread.
+
+Bounds: ``max_bytes`` of stored payload and ``max_age``; past either, the
+oldest events are dropped first. Every drop is counted (``dropped_total``)
+and logged, at most one line per ``DROP_LOG_EVERY`` seconds summarising the
+burst. Page overhead makes the file somewhat larger than ``max_bytes``; freed
+pages are returned to the file system once the outbox is empty.
+
+Failures: when the file cannot be written (disk full, read-only, I/O error)
+new events are held in memory, in order (bounded by ``max_bytes`` too), and
+are still delivered; rows already stored keep being delivered and deleted.
+A file that is corrupt or truncated at start is salvaged: every row that can
+still be read is kept, the damaged file is renamed aside with a timestamp
+suffix (``outbox.sqlite3.corrupt-20260102T030405``), and that is logged; it
+never stops the daemon. If no file can be used at all, the outbox lives in
+memory, and that is logged as an error.
+
+Thread safety: every method takes one lock; :meth:`Outbox.put` is called by
+the supervisor's thread, the others by the MQTT delivery thread and metrics.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import sqlite3
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+Row = tuple[int, str, bytes]  # (id, camera, payload)
+SyncPolicy = Literal["normal", "full"]
+
+DROP_LOG_EVERY = 10.0  # seconds between log lines about dropped events
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS events ("
+    "id INTEGER PRIMARY KEY, camera TEXT NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
+)
+_VACUUM_PAGES = 256  # free pages worth giving back to the file system once empty
+
+
+class Outbox:
+    """Events in order, stored until acknowledged. See the module docstring.
+
+    ``path=None`` keeps everything in memory (not durable; for tests and as the
+    last resort). Row ids grow with every :meth:`put`; :meth:`fetch` returns
+    rows after an id, in order, so a delivery loop can page through the
+    outbox without sending a row twice, and :meth:`remove` deletes
+    acknowledged rows by id in any order.
+    """
+
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        max_bytes: int,
+        max_age: float,
+        sync: SyncPolicy = "normal",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_bytes <= 0 or max_age <= 0:
+            raise ValueError("max_bytes and max_age must be positive")
+        self.path = path
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.sync = sync
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._lockfile: int | None = None
+        self._next_id = 1
+        self._depth = 0  # rows in the database
+        self._bytes = 0  # payload bytes in the database
+        # Events the database would not take, oldest first: (id, camera, created, payload).
+        self._held: deque[tuple[int, str, float, bytes]] = deque()
+        self._held_bytes = 0
+        self._failing: str | None = None  # why writes fail, while they do
+        self.dropped_total = 0
+        self.dropped_by: dict[str, int] = {"size": 0, "age": 0, "memory": 0, "rejected": 0}
+        self._unlogged: dict[str, int] = {}
+        self._last_drop_log = float("-inf")
+        self.salvaged = 0  # rows recovered from a corrupt file at start
+        self._db = self._open()
+
+    # -- public -------------------------------------------------------------------
+
+    def put(self, camera: str, payload: bytes) -> int:
+        """Store one event; returns its id. Never raises for I/O trouble."""
+        with self._lock:
+            rid = self._next_id
+            self._next_id += 1
+            now = self._clock()
+            if not self._held and self._insert([(rid, camera, now, payload)]):
+                self._depth += 1
+                self._bytes += len(payload)
+                self._enforce_size()
+            else:
+                self._held.append((rid, camera, now, payload))
+                self._held_bytes += len(payload)
+                while self._held_bytes > self.max_bytes and len(self._held) > 1:
+                    _, _, _, old = self._held.popleft()
+                    self._held_bytes -= len(old)
+                    self._count_drop("memory", 1)
+            return rid
+
+    def fetch(self, after: int, limit: int) -> list[Row]:
+        """Up to ``limit`` rows with an id above ``after``, oldest first."""
+        with self._lock:
+            rows: list[Row] = []
+            try:
+                cur = self._db.execute(
+                    "SELECT id, camera, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                    (after, limit),
+                )
+                rows = [(int(i), str(c), bytes(p)) for i, c, p in cur]
+            except sqlite3.Error as exc:
+                self._write_failed(exc)
+            if len(rows) < limit:
+                rows += [(i, c, p) for i, c, _, p in self._held if i > after][: limit - len(rows)]
+            return rows
+
+    def remove(self, ids: Iterable[int]) -> None:
+        """Forget acknowledged rows (unknown ids are ignored)."""
+        wanted = set(ids)
+        if not wanted:
+            return
+        with self._lock:
+            if self._held:
+                kept = [h for h in self._held if h[0] not in wanted]
+                if len(kept) != len(self._held):
+                    self._held = deque(kept)
+                    self._held_bytes = sum(len(h[3]) for h in kept)
+            self._delete_ids(wanted)
+
+    def drop(self, ids: Iterable[int], reason: str = "rejected") -> None:
+        """Remove rows that will never be delivered, counting them as dropped."""
+        ids = list(ids)
+        self.remove(ids)
+        with self._lock:
+            self._count_drop(reason, len(ids))
+
+    def maintain(self) -> None:
+        """Periodic work (about once a second): expire old rows, move held events to the
+        file once it takes writes again, log drops, give free pages back when empty."""
+        with self._lock:
+            self._expire()
+            if self._held:
+                self._flush_held()
+            if self._depth == 0 and not self._held:
+                self._vacuum()
+            self._log_drops(self._clock())
+
+    def stats(self) -> dict[str, float]:
+        """``depth`` (events waiting), ``bytes`` (their payload), ``dropped_total``,
+        ``oldest_age_s`` (0 when empty), ``held_in_memory`` (events the file would not take)."""
+        with self._lock:
+            oldest: float | None = None
+            try:
+                row = self._db.execute("SELECT created FROM events ORDER BY id LIMIT 1").fetchone()
+                oldest = float(row[0]) if row else None
+            except sqlite3.Error:
+                pass
+            if oldest is None and self._held:
+                oldest = self._held[0][2]
+            return {
+                "depth": float(self._depth + len(self._held)),
+                "bytes": float(self._bytes + self._held_bytes),
+                "dropped_total": float(self.dropped_total),
+                "oldest_age_s": max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
+                "held_in_memory": float(len(self._held)),
+            }
+
+    def close(self) -> None:
+        """Log unlogged drops, checkpoint and close. Idempotent."""
+        with self._lock:
+            self._log_drops(float("inf"))
+            if self._held:
+                self._flush_held()
+            if self._held:
+                log.error(
+                    "outbox: %d events could not be stored and are lost at exit", len(self._held)
+                )
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            if self._lockfile is not None:
+                os.close(self._lockfile)
+                self._lockfile = None
+
+    # -- storage ------------------------------------------------------------------
+
+    def _connect(self, path: Path | None) -> sqlite3.Connection:
+        # isolation_level=None: each statement commits on its own unless we BEGIN.
+        db = sqlite3.connect(
+            ":memory:" if path is None else str(path),
+            isolation_level=None,
+            check_same_thread=False,  # one connection, guarded by self._lock
+            timeout=5.0,
+        )
+        try:
+            if path is not None:
+                db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes on a new file
+                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.DatabaseError(f"cannot use WAL mode (got {mode})")
+            db.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
+            check = db.execute("PRAGMA quick_check").fetchall()
+            if check != [("ok",)]:
+                raise _Damaged(str(check[0][0]) if check else "quick_check failed")
+            db.execute(_SCHEMA)
+            try:
+                db.execute("SELECT id, camera, created, payload FROM events LIMIT 0")
+            except sqlite3.OperationalError as exc:
+                raise _Damaged(f"unexpected table layout: {exc}") from None
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _open(self) -> sqlite3.Connection:
+        path = self.path
+        if path is not None:
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_path(path)
+            except OSError as exc:
+                log.error(
+                    "outbox: cannot use %s (%s); keeping undelivered events in memory only, "
+                    "they are lost if edged stops",
+                    path,
+                    exc.strerror or exc,
+                )
+                path = self.path = None
+        salvage: list[tuple[int, str, float, bytes]] = []
+        try:
+            db = self._connect(path)
+        except (sqlite3.Error, _Damaged) as exc:
+            assert path is not None  # an in-memory database does not fail like this
+            if not _is_damage(exc):
+                # Locked, unreadable, disk full: the file may well be fine. Leave it be.
+                log.error(
+                    "outbox: cannot open %s (%s); keeping undelivered events in memory only, "
+                    "they are lost if edged stops",
+                    path,
+                    exc,
+                )
+                self.path = None
+                return self._connect(None)
+            salvage = _salvage(path)
+            aside = self._move_aside(path)
+            log.warning(
+                "outbox: %s is damaged (%s): salvaged %d events, moved the file to %s",
+                path,
+                exc,
+                len(salvage),
+                aside or "(nowhere: it could not be renamed, so it was deleted)",
+            )
+            try:
+                db = self._connect(path)
+            except (sqlite3.Error, _Damaged) as exc2:
+                log.error(
+                    "outbox: cannot create %s (%s); keeping events in memory only", path, exc2
+                )
+                self.path = None
+                db = self._connect(None)
+        if salvage:
+            self._db = db
+            self.salvaged = len(salvage) if self._insert(salvage) else 0
+            if not self.salvaged:
+                self._held.extend(salvage)
+                self._held_bytes = sum(len(r[3]) for r in salvage)
+        depth, size, top = db.execute(
+            "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM events"
+        ).fetchone()
+        self._depth, self._bytes = int(depth), int(size)
+        self._next_id = max(int(top), max((r[0] for r in self._held), default=0)) + 1
+        if self._depth:
+            log.info(
+                "outbox: %d undelivered events (%d bytes) from an earlier run will be sent",
+                self._depth,
+                self._bytes,
+            )
+        return db
+
+    def _lock_path(self, path: Path) -> None:
+        # Two edged processes sharing one outbox would each send every event.
+        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OSError(f"{path} is in use by another edged process") from None
+        self._lockfile = fd
+
+    def _move_aside(self, path: Path) -> Path | None:
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 1
+        while aside.exists():
+            n += 1
+            aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        moved: Path | None = aside
+        for suffix in ("", "-wal"):
+            src = Path(f"{path}{suffix}")
+            try:
+                os.replace(src, Path(f"{aside}{suffix}"))
+            except FileNotFoundError:
+                pass
+            except OSError:
+                with contextlib.suppress(OSError):
+                    src.unlink()
+                moved = None if suffix == "" else moved
+        with contextlib.suppress(OSError):
+            Path(f"{path}-shm").unlink()
+        return moved
+
+    def _insert(self, rows: list[tuple[int, str, float, bytes]]) -> bool:
+        try:
+            if len(rows) == 1:
+                self._db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", rows[0])
+            else:
+                with self._transaction():
+                    self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?)", rows)
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return False
+        if self._failing is not None:
+            log.info("outbox: %s takes writes again", self._where())
+            self._failing = None
+        return True
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    def _write_failed(self, exc: sqlite3.Error) -> None:
+        reason = str(exc)
+        if self._failing != reason:
+            log.error(
+                "outbox: cannot write %s (%s); holding new events in memory until it can",
+                self._where(),
+                reason,
+            )
+            self._failing = reason
+
+    def _where(self) -> str:
+        return str(self.path) if self.path is not None else "the in-memory outbox"
+
+    def _flush_held(self) -> None:
+        rows = list(self._held)
+        if self._insert(rows):
+            self._held.clear()
+            self._held_bytes = 0
+            self._depth += len(rows)
+            self._bytes += sum(len(r[3]) for r in rows)
+            self._enforce_size()
+
+    def _delete_ids(self, ids: set[int]) -> None:
+        marks = ",".join("?" * len(ids))
+        try:
+            with self._transaction():
+                row = self._db.execute(
+                    f"SELECT count(*), coalesce(sum(length(payload)), 0) FROM events "
+                    f"WHERE id IN ({marks})",
+                    tuple(ids),
+                ).fetchone()
+                self._db.execute(f"DELETE FROM events WHERE id IN ({marks})", tuple(ids))
+        except sqlite3.Error as exc:
+            # Delivered but still stored: it is sent again later (at least once).
+            self._write_failed(exc)
+            return
+        self._depth -= int(row[0])
+        self._bytes -= int(row[1])
+
+    def _delete_oldest(self, upto: int, n: int, size: int, reason: str) -> bool:
+        try:
+            self._db.execute("DELETE FROM events WHERE id <= ?", (upto,))
+        except sqlite3.Error as exc:
+            self._write_failed(exc)
+            return False
+        self._depth -= n
+        self._bytes -= size
+        self._count_drop(reason, n)
+        return True
+
+    def _enforce_size(self) -> None:
+        excess = self._bytes - self.max_bytes
+        while excess > 0 and self._depth > 1:
+            upto, n, size = 0, 0, 0
+            cur = self._db.execute(
+                "SELECT id, length(payload) FROM events ORDER BY id LIMIT 256"
+            ).fetchall()
+            # Keep the newest row whatever its size: it is the one just stored.
+            for rid, length in cur[: max(1, min(len(cur), self._depth - 1))]:
+                if size >= excess:
+                    break
+                upto, n, size = int(rid), n + 1, size + int(length)
+            if not n or not self._delete_oldest(upto, n, size, "size"):
+                return
+            excess -= size
+
+    def _expire(self) -> None:
+        cutoff = self._clock() - self.max_age
+        while self._held and self._held[0][2] < cutoff:
+            _, _, _, old = self._held.popleft()
+            self._held_bytes -= len(old)
+            self._count_drop("age", 1)
+        while True:
+            try:
+                cur = self._db.execute(
+                    "SELECT id, created, length(payload) FROM events ORDER BY id LIMIT 512"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                self._write_failed(exc)
+                return
+            upto, n, size = 0, 0, 0
+            for rid, created, length in cur:
+                if created >= cutoff:
+                    break
+                upto, n, size = int(rid), n + 1, size + int(length)
+            if not n or not self._delete_oldest(upto, n, size, "age") or n < len(cur):
+                return
+
+    def _vacuum(self) -> None:
+        try:
+            free = self._db.execute("PRAGMA freelist_count").fetchone()[0]
+            if free >= _VACUUM_PAGES:
+                # execute() stops after one step (one page); executescript runs it through.
+                self._db.executescript("PRAGMA incremental_vacuum;")
+        except sqlite3.Error:
+            pass
+
+    # -- drops --------------------------------------------------------------------
+
+    def _count_drop(self, reason: str, n: int) -> None:
+        if n <= 0:
+            return
+        self.dropped_total += n
+        self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + n
+        self._log_drops(self._clock())
+
+    _REASONS = {
+        "size": "the outbox reached outbox_max_bytes",
+        "age": "they were older than outbox_max_age",
+        "memory": "the outbox file could not be written and memory filled up",
+        "rejected": "the broker refused them",
+    }
+
+    def _log_drops(self, now: float) -> None:
+        if not self._unlogged or now - self._last_drop_log < DROP_LOG_EVERY:
+            return
+        self._last_drop_log = now if now != float("inf") else self._last_drop_log
+        for reason, n in self._unlogged.items():
+            log.warning(
+                "outbox: dropped the %d oldest undelivered event%s: %s (%d dropped in all)",
+                n,
+                "" if n == 1 else "s",
+                self._REASONS.get(reason, reason),
+                self.dropped_total,
+            )
+        self._unlogged.clear()
+
+
+class _Damaged(Exception):
+    """The outbox file is readable but not sound."""
+
+
+def _is_damage(exc: Exception) -> bool:
+    if isinstance(exc, _Damaged):
+        return True
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
+
+
+def _is_event(payload: object) -> bool:
+    """Whether a salvaged payload is whole: a row cut by the damage may read as
+    zeros, and the outbox only ever holds JSON objects."""
+    if not isinstance(payload, bytes):
+        return False
+    try:
+        return isinstance(json.loads(payload), dict)
+    except ValueError:  # also UnicodeDecodeError
+        return False
+
+
+def _salvage(path: Path) -> list[tuple[int, str, float, bytes]]:
+    """Every row that can still be read from a damaged outbox file, oldest first."""
+    found: dict[int, tuple[int, str, float, bytes]] = {}
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        db = sqlite3.connect(uri, uri=True, isolation_level=None)
+    except sqlite3.Error:
+        return []
+    try:
+        # Lets SQLite read a truncated file up to where it ends instead of refusing
+        # it whole (the header's page count is then larger than the file).
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA writable_schema=ON")
+        # Read forwards and backwards: a damaged page in the middle stops one
+        # scan, and the other still reaches the rows beyond it.
+        for order in ("ASC", "DESC"):
+            try:
+                for rid, camera, created, payload in db.execute(
+                    f"SELECT id, camera, created, payload FROM events ORDER BY id {order}"
+                ):
+                    if isinstance(rid, int) and _is_event(payload):
+                        found[rid] = (rid, str(camera), float(created), payload)
+            except (sqlite3.Error, ValueError, TypeError):
+                pass
+    finally:
+        db.close()
+    return [found[k] for k in sorted(found)]

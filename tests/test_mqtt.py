@@ -1,0 +1,505 @@
+"""MQTT delivery against a real Mosquitto: topics, QoS, retained availability and state,
+broker outages, restarts, SIGKILL, the outbox bound, a damaged outbox, passwords, TLS.
+
+The sink tests drive ``MqttSink`` in this process; the daemon tests (marked slow)
+run ``edged run`` and compare what a subscriber receives with the JSONL file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from components.mqtt import (
+    Message,
+    Mosquitto,
+    Subscriber,
+    make_tls_files,
+    mosquitto_sub_retained,
+)
+from daemon import Daemon, wait_for
+
+from edged.config import MqttConfig, parse_config
+from edged.errors import ConfigError
+from edged.sinks.jsonl import encode_event
+from edged.sinks.mqtt import MqttSink, outbox_path
+
+REPO = Path(__file__).resolve().parent.parent
+CAM = '[cameras.cam1]\nsource = "synthetic"\n'
+
+
+# -- config -------------------------------------------------------------------------
+
+
+def test_mqtt_is_off_without_a_table(tmp_path: Path) -> None:
+    assert parse_config(CAM, str(tmp_path / "edged.toml")).mqtt is None
+
+
+def test_mqtt_defaults_and_password_from_a_file(tmp_path: Path) -> None:
+    (tmp_path / "mqtt.pw").write_text("s3cret-pw\n")
+    text = '[mqtt]\nusername = "edged"\npassword_file = "mqtt.pw"\n' + CAM
+    cfg = parse_config(text, str(tmp_path / "edged.toml")).mqtt
+    assert cfg is not None
+    assert (cfg.host, cfg.broker_port, cfg.protocol, cfg.topic_prefix) == (
+        "localhost",
+        1883,
+        "3.1.1",
+        "edged",
+    )
+    assert cfg.password_value() == "s3cret-pw"
+    assert "s3cret-pw" not in repr(cfg) and "s3cret-pw" not in cfg.model_dump_json()
+    assert cfg.node_name and "/" not in cfg.node_name
+    assert (cfg.outbox_max_bytes, cfg.outbox_max_age, cfg.max_inflight) == (64 << 20, 604800, 20)
+
+
+def test_mqtt_password_from_credentials_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "mqtt.password").write_text("cred-pw\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    text = '[mqtt]\nusername = "u"\npassword_credential = "mqtt.password"\nprotocol = 5\n' + CAM
+    cfg = parse_config(text, str(tmp_path / "edged.toml")).mqtt
+    assert cfg is not None and cfg.password_value() == "cred-pw" and cfg.protocol == "5"
+
+
+def test_mqtt_config_mistakes_are_all_reported(tmp_path: Path) -> None:
+    text = textwrap.dedent(
+        """
+        [mqtt]
+        topic_prefix = "a/#"
+        password = "hunter2"
+        keyfile = "nope.key"
+        outbox_max_bytes = "1k"
+        protocol = "4"
+        keepalive_s = 3
+        """
+    )
+    with pytest.raises(ConfigError) as info:
+        parse_config(text + CAM, str(tmp_path / "edged.toml"))
+    got = "\n".join(info.value.problems)
+    assert "mqtt.topic_prefix: a topic prefix is" in got
+    assert "mqtt.keyfile: file not found" in got
+    assert "mqtt.outbox_max_bytes: Input should be greater than or equal to 4096" in got
+    assert "mqtt.protocol: Input should be '3.1.1' or '5'" in got
+    assert "mqtt.keepalive_s: unknown key (did you mean 'keepalive'?)" in got
+    assert "hunter2" not in got
+    with pytest.raises(ConfigError, match=r"mqtt\.password: a password needs a username"):
+        parse_config('[mqtt]\npassword = "x"\n' + CAM, str(tmp_path / "edged.toml"))
+
+
+def test_example_config_documents_every_mqtt_option() -> None:
+    text = (REPO / "config/example.toml").read_text()
+    start = text.index("# [mqtt]")
+    section = text[start : text.index("\n\n", start)]
+    for key in MqttConfig.model_fields:
+        assert f"\n# {key} = " in section, key
+    # Uncommented, the table is valid and shows the defaults.
+    table = "\n".join(
+        line[2:] for line in section.splitlines() if re.match(r"# (\[mqtt\]|[a-z_]+ = )", line)
+    )
+    table = re.sub(r"(?m)^(password|password_file|password_credential|ca_file|certfile|keyfile)"
+                   r" = .*\n?", "", table)  # fmt: skip
+    shown = MqttConfig.model_validate(
+        {k: v for k, v in _toml(table)["mqtt"].items() if k not in ("node", "client_id", "port")}
+    )
+    assert shown == MqttConfig(username="edged") and shown.broker_port == 1883
+
+
+def _toml(text: str) -> dict[str, Any]:
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+# -- the sink, against a real broker ------------------------------------------------------
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[MqttSink]]:
+    made: list[MqttSink] = []
+    yield made
+    for sink in made:
+        sink.stop()
+
+
+@pytest.fixture
+def subscribers() -> Iterator[list[Subscriber]]:
+    made: list[Subscriber] = []
+    yield made
+    for sub in made:
+        sub.close()
+
+
+def start_sink(
+    sinks: list[MqttSink], broker: Mosquitto, state_dir: Path, **options: Any
+) -> MqttSink:
+    opts: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "node": "box1",
+        "reconnect_max_delay": 1,
+        **options,
+    }
+    sink = MqttSink(MqttConfig.model_validate(opts), state_dir)
+    sinks.append(sink)
+    sink.start()
+    return sink
+
+
+def subscribe(subscribers: list[Subscriber], broker: Mosquitto, **kw: Any) -> Subscriber:
+    sub = Subscriber(broker, "edged/#", **kw)
+    subscribers.append(sub)
+    return sub
+
+
+def record(camera: str, n: int) -> dict[str, Any]:
+    return {"schema": 1, "id": f"{camera}-{n}", "camera": camera, "type": "t", "data": {"n": n}}
+
+
+def events(sub: Subscriber, camera: str) -> list[Message]:
+    return sub.received(f"edged/{camera}/events")
+
+
+def all_events(sub: Subscriber) -> list[Message]:
+    return [m for m in sub.received() if m.topic.endswith("/events")]
+
+
+def first_ids(messages: list[Message]) -> list[str]:
+    """Event ids in arrival order, each kept at its first arrival (QoS 1 may repeat)."""
+    seen: dict[str, None] = {}
+    for m in messages:
+        seen.setdefault(json.loads(m.payload)["id"], None)
+    return list(seen)
+
+
+class Snap:
+    """The fields of a CameraSnapshot that on_state reads."""
+
+    def __init__(self, name: str, state: str, reason: str = "") -> None:
+        self.name, self.state, self.reason, self.state_since = name, state, reason, 1.8e9
+
+
+def test_events_state_and_availability_reach_the_broker(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    sink = start_sink(sinks, mosquitto, tmp_path)
+    recs = [record("cam1", n) for n in range(30)]
+    recs[3]["data"] = {"text": "Grüße ☃", "nan": float("nan")}  # same bytes as JSONL
+    for r in recs:
+        sink.submit(r)
+    sink.on_state(Snap("cam1", "stalled", "no frame for 5.0s"))  # type: ignore[arg-type]
+    wait_for("30 events", lambda: len(events(sub, "cam1")) >= 30)
+    got = events(sub, "cam1")
+    assert [m.payload for m in got] == [encode_event(r)[:-1] for r in recs]
+    assert all(m.qos == 1 and not m.retain for m in got)
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
+    state = wait_for("state", lambda: mosquitto_sub_retained(mosquitto, "edged/cam1/state"))
+    assert json.loads(state) == {
+        "state": "stalled",
+        "reason": "no frame for 5.0s",
+        "since": "2027-01-15T08:00:00.000000Z",
+    }
+    wait_for("an empty outbox", lambda: sink.stats()["depth"] == 0)
+    stats = sink.stats()
+    assert (stats["delivered_total"], stats["dropped_total"], stats["connected"]) == (30, 0, 1)
+    sink.stop()
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"offline"
+    assert "Client edged-box1 disconnected." in mosquitto.log  # a clean DISCONNECT
+
+
+def test_broker_outage_events_wait_in_the_outbox_and_arrive_in_order(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    sinks: list[MqttSink],
+    subscribers: list[Subscriber],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "edged.sinks")
+    sub = subscribe(subscribers, mosquitto)
+    sink = start_sink(sinks, mosquitto, tmp_path)
+    wait_for("connected", lambda: sink.connected)
+    mosquitto.stop()
+    wait_for("disconnected", lambda: not sink.connected)
+    for n in range(40):
+        sink.submit(record("cam1" if n % 3 else "cam2", n))
+    assert sink.stats()["depth"] == 40
+    wait_for("retries", lambda: "cannot connect to" in caplog.text, timeout=5)
+    mosquitto.start()
+    wait_for("the outbox to drain", lambda: sink.stats()["depth"] == 0, timeout=20)
+    wait_for("every event", lambda: len(first_ids(all_events(sub))) >= 40, timeout=20)
+    assert first_ids(events(sub, "cam1")) == [f"cam1-{n}" for n in range(40) if n % 3]
+    assert first_ids(events(sub, "cam2")) == [f"cam2-{n}" for n in range(40) if not n % 3]
+    # One line per change of state, however many retries there were.
+    lines = [r.getMessage() for r in caplog.records if r.name == "edged.sinks.mqtt"]
+    assert sum("disconnected from" in line for line in lines) == 1, lines
+    assert sum("cannot connect to" in line for line in lines) == 1, lines
+    assert sum("connected to" in line for line in lines) == 2, lines
+
+
+def test_outbox_bound_drops_the_oldest_counts_and_delivers_the_newest(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    sinks: list[MqttSink],
+    subscribers: list[Subscriber],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    mosquitto.stop()
+    sink = start_sink(sinks, mosquitto, tmp_path, outbox_max_bytes=4096)
+    recs = [record("cam1", n) for n in range(200)]
+    for r in recs:
+        sink.submit(r)
+    stats = sink.stats()
+    assert stats["bytes"] <= 4096 and stats["dropped_total"] == 200 - stats["depth"] > 0
+    kept = int(stats["depth"])
+    assert "dropped the" in caplog.text and "outbox_max_bytes" in caplog.text
+    assert caplog.text.count("dropped the") <= 2  # one line per burst (and its summary)
+    mosquitto.start()
+    wait_for("the newest events", lambda: len(first_ids(events(sub, "cam1"))) >= kept, 20)
+    assert first_ids(events(sub, "cam1")) == [r["id"] for r in recs[-kept:]]
+
+
+def test_wrong_password_is_a_clear_error_and_events_stay_in_the_outbox(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    sinks: list[MqttSink],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = mosquitto_factory(users={"edged": "right-pw"})
+    (tmp_path / "pw").write_text("wrong-pw-77\n")
+    sink = start_sink(sinks, broker, tmp_path, username="edged", password_file=str(tmp_path / "pw"))
+    for n in range(5):
+        sink.submit(record("cam1", n))
+    # Several attempts (backoff of 1 s), one log line.
+    wait_for("retries", lambda: broker.log.count("not authorised") >= 3, timeout=15)
+    refused = [r for r in caplog.records if "refused the connection" in r.getMessage()]
+    assert len(refused) == 1 and refused[0].levelno == logging.ERROR
+    assert "check username and password" in refused[0].getMessage()
+    assert "wrong-pw-77" not in caplog.text
+    assert sink.stats()["depth"] == 5 and not sink.connected
+
+
+# paho leaves the socket of a failed TLS handshake for the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_tls_with_a_generated_ca_and_a_password(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    sinks: list[MqttSink],
+    subscribers: list[Subscriber],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls = make_tls_files(tmp_path / "tls")
+    broker = mosquitto_factory(users={"edged": "tls-pw"}, tls=tls)
+    sub = subscribe(subscribers, broker, username="edged", password="tls-pw")
+    # Verification is on by default: the system CAs do not know this broker.
+    untrusting = start_sink(
+        sinks, broker, tmp_path / "a", tls=True, username="edged", password="tls-pw"
+    )
+    untrusting.submit(record("cam1", 0))
+    sink = start_sink(
+        sinks, broker, tmp_path / "b", ca_file=str(tls.ca), username="edged", password="tls-pw"
+    )
+    sink.submit(record("cam2", 1))
+    insecure = start_sink(
+        sinks, broker, tmp_path / "c", tls_insecure=True, username="edged", password="tls-pw"
+    )
+    insecure.submit(record("cam3", 2))
+    wait_for("the event over TLS", lambda: first_ids(events(sub, "cam2")) == ["cam2-1"])
+    wait_for("tls_insecure", lambda: first_ids(events(sub, "cam3")) == ["cam3-2"])
+    wait_for("the failure logged", lambda: "cannot connect to" in caplog.text)
+    assert untrusting.stats()["depth"] == 1 and not untrusting.connected
+    assert events(sub, "cam1") == []
+
+
+# -- the daemon ---------------------------------------------------------------------------
+
+
+def daemon_toml(port: int, cameras: tuple[str, ...] = ("cam1", "cam2"), mqtt: str = "") -> str:
+    lines = [
+        "[events]",
+        'path = "events.jsonl"',
+        "[metrics]",
+        "enabled = false",
+        "[daemon]",
+        'state_dir = "state"',
+        "[mqtt]",
+        'host = "127.0.0.1"',
+        f"port = {port}",
+        'node = "box1"',
+        'reconnect_max_delay = "1s"',
+        mqtt,
+    ]
+    for cam in cameras:
+        lines += [
+            f"[cameras.{cam}]",
+            'source = "synthetic"',
+            "width = 160",
+            "height = 120",
+            "fps = 20",
+            f"[cameras.{cam}.processor]",
+            'type = "plugins:SlowProcessor"',
+            "delay = 0.05",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Daemon]]:
+    started: list[Daemon] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+def start_daemon(daemons: list[Daemon], tmp: Path, toml: str) -> Daemon:
+    d = Daemon(tmp, toml).start()
+    daemons.append(d)
+    return d
+
+
+def jsonl_lines(d: Daemon) -> dict[str, bytes]:
+    """Event id -> its line in the JSONL file (without the newline), in file order."""
+    try:
+        raw = d.events_path.read_bytes()
+    except FileNotFoundError:
+        return {}
+    out = {}
+    for line in raw.split(b"\n"):
+        if line.endswith(b"}"):
+            out[json.loads(line)["id"]] = line
+    return out
+
+
+def outbox_depth(d: Daemon) -> int:
+    path = outbox_path(d.dir / "state")
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM events").fetchone()[0])
+    except sqlite3.OperationalError:  # the daemon has not created the table yet
+        return 0
+    finally:
+        db.close()
+
+
+def assert_all_delivered_in_order(d: Daemon, sub: Subscriber, timeout: float = 30) -> None:
+    lines = jsonl_lines(d)
+    wanted = set(lines)
+    wait_for(
+        f"all {len(wanted)} events on MQTT",
+        lambda: wanted <= set(first_ids(all_events(sub))),
+        timeout,
+    )
+    for cam in ("cam1", "cam2"):
+        in_file = [i for i, line in lines.items() if json.loads(line)["camera"] == cam]
+        arrived = [i for i in first_ids(events(sub, cam)) if i in wanted]
+        assert arrived == in_file, cam
+    # QoS 1 repeats only what was in flight when the connection dropped.
+    repeats = len(all_events(sub)) - len(first_ids(all_events(sub)))
+    assert repeats <= 2 * 20 * 2, repeats
+
+
+@pytest.mark.slow
+def test_daemon_events_match_the_jsonl_lines_and_availability_follows_the_daemon(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port))
+    wait_for("20 events per camera", lambda: min(len(events(sub, c)) for c in ("cam1", "cam2"))
+             >= 20, timeout=30)  # fmt: skip
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
+    state = json.loads(mosquitto_sub_retained(mosquitto, "edged/cam1/state") or b"{}")
+    assert state["state"] == "streaming" and state["since"].endswith("Z")
+    assert d.stop() == 0
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"offline"
+    lines = jsonl_lines(d)
+    got = sub.received()
+    assert all(m.qos == 1 for m in got if m.topic.endswith("/events"))
+    by_id = {json.loads(m.payload)["id"]: m.payload for m in got if m.topic.endswith("/events")}
+    assert by_id == lines  # every event, byte for byte the JSONL line
+    assert outbox_depth(d) == 0
+    assert "mqtt: connected to" in d.log and "mqtt: stopped" in d.log
+
+
+@pytest.mark.slow
+def test_daemon_sigkill_fires_the_last_will(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
+) -> None:
+    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port, ("cam1",)))
+    wait_for("online", lambda: mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online")
+    d.kill()
+    wait_for(
+        "the Last Will",
+        lambda: mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"offline",
+    )
+
+
+@pytest.mark.slow
+def test_daemon_broker_outage_loses_nothing(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port))
+    wait_for("events on MQTT", lambda: len(events(sub, "cam1")) >= 10, timeout=30)
+    mosquitto.stop()
+    stopped = time.monotonic()
+    # Events keep coming for 20 s; the outbox holds them.
+    wait_for("a deep outbox", lambda: outbox_depth(d) >= 100, timeout=30)
+    wait_for("20 s", lambda: time.monotonic() - stopped >= 20, timeout=30)
+    assert outbox_depth(d) >= 200
+    mosquitto.start()
+    wait_for("the outbox to drain", lambda: outbox_depth(d) == 0, timeout=30)
+    assert d.stop() == 0
+    assert_all_delivered_in_order(d, sub)
+    assert "mqtt: disconnected from" in d.log
+    assert d.log.count("mqtt: disconnected from") == 1
+
+
+@pytest.mark.slow
+def test_daemon_sigkill_with_undelivered_events_delivers_them_after_restart(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    mosquitto.stop()
+    toml = daemon_toml(mosquitto.port)
+    d = start_daemon(daemons, tmp_path, toml)
+    wait_for("undelivered events", lambda: outbox_depth(d) >= 50, timeout=30)
+    d.kill()
+    first = jsonl_lines(d)
+    assert len(first) >= 50
+    mosquitto.start()
+    again = start_daemon(daemons, tmp_path, toml)
+    again.wait_log("from an earlier run will be sent")
+    wait_for(
+        "the first run's events",
+        lambda: set(first) <= set(first_ids(all_events(sub))),
+        timeout=30,
+    )
+    assert again.stop() == 0
+    assert_all_delivered_in_order(again, sub)
+
+
+@pytest.mark.slow
+def test_daemon_recovers_a_damaged_outbox(
+    tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    state = tmp_path / "state"
+    state.mkdir()
+    outbox_path(state).write_bytes(b"\x00garbage\xff" * 1000)
+    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port, ("cam1",)))
+    d.wait_log("is damaged")
+    wait_for("events on MQTT", lambda: len(events(sub, "cam1")) >= 5, timeout=30)
+    assert d.stop() == 0
+    assert [p for p in state.iterdir() if ".corrupt-" in p.name]
+    assert "Traceback" not in d.log
