@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from edged import __version__
+from edged import __version__, install
 from edged.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, EdgedError
 
 log = logging.getLogger("edged")
@@ -45,6 +45,17 @@ def _parser() -> argparse.ArgumentParser:
     events.add_argument("--camera", help="only this camera")
     events.add_argument("--type", dest="type_", metavar="TYPE", help="only this type or prefix")
     events.add_argument("--json", action="store_true", help="raw JSON lines")
+
+    status = sub.add_parser(
+        "status", help="a running daemon's cameras; exit 0 healthy, 1 unhealthy, 2 unreachable"
+    )
+    status.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    status.add_argument("--url", help="the daemon's metrics URL (default: from the config)")
+    status.add_argument("--camera", help="the edged@NAME daemon of this camera, only this camera")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    install.add_arguments(
+        sub.add_parser("install-systemd", help="install the systemd units and a config")
+    )
     return p
 
 
@@ -92,9 +103,22 @@ def cmd_events(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_status(args: argparse.Namespace) -> int:
+    from edged.status import run_status_command, status_url
+
+    url = args.url or status_url(args.config, args.camera)
+    return run_status_command(url, args.json, camera=args.camera)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "check-config": cmd_check_config, "events": cmd_events}
+    handler = {
+        "run": cmd_run,
+        "check-config": cmd_check_config,
+        "events": cmd_events,
+        "status": cmd_status,
+        "install-systemd": install.main,
+    }
     try:
         return handler[args.command](args)
     except ConfigError as exc:

@@ -59,6 +59,7 @@ __all__ = [
     "EventsConfig",
     "LoggingConfig",
     "MetricsConfig",
+    "MqttConfig",
     "ProcessorConfig",
     "SourceKind",
     "camera_from_dict",
@@ -321,7 +322,7 @@ def _check_listen(value: str) -> str:
 class MetricsConfig(_Model):
     """``[metrics]``: the Prometheus metrics and health HTTP endpoint."""
 
-    enabled: bool = Field(True, description="Serve /metrics and /health over HTTP.")
+    enabled: bool = Field(True, description="Serve /metrics, /healthz and /readyz over HTTP.")
     listen: Annotated[str, AfterValidator(_check_listen)] = Field(
         "127.0.0.1:9850", description="'host:port' to listen on; '[::1]:9850' for IPv6."
     )
@@ -514,6 +515,15 @@ class _CameraSettings(_Model):
     restart_max_delay: Duration = Field(
         30.0, ge=0, le=3600, description="Ceiling of the exponential restart backoff."
     )
+    restart_reset_after: Duration = Field(
+        30.0, ge=1, le=86400, description="Up this long without a failure: backoff starts over."
+    )
+    max_processor_failures: int = Field(
+        100,
+        ge=0,
+        le=1_000_000,
+        description="Restart the worker after this many failed frames in a row (0: never).",
+    )
     processor: ProcessorConfig = Field(
         default_factory=_null_processor,
         description="The processor: 'type' plus its options; replaced as a whole, not merged.",
@@ -564,6 +574,7 @@ class CameraDefaults(_CameraSettings):
 
     _key_hints: ClassVar[dict[str, str]] = {
         "source": "set the source in each [cameras.NAME] table, not in [defaults]",
+        "metrics_listen": "set metrics_listen in [cameras.NAME]: each camera needs its own",
         "name": "a camera's name is its table name",
     }
 
@@ -582,6 +593,11 @@ class CameraConfig(_CameraSettings):
     source: str = Field(
         description="'synthetic', an rtsp:// or other URL, /dev/videoN or a device number, "
         "'package.module:ClassName' for a plugin source, or a video file.",
+    )
+    metrics_listen: Annotated[str, AfterValidator(_check_listen)] | None = Field(
+        None,
+        description="'host:port' for metrics when edged runs only this camera (edged@NAME), "
+        "so per-camera units run side by side; default: [metrics] listen.",
     )
 
     @field_validator("source", mode="before")
@@ -672,6 +688,190 @@ def _check_camera_name(name: str) -> str:
 CameraName = Annotated[str, AfterValidator(_check_camera_name)]
 
 
+# --- MQTT ------------------------------------------------------------------------------
+
+_TOPIC_LEVEL = re.compile(r"[^/+#\x00]+")
+
+
+def _check_topic_prefix(value: str) -> str:
+    if not all(_TOPIC_LEVEL.fullmatch(level) for level in value.split("/")):
+        raise ValueError(
+            "a topic prefix is one or more '/'-separated levels, none empty, "
+            "without '+', '#' or a leading or trailing '/'"
+        )
+    return value
+
+
+def _check_topic_level(value: str) -> str:
+    if not _TOPIC_LEVEL.fullmatch(value):
+        raise ValueError("must not be empty or contain '/', '+' or '#' (it is one topic level)")
+    return value
+
+
+class MqttConfig(_Model):
+    """``[mqtt]``: publish events, availability and camera state to an MQTT broker.
+
+    Absent table: MQTT is off. Events go through a durable outbox in
+    ``[daemon] state_dir`` (see ``edged.sinks.outbox``)."""
+
+    host: str = Field("localhost", min_length=1, description="Broker host name or address.")
+    port: int | None = Field(
+        None, ge=1, le=65535, description="Broker port; default 1883, or 8883 with TLS."
+    )
+    protocol: Annotated[Literal["3.1.1", "5"], BeforeValidator(_scalar_to_str)] = Field(
+        "3.1.1", description="MQTT protocol version: '3.1.1' or '5'."
+    )
+    topic_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = Field(
+        "edged", description="First topic level(s): PREFIX/CAMERA/events, PREFIX/NODE/status."
+    )
+    node: Annotated[str, AfterValidator(_check_topic_level)] | None = Field(
+        None, description="This box's name in topics and the client id; default: the host name."
+    )
+    client_id: str | None = Field(
+        None, min_length=1, max_length=128, description="MQTT client id; default 'edged-NODE'."
+    )
+    keepalive: Duration = Field(
+        60.0, ge=5, le=3600, description="Keepalive interval; a dead link is noticed in ~1.5x."
+    )
+    reconnect_min_delay: Duration = Field(
+        1.0, ge=1, le=3600, description="First wait before reconnecting (whole seconds)."
+    )
+    reconnect_max_delay: Duration = Field(
+        60.0, ge=1, le=3600, description="Ceiling of the doubling reconnect wait (whole seconds)."
+    )
+    max_inflight: int = Field(
+        20, ge=1, le=1000, description="Events published and not yet acknowledged, at most."
+    )
+    username: str | None = Field(None, min_length=1, description="User name for the broker.")
+    password: SecretStr | None = Field(
+        None, min_length=1, description="Password for the broker (prefer password_file)."
+    )
+    password_file: Path | None = Field(
+        None, description="File whose first line is the password (relative to the config)."
+    )
+    password_credential: str | None = Field(
+        None,
+        min_length=1,
+        description="Name of a file in $CREDENTIALS_DIRECTORY holding the password "
+        "(systemd LoadCredential=).",
+    )
+    tls: bool = Field(False, description="Use TLS (implied by ca_file, certfile, tls_insecure).")
+    ca_file: Path | None = Field(
+        None, description="CA certificates (PEM) to verify the broker; default: the system's."
+    )
+    certfile: Path | None = Field(None, description="Client certificate (PEM) for TLS.")
+    keyfile: Path | None = Field(None, description="Client key (PEM); default: in certfile.")
+    tls_insecure: bool = Field(
+        False, description="Skip verifying the broker's certificate and host name (testing only)."
+    )
+    outbox_max_bytes: ByteSize = Field(
+        64 * 1024**2, ge=4096, description="Event payload bytes the outbox keeps at most."
+    )
+    outbox_max_age: Duration = Field(
+        7 * 86400.0, ge=1, description="Events older than this are dropped from the outbox."
+    )
+    outbox_sync: Literal["normal", "full"] = Field(
+        "normal",
+        description="'normal': survives a crash of edged; 'full': also power loss (fsync "
+        "per event).",
+    )
+
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("password_file", "ca_file", "certfile", "keyfile")
+    @classmethod
+    def _resolve_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = _resolve(value, info)
+        if info.field_name == "password_file":
+            _read_secret(value)
+        elif not value.is_file():
+            raise ValueError(f"{'not a file' if value.exists() else 'file not found'}: {value}")
+        return value
+
+    @field_validator("password_credential")
+    @classmethod
+    def _check_credential(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            if "/" in value or value in (".", ".."):
+                raise ValueError("expected a credential name, not a path")
+            _read_secret(_credential_path(value, info))
+        return value
+
+    @model_validator(mode="after")
+    def _check(self, info: ValidationInfo) -> Self:
+        problems: list[tuple[str, str]] = []
+        given = [f for f in _PASSWORD_FIELDS if getattr(self, f) is not None]
+        if len(given) > 1:
+            problems.append(
+                (given[-1], f"give only one password source; found: {', '.join(given)}")
+            )
+        if given and self.username is None:
+            problems.append((given[0], "a password needs a username"))
+        if self.keyfile is not None and self.certfile is None:
+            problems.append(("keyfile", "a keyfile needs a certfile"))
+        if self.reconnect_max_delay < self.reconnect_min_delay:
+            problems.append(("reconnect_max_delay", "must not be less than reconnect_min_delay"))
+        if not problems and self.use_tls:
+            try:
+                self.ssl_context()
+            except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+                key = "certfile" if self.certfile is not None else "ca_file"
+                problems.append((key, f"cannot load TLS files: {getattr(exc, 'reason', exc)}"))
+        if problems:
+            raise _invalid(problems, type(self).__name__)
+        if self.password_file is not None:
+            self._secret = SecretStr(_read_secret(self.password_file))
+        elif self.password_credential is not None:
+            path = _credential_path(self.password_credential, info)
+            self._secret = SecretStr(_read_secret(path))
+        return self
+
+    @property
+    def use_tls(self) -> bool:
+        return (
+            self.tls or self.tls_insecure or self.ca_file is not None or self.certfile is not None
+        )
+
+    @property
+    def broker_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 8883 if self.use_tls else 1883
+
+    @property
+    def node_name(self) -> str:
+        """``node``, or this machine's host name (as a single topic level)."""
+        if self.node is not None:
+            return self.node
+        import socket
+
+        name = socket.gethostname().split(".")[0] or "edged"
+        return re.sub(r"[/+#\x00]", "_", name)
+
+    def password_value(self) -> str | None:
+        """The password from whichever field gave it, or None. Keep it out of logs."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return self._secret.get_secret_value() if self._secret is not None else None
+
+    def ssl_context(self) -> Any:
+        """An ``ssl.SSLContext`` for the broker (``Any``: ssl is imported lazily)."""
+        import ssl
+
+        ctx = ssl.create_default_context(
+            cafile=str(self.ca_file) if self.ca_file is not None else None
+        )
+        if self.certfile is not None:
+            keyfile = str(self.keyfile) if self.keyfile is not None else None
+            ctx.load_cert_chain(str(self.certfile), keyfile)
+        if self.tls_insecure:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
+
+
 # --- the whole file ------------------------------------------------------------------
 
 _SECTIONS = ("events", "metrics", "logging", "daemon", "defaults")
@@ -690,6 +890,7 @@ class Config(_Model):
     cameras: dict[CameraName, CameraConfig] = Field(
         default_factory=dict, validate_default=True, description="[cameras.NAME] tables."
     )
+    mqtt: MqttConfig | None = Field(None, description="[mqtt]; absent: MQTT is off.")
 
     _path: Path = PrivateAttr(default=Path("edged.toml"))
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -751,11 +952,32 @@ class Config(_Model):
         if renamed:
             message = "'name' cannot be set; a camera's name is its table name"
             raise _invalid([(("cameras", k, "name"), message) for k in renamed], "Config")
+        if clashes := self._listen_clashes():
+            raise _invalid(clashes, "Config")
         context = _context(info)
         if "path" in context:
             self._path = Path(context["path"])
             self._base_dir = Path(context["base_dir"])
         return self
+
+    def _listen_clashes(self) -> list[tuple[str | tuple[str, ...], str]]:
+        """Cameras whose metrics_listen is taken by [metrics] listen or another camera."""
+        if not self.metrics.enabled:
+            return []
+        taken = [(*_split_listen(self.metrics.listen), "[metrics] listen")]
+        problems: list[tuple[str | tuple[str, ...], str]] = []
+        for name, camera in self.cameras.items():
+            if camera.metrics_listen is None:
+                continue
+            host, port = _split_listen(camera.metrics_listen)
+            for other_host, other_port, owner in taken:
+                wildcard = {host, other_host} & {"0.0.0.0", "::"}
+                if port == other_port != 0 and (host == other_host or wildcard):
+                    message = f"address {camera.metrics_listen} is already used by {owner}"
+                    problems.append((("cameras", name, "metrics_listen"), message))
+                    break
+            taken.append((host, port, f"camera {name}"))
+        return problems
 
 
 # --- loading and error reports -----------------------------------------------------------

@@ -27,15 +27,19 @@ from edged.config import CameraConfig, Config, load_config
 from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError
 from edged.frames import SlotOwner, leftover_segments, unlink_segment
 from edged.logs import LogSettings, setup_logging
+from edged.metrics import Metrics
 from edged.reader import EXIT_END_OF_STREAM, Backoff, ReaderState, reader_main
 from edged.sinks.jsonl import JsonlWriter, SinkError
+from edged.sinks.mqtt import MqttSink
 from edged.systemd import Notifier, format_status
-from edged.worker import worker_main
+from edged.worker import EXIT_PROCESSOR_FAILING, worker_main
 
 log = logging.getLogger(__name__)
 
 TICK = 0.25
-HANG_MARGIN = 5.0  # seconds beyond a reader's own timeouts before it counts as hung
+HANG_MARGIN = 3.0  # seconds beyond a reader's own timeouts before it counts as hung
+CRASH_LOOP = 5  # restarts of one child within CRASH_WINDOW: the camera is failed
+CRASH_WINDOW = 300.0
 MAX_PENDING = 100_000  # events held in memory while the event file cannot be written
 
 
@@ -71,6 +75,8 @@ class Child:
     restarts: int = 0
     last_exit: str = ""
     hung: bool = False  # killed by us for a silent heartbeat
+    recent: list[float] = dataclasses.field(default_factory=list)  # restart times
+    crash_loop: bool = False
 
 
 class CameraRuntime:
@@ -81,8 +87,9 @@ class CameraRuntime:
         self.slot = SlotOwner(cfg.name)
         ctx = multiprocessing.get_context("spawn")
         self.events_r, self.events_w = ctx.Pipe(duplex=False)
-        self.reader = Child("reader", Backoff(cfg.restart_delay, cfg.restart_max_delay))
-        self.worker = Child("worker", Backoff(cfg.restart_delay, cfg.restart_max_delay))
+        backoff = (cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
+        self.reader = Child("reader", Backoff(*backoff))
+        self.worker = Child("worker", Backoff(*backoff))
         self.state = "starting"
         self.reason = ""
         self.ended = False
@@ -175,6 +182,8 @@ class Supervisor:
         self.on_event: list[Callable[[dict[str, Any]], None]] = []
         self.on_frame: list[Callable[[str, float, float], None]] = []
         self.on_state: list[Callable[[CameraSnapshot], None]] = []
+        self.metrics: Metrics | None = None
+        self.mqtt: MqttSink | None = None
         self.writer = self._open_writer()
 
     def _open_writer(self) -> JsonlWriter:
@@ -191,14 +200,26 @@ class Supervisor:
 
     def run(self) -> int:
         for name in leftover_segments():
-            if unlink_segment(name):
-                log.info("removed shared memory %s left by a process that is gone", name)
+            try:
+                if unlink_segment(name, tracked=False):
+                    log.info("removed shared memory %s left by a process that is gone", name)
+            except PermissionError:
+                # Another user's (a root `edged run` that crashed): not ours to
+                # remove, and no reason not to start.
+                log.warning("cannot remove shared memory %s left by another user", name)
         self._install_signals()
         try:
             for name in self.names:
                 self.lock_camera(name)
             for name in self.names:
                 self.cams[name] = CameraRuntime(self.config.cameras[name])
+            if self.config.metrics.enabled:
+                self.metrics = Metrics(self, self.config)
+                self.metrics.start()
+                self.on_frame.append(self.metrics.observe_frame)
+                self.on_event.append(self.metrics.observe_event)
+            if self.config.mqtt is not None:
+                self.start_mqtt()
             log.info(
                 "edged started: %d camera(s): %s (pid %d)",
                 len(self.cams),
@@ -279,6 +300,8 @@ class Supervisor:
         self.flush_pending()
         self.writer.tick()
         self.notify(now)
+        if self.metrics is not None:
+            self.metrics.loop_alive()
 
     def notify(self, now: float) -> None:
         # Pinged from here only: a loop that stops turning (a hung disk write,
@@ -353,7 +376,24 @@ class Supervisor:
     def snapshot(self) -> dict[str, CameraSnapshot]:
         """Every camera's state and counters, for metrics, health and STATUS."""
         now = time.monotonic()
-        return {name: cam.snapshot(now) for name, cam in self.cams.items()}
+        # list(): the metrics thread calls this while a reload may change self.cams
+        return {name: cam.snapshot(now) for name, cam in list(self.cams.items())}
+
+    def start_mqtt(self) -> None:
+        """Start the MQTT sink; it runs in threads of its own and never blocks this one."""
+        assert self.config.mqtt is not None
+        # A process running some cameras (edged@NAME) keeps its own outbox and client id.
+        subset = set(self.names) != set(self.config.cameras)
+        instance = ".".join(sorted(self.names)) if subset else ""
+        self.mqtt = MqttSink(self.config.mqtt, self.config.daemon.state_dir, instance)
+        self.mqtt.start()
+        self.on_event.append(self.mqtt.submit)
+        self.on_state.append(self.mqtt.on_state)
+
+    def outbox_stats(self) -> dict[str, float]:
+        """The MQTT outbox: depth, bytes, dropped_total, oldest_age_s, held_in_memory,
+        delivered_total, inflight, connected (0/1); {} when MQTT is off."""
+        return self.mqtt.stats() if self.mqtt is not None else {}
 
     # -- children ----------------------------------------------------------
 
@@ -404,9 +444,24 @@ class Supervisor:
                 # The processor cannot be set up: retry slowly, it will not fix itself soon.
                 delay = max(delay, cam.cfg.restart_max_delay)
             child.restarts += 1
+            child.recent = [t for t in child.recent if now - t < CRASH_WINDOW] + [now]
+            if len(child.recent) >= CRASH_LOOP:
+                delay = max(delay, cam.cfg.restart_max_delay)
+                if not child.crash_loop:
+                    child.crash_loop = True
+                    log.error(
+                        "camera %s: %s restarted %d times in %.0fs: crash loop; "
+                        "retrying every %.0fs",
+                        cam.name,
+                        child.role,
+                        len(child.recent),
+                        now - child.recent[0],
+                        cam.cfg.restart_max_delay,
+                    )
             child.due = now + delay
             child.last_exit = _describe_exit(code)
-            why = "setup" if code == EX_CONFIG else "killed" if (code or 0) < 0 else "crash"
+            why = {EX_CONFIG: "setup", EXIT_PROCESSOR_FAILING: "processor"}.get(code or 0, "")
+            why = why or ("killed" if (code or 0) < 0 else "crash")
             if child.hung:
                 why, child.hung = "hung", False
             cam.restart_reasons[why] = cam.restart_reasons.get(why, 0) + 1
@@ -427,7 +482,12 @@ class Supervisor:
         rs = cam.slot.reader
         proc = cam.reader.process
         if proc is not None and rs["pid"]:
-            allowance = cam.cfg.open_timeout + cam.cfg.read_timeout + HANG_MARGIN
+            # The reader beats between native calls; FFmpeg's own timeouts
+            # should end any call well inside these. Past them, it is stuck.
+            if int(rs["state"]) == ReaderState.STREAMING:
+                allowance = max(cam.cfg.stale_after, cam.cfg.read_timeout) + HANG_MARGIN
+            else:
+                allowance = cam.cfg.open_timeout + HANG_MARGIN
             silent = now - rs["heartbeat"]
             if silent > allowance:
                 log.error(
@@ -461,6 +521,12 @@ class Supervisor:
     def _camera_state(self, cam: CameraRuntime, now: float) -> tuple[str, str]:
         if cam.ended:
             return "ended", "end of file"
+        for child in cam.children():
+            if child.crash_loop and child.process is None:
+                return "failed", f"{child.role} crash loop, last {child.last_exit}"
+            if child.crash_loop and now - child.started > cam.cfg.restart_reset_after:
+                child.crash_loop = False
+                child.recent.clear()
         if cam.reader.process is None:
             return "restarting", f"reader {cam.reader.last_exit}"
         rs = cam.slot.reader
@@ -503,6 +569,12 @@ class Supervisor:
         except SinkError as exc:
             self._sink_failed(exc)
             self._hold(record)
+        else:
+            self._written(record)
+
+    def _written(self, record: dict[str, Any]) -> None:
+        if self.metrics is not None:
+            self.metrics.event_acknowledged("jsonl", record)
 
     def _hold(self, record: dict[str, Any]) -> None:
         if len(self.pending) >= MAX_PENDING:
@@ -524,7 +596,7 @@ class Supervisor:
             except SinkError as exc:
                 self._sink_failed(exc)
                 return
-            self.pending.popleft()
+            self._written(self.pending.popleft())
         if self.sink_failing:
             log.info("event file writable again")
             self.sink_failing = False
@@ -562,6 +634,8 @@ class Supervisor:
         self.flush_pending()
         if self.pending:
             log.error("stopping with %d events that could not be written", len(self.pending))
+        if self.mqtt is not None:
+            self.mqtt.stop()  # after the last events reached it
         for cam in self.cams.values():
             c = cam.counters()
             log.info(
@@ -579,6 +653,8 @@ class Supervisor:
         log.info("edged stopped: %d events written this run", self.writer.lines_written)
 
     def _close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.stop()
         for cam in self.cams.values():
             for child in cam.children():
                 if child.process is not None and child.process.is_alive():
@@ -588,7 +664,17 @@ class Supervisor:
         for name in list(self.locks):
             self.unlock_camera(name)
         self.writer.close()
+        self.notifier.close()
         signal.set_wakeup_fd(-1)
+        # multiprocessing's resource tracker would outlive us until exit, and
+        # under KillMode=mixed systemd SIGKILLs whatever is left: stop it now,
+        # after every segment is gone (private API, hence the guard).
+        try:
+            from multiprocessing import resource_tracker
+
+            resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
+        except Exception:
+            log.debug("could not stop the resource tracker", exc_info=True)
 
 
 def _describe_exit(code: int | None) -> str:

@@ -57,3 +57,43 @@ def rtsp_server_factory() -> Iterator[Callable[..., RtspServer]]:
 def rtsp_server(rtsp_server_factory: Callable[..., RtspServer]) -> RtspServer:
     """A running 640x360@25 ``moving`` stream at ``rtsp_server.url``."""
     return rtsp_server_factory(width=640, height=360, fps=25, pattern="moving")
+
+
+# ======================================================================================
+# MQTT broker (tests/components/mqtt.py)
+# ======================================================================================
+
+
+def require_mosquitto() -> None:
+    """Fail (never skip) when the Mosquitto broker is not installed."""
+    from components.mqtt import check_mosquitto
+
+    problem = check_mosquitto()
+    if problem is not None:
+        pytest.fail(problem, pytrace=False)
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Any]]:
+    """``make(users=None, tls=None, port=None)`` -> a started ``Mosquitto`` in a folder of
+    its own (``users``: {name: password} turns anonymous access off). Every broker it
+    made is stopped at teardown, also ones a test stopped and started again."""
+    from components.mqtt import Mosquitto
+
+    require_mosquitto()
+    made: list[Mosquitto] = []
+
+    def make(**kwargs: Any) -> Mosquitto:
+        broker = Mosquitto(tmp_path_factory.mktemp("mosquitto"), **kwargs)
+        made.append(broker)
+        return broker.start()
+
+    yield make
+    for broker in made:
+        broker.stop()
+
+
+@pytest.fixture
+def mosquitto(mosquitto_factory: Callable[..., Any]) -> Any:
+    """A running anonymous broker on 127.0.0.1 at ``mosquitto.port``, with persistence."""
+    return mosquitto_factory()

@@ -117,10 +117,17 @@ class Daemon:
         return code
 
     def kill(self) -> None:
+        """SIGKILL the supervisor, as the OOM killer would, and let its children follow.
+
+        Readers and workers die with it (parent-death signal) and the resource
+        tracker then removes the shared memory: killing those too would test
+        nothing and leave segments behind. Stragglers are killed after a grace.
+        """
         if self.proc is not None and self.proc.poll() is None:
-            for kid in psutil.Process(self.pid).children(recursive=True):
-                kid.kill()
+            kids = psutil.Process(self.pid).children(recursive=True)
             self.proc.kill()
             self.proc.wait()
+            for kid in psutil.wait_procs(kids, timeout=10)[1]:
+                kid.kill()
         if not self._stderr.closed:
             self._stderr.close()
