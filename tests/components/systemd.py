@@ -58,6 +58,15 @@ def sandbox_problem() -> str | None:
             return f"the systemd sandbox needs {tool} (util-linux / systemd packages)"
     if not os.access(SYSTEMD, os.X_OK):
         return f"the systemd sandbox needs {SYSTEMD} (Debian's systemd package)"
+    # The units run this checkout's .venv as a DynamicUser: it must be on the
+    # real disk (the sandbox has its own /tmp, /run, /var/tmp) and world-readable.
+    repo = Path(__file__).resolve().parents[2]
+    for hidden in ("/tmp", "/run", "/var/tmp"):
+        if repo.is_relative_to(hidden):
+            return f"the systemd tests need the checkout outside {hidden} (it is at {repo})"
+    for folder in (repo, *repo.parents):
+        if not folder.stat().st_mode & 0o005:
+            return f"the systemd tests need {folder} readable by all users (DynamicUser)"
     return None
 
 
