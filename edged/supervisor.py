@@ -386,6 +386,9 @@ class Supervisor:
         subset = set(self.names) != set(self.config.cameras)
         instance = ".".join(sorted(self.names)) if subset else ""
         self.mqtt = MqttSink(self.config.mqtt, self.config.daemon.state_dir, instance)
+        if self.metrics is not None:
+            metrics = self.metrics
+            self.mqtt.on_ack = lambda record: metrics.event_acknowledged("mqtt", record)
         self.mqtt.start()
         self.on_event.append(self.mqtt.submit)
         self.on_state.append(self.mqtt.on_state)

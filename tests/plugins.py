@@ -93,3 +93,21 @@ class FlakyProcessor(Processor):
         if self.n % self.options.fail_every == 0:  # type: ignore[attr-defined]
             raise RuntimeError(f"boom on frame {frame.seq}")
         return [Event("ok", {"n": self.n})]
+
+
+class RepeatingSource(Source):
+    """Announces 5 fps but delivers 25: a camera re-sending the same frame."""
+
+    def __init__(self, options: dict[str, object] | None = None, camera: str = "") -> None:
+        super().__init__(options, camera)
+        self.frame = np.full((120, 160, 3), 7, np.uint8)
+        self.due = 0.0
+
+    def read(self) -> np.ndarray:
+        self.due = max(self.due + 1 / 25, time.monotonic())
+        time.sleep(max(0.0, self.due - time.monotonic()))
+        return self.frame
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return 5.0

@@ -234,3 +234,10 @@ def test_a_dead_camera_does_not_delay_the_others(tmp_path, daemons, rtsp_server)
         assert d.stop() == 0
     finally:
         silent.close()
+
+
+def test_a_camera_repeating_frames_faster_than_its_rate_is_noticed(tmp_path, daemons):
+    d = _start(daemons, tmp_path, _toml({"cam1": 'source = "plugins:RepeatingSource"'}))
+    d.wait_log("more than its nominal 5.0: it may be repeating frames", timeout=20)
+    assert d.log.count("repeating frames") == 1
+    assert d.stop() == 0

@@ -46,6 +46,8 @@ from edged.sinks.jsonl import encode_event
 from edged.sinks.outbox import Outbox
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from edged.supervisor import CameraSnapshot
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ class MqttSink:
             sync=config.outbox_sync,
         )
         self.delivered_total = 0
+        # Called (in the delivery thread) with each event the broker acknowledged.
+        self.on_ack: Callable[[dict[str, Any]], None] | None = None
+        self._payloads: dict[int, bytes] = {}
         self.connected = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -329,6 +334,8 @@ class MqttSink:
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 break
             self._inflight[info.mid] = rid
+            if self.on_ack is not None:
+                self._payloads[info.mid] = payload
             self._cursor = rid
         if bad:
             self.outbox.drop(bad)
@@ -339,6 +346,7 @@ class MqttSink:
         while self._acks:
             mid, reason = self._acks.popleft()
             rid = self._inflight.pop(mid, None)
+            payload = self._payloads.pop(mid, None)
             if rid is None:
                 continue  # status or state
             if reason.is_failure:
@@ -348,6 +356,11 @@ class MqttSink:
                     log.error("mqtt: the broker refuses events: %s (they are dropped)", reason)
             else:
                 done.append(rid)
+                if self.on_ack is not None and payload is not None:
+                    try:
+                        self.on_ack(json.loads(payload))
+                    except Exception:
+                        log.debug("mqtt: on_ack failed", exc_info=True)
         if done:
             self.outbox.remove(done)
             self.delivered_total += len(done)
