@@ -463,6 +463,46 @@ def _credential_path(name: str, info: ValidationInfo) -> Path:
     return Path(folder) / name
 
 
+_EVENT_TYPE_PATTERN = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}")
+
+
+def _check_event_types(value: list[str]) -> list[str]:
+    for pattern in value:
+        if not _EVENT_TYPE_PATTERN.fullmatch(pattern):
+            raise ValueError("an event type or prefix uses letters, digits, '_', '.', ':', '-'")
+    return value
+
+
+class SnapshotsConfig(_Model):
+    """``[cameras.NAME.snapshots]``: save the frame behind an event as a JPEG.
+
+    Inherited from ``[defaults.snapshots]`` key by key (unlike a processor table)."""
+
+    enabled: bool = Field(False, description="Save a JPEG of each frame that produced an event.")
+    types: Annotated[list[str], AfterValidator(_check_event_types)] = Field(
+        default_factory=list,
+        description="Event types or prefixes that get a snapshot ('motion' matches "
+        "'motion.start'); empty: every type.",
+    )
+    quality: int = Field(85, ge=1, le=100, description="JPEG quality, 1-100.")
+    max_count: int = Field(
+        1000, ge=0, le=10_000_000, description="Snapshots kept per camera, newest; 0: no limit."
+    )
+    max_age: Duration = Field(
+        7 * 86400.0, ge=0, description="Snapshots older than this are deleted; 0: no limit."
+    )
+    mqtt: bool = Field(
+        False, description="Also publish each one, retained, on PREFIX/CAMERA/snapshot."
+    )
+
+    def matches(self, event_type: str) -> bool:
+        """Whether an event of this type gets a snapshot (``enabled`` aside)."""
+        return not self.types or any(
+            event_type == t or event_type.startswith(t if t.endswith(".") else t + ".")
+            for t in self.types
+        )
+
+
 class _CameraSettings(_Model):
     """What a camera table and ``[defaults]`` may both set."""
 
@@ -515,6 +555,12 @@ class _CameraSettings(_Model):
     restart_max_delay: Duration = Field(
         30.0, ge=0, le=3600, description="Ceiling of the exponential restart backoff."
     )
+    freshness: Literal["next", "newest"] = Field(
+        "next",
+        description="'next': after each frame the processor waits for the next one (least age; "
+        "frames it will not see are not colour-converted); 'newest': it takes the newest "
+        "frame at once (most frames processed).",
+    )
     restart_reset_after: Duration = Field(
         30.0, ge=1, le=86400, description="Up this long without a failure: backoff starts over."
     )
@@ -527,6 +573,10 @@ class _CameraSettings(_Model):
     processor: ProcessorConfig = Field(
         default_factory=_null_processor,
         description="The processor: 'type' plus its options; replaced as a whole, not merged.",
+    )
+    snapshots: SnapshotsConfig = Field(
+        default_factory=SnapshotsConfig,
+        description="JPEGs of the frames behind events; merged key by key with [defaults].",
     )
 
     _secret: SecretStr | None = PrivateAttr(default=None)
@@ -937,6 +987,9 @@ class Config(_Model):
             if user:
                 own.pop("username", None)
             merged[name] = {**own, "name": name, **table}
+            if isinstance(own.get("snapshots"), dict) and isinstance(table.get("snapshots"), dict):
+                # Key by key: a camera that sets only `types` keeps the retention of [defaults].
+                merged[name]["snapshots"] = {**own["snapshots"], **table["snapshots"]}
         return {**data, "cameras": merged}
 
     @field_validator("cameras")

@@ -350,15 +350,25 @@ class SlotWriter:
         self._shape = shape
         return data.view(self._idx, shape)
 
-    def publish(self, wall: float, mono: float, shape: tuple[int, ...] | None = None) -> int:
-        """Make the buffer last returned by :meth:`buffer` the newest frame."""
+    def publish(
+        self,
+        wall: float,
+        mono: float,
+        shape: tuple[int, ...] | None = None,
+        seq: int | None = None,
+    ) -> int:
+        """Make the buffer last returned by :meth:`buffer` the newest frame.
+
+        ``seq`` defaults to one more than the last; a reader that leaves
+        frames unpublished passes its own count, so gaps show frames skipped.
+        """
         ctl = self._ctl
         shape = shape or self._shape
         h, w = shape[0], shape[1]
         c = shape[2] if len(shape) > 2 else 1
         b = _I_BUF + 4 * self._idx
         with ctl.locked():
-            seq = int(ctl.i64[_I_LATEST_SEQ]) + 1
+            seq = max(seq or 0, int(ctl.i64[_I_LATEST_SEQ]) + 1)
             ctl.i64[b : b + 4] = (seq, h, w, c)
             ctl.f64[_F_BUF + 2 * self._idx] = wall
             ctl.f64[_F_BUF + 2 * self._idx + 1] = mono

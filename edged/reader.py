@@ -175,11 +175,52 @@ class Reader:
                 return
             self.stop.wait(min(remaining, 0.5))
 
+    def _publish(
+        self,
+        source: Source,
+        shape: tuple[int, ...] | None,
+        seq: int,
+        wall: float,
+        mono: float,
+    ) -> tuple[int, ...]:
+        """Decode the grabbed frame into a free slot buffer and publish it; its shape."""
+        writer, status = self.writer, self.status
+        if shape is None:
+            frame = source.retrieve(None)
+        else:
+            buf = writer.buffer(shape)
+            frame = source.retrieve(buf)
+            if frame is not buf and not np.shares_memory(frame, buf):
+                shape = None  # the size changed; OpenCV decoded into a new array
+        if shape is None:
+            # First frame, or a new size: one copy, then decode in place again.
+            if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
+                raise EdgedError(f"source gave a {frame.dtype} array of shape {frame.shape}")
+            shape = tuple(frame.shape)
+            if (status["width"], status["height"]) != (shape[1], shape[0]):
+                if status["width"]:
+                    log.info(
+                        "camera %s: frame size changed to %dx%d",
+                        self.cam.name,
+                        shape[1],
+                        shape[0],
+                    )
+                status["width"], status["height"] = shape[1], shape[0]
+            buf = writer.buffer(shape)
+            np.copyto(buf, frame)
+        writer.publish(wall, mono, shape, seq=seq)
+        return shape
+
     def stream(self, source: Source) -> bool:
         """Publish frames until stopped (False) or the stream ends (True)."""
         writer, status = self.writer, self.status
         shape: tuple[int, ...] | None = None
         nominal = self.cam.fps or source.nominal_fps
+        # With freshness = "next" the worker ignores frames published while it
+        # is busy: converting them (sws_scale) and copying them would be wasted.
+        # Every frame is still grabbed (decoded): H.264 needs each one.
+        every_frame = self.cam.freshness == "newest"
+        seq = writer.seq
         opened = time.monotonic()
         warned_fast = False
         status["fps"] = 0.0
@@ -189,30 +230,9 @@ class Reader:
             if not source.grab():
                 return True
             wall, mono = time.time(), time.monotonic()
-            if shape is None:
-                frame = source.retrieve(None)
-            else:
-                buf = writer.buffer(shape)
-                frame = source.retrieve(buf)
-                if frame is not buf and not np.shares_memory(frame, buf):
-                    shape = None  # the size changed; OpenCV decoded into a new array
-            if shape is None:
-                # First frame, or a new size: one copy, then decode in place again.
-                if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
-                    raise EdgedError(f"source gave a {frame.dtype} array of shape {frame.shape}")
-                shape = tuple(frame.shape)
-                if (status["width"], status["height"]) != (shape[1], shape[0]):
-                    if status["width"]:
-                        log.info(
-                            "camera %s: frame size changed to %dx%d",
-                            self.cam.name,
-                            shape[1],
-                            shape[0],
-                        )
-                    status["width"], status["height"] = shape[1], shape[0]
-                buf = writer.buffer(shape)
-                np.copyto(buf, frame)
-            writer.publish(wall, mono, shape)
+            seq += 1
+            if every_frame or shape is None or writer.consumer_waiting:
+                shape = self._publish(source, shape, seq, wall, mono)
             status.add("frames")
             last = status["last_frame"]
             if last:

@@ -115,6 +115,7 @@ class Worker:
         status, slot, cam = self.status, self.slot, self.cam
         status["pid"] = os.getpid()
         last_seq = 0
+        wait_for_next = cam.freshness == "next"
         while not self.stop.is_set():
             status["heartbeat"] = time.monotonic()
             got = slot.acquire(last_seq, timeout=0.5)
@@ -130,6 +131,10 @@ class Worker:
             records, failed = self._process(frame, start - mono, start)
             took = time.monotonic() - start
             slot.release()
+            if wait_for_next:
+                # Frames published while we were busy are already old: wait
+                # for the next one (the reader did not convert the others).
+                last_seq = max(last_seq, slot.latest_seq)
             status["busy_since"] = 0.0
             status["last_age"] = start - mono
             status["last_processing"] = took
