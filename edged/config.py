@@ -61,6 +61,7 @@ __all__ = [
     "MetricsConfig",
     "MqttConfig",
     "ProcessorConfig",
+    "SnapshotsConfig",
     "SourceKind",
     "camera_from_dict",
     "load_config",
@@ -824,6 +825,15 @@ class MqttConfig(_Model):
         "normal",
         description="'normal': survives a crash of edged; 'full': also power loss (fsync "
         "per event).",
+    )
+    homeassistant: bool = Field(
+        False,
+        description="Publish Home Assistant MQTT discovery: per camera a motion binary_sensor "
+        "and an event entity.",
+    )
+    homeassistant_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = Field(
+        "homeassistant",
+        description="Home Assistant's discovery prefix (its status topic is PREFIX/status).",
     )
 
     _secret: SecretStr | None = PrivateAttr(default=None)

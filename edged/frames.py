@@ -83,6 +83,8 @@ WORKER_FIELDS = (
     "busy_since",  # time.monotonic() when process() was entered, 0 when idle
     "last_age",  # seconds: frame age at the start of the last process()
     "last_processing",  # seconds spent in the last process()
+    "snapshots",  # snapshot JPEGs saved
+    "snapshot_failures",  # snapshots that could not be encoded or written
 )
 
 

@@ -183,6 +183,11 @@ class SupervisorCollector(Collector):
             "stalls": counter(
                 "edged_camera_stalls_total", "Times the camera went without frames too long."
             ),
+            "snapshots_saved": counter("edged_snapshots_saved_total", "Snapshot JPEGs saved."),
+            "snapshot_failures": counter(
+                "edged_snapshot_failures_total",
+                "Snapshots that could not be encoded or written (the events went without).",
+            ),
         }
         reconnects = counter(
             "edged_camera_reconnects_total",

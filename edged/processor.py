@@ -78,6 +78,9 @@ class Processor:
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
+    event_types: ClassVar[tuple[str, ...]] = ()
+    """The event types ``process`` may report, if known (Home Assistant's event entity
+    lists them; a ``motion.start`` among them also gets a motion binary sensor)."""
 
     def __init__(self, options: BaseModel, camera: str) -> None:
         self.options = options

@@ -59,7 +59,8 @@ class CameraSnapshot:
     height: int
     stale_after: float
     counters: dict[str, int]  # frames_decoded, frames_processed, frames_skipped,
-    # processor_errors, events, opens, open_failures, stalls (whole life of the camera)
+    # processor_errors, events, opens, open_failures, stalls, snapshots_saved,
+    # snapshot_failures (whole life of the camera)
     restarts: dict[str, int]  # "reader" / "worker" -> restarts
     restart_reasons: dict[str, int]  # "crash", "killed", "hung", "setup" -> count
     last_error: str
@@ -112,6 +113,8 @@ class CameraRuntime:
         ("worker", "skipped"): "frames_skipped",
         ("worker", "errors"): "processor_errors",
         ("worker", "events"): "events",
+        ("worker", "snapshots"): "snapshots_saved",
+        ("worker", "snapshot_failures"): "snapshot_failures",
     }
 
     def bank_counters(self, role: str) -> None:
@@ -364,6 +367,8 @@ class Supervisor:
                     log.error("not starting camera %s: %s", name, exc)
                     continue
             self.cams[name] = CameraRuntime(new.cameras[name])
+        if self.mqtt is not None:  # Home Assistant discovery and snapshot topics follow
+            self.mqtt.set_cameras({n: c.cfg for n, c in self.cams.items()})
         unchanged = len(wanted) - len(changed) - len(added)
         log.info(
             "reloaded: %d added, %d removed, %d restarted, %d unchanged camera(s)",
@@ -385,7 +390,8 @@ class Supervisor:
         # A process running some cameras (edged@NAME) keeps its own outbox and client id.
         subset = set(self.names) != set(self.config.cameras)
         instance = ".".join(sorted(self.names)) if subset else ""
-        self.mqtt = MqttSink(self.config.mqtt, self.config.daemon.state_dir, instance)
+        cameras = {n: self.config.cameras[n] for n in self.names}
+        self.mqtt = MqttSink(self.config.mqtt, self.config.daemon.state_dir, instance, cameras)
         if self.metrics is not None:
             metrics = self.metrics
             self.mqtt.on_ack = lambda record: metrics.event_acknowledged("mqtt", record)
@@ -410,7 +416,14 @@ class Supervisor:
     def spawn_worker(self, cam: CameraRuntime) -> BaseProcess:
         return self.ctx.Process(
             target=worker_main,
-            args=(cam.cfg, cam.slot.name, cam.slot.doorbell_r, cam.events_w, self.log_settings),
+            args=(
+                cam.cfg,
+                cam.slot.name,
+                cam.slot.doorbell_r,
+                cam.events_w,
+                self.log_settings,
+                self.config.daemon.state_dir,
+            ),
             name=f"edged-worker-{cam.name}",
         )
 

@@ -19,6 +19,7 @@ import time
 import traceback
 import uuid
 from multiprocessing.connection import Connection
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from edged.errors import EX_CONFIG, EdgedError
@@ -26,6 +27,7 @@ from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
 from edged.processor import Event, Frame, Processor, resolve_processor
 from edged.reader import prepare_child
+from edged.snapshots import SnapshotWriter
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -100,8 +102,10 @@ class Worker:
         slot: SlotReader,
         out: Connection,
         stop: threading.Event,
+        snapshots: SnapshotWriter | None = None,
     ) -> None:
         self.cam = cam
+        self.snapshots = snapshots
         self.processor = processor
         self.slot = slot
         self.status = slot.status
@@ -130,7 +134,12 @@ class Worker:
             status["busy_since"] = start
             records, failed = self._process(frame, start - mono, start)
             took = time.monotonic() - start
+            shots = self.snapshots
+            # Encoded before the release (the image is shared memory), written after it.
+            jpeg = shots.encode(image) if shots and records and shots.wants(records) else None
             slot.release()
+            if shots and jpeg is not None:
+                shots.save(jpeg, wall, seq, records)
             if wait_for_next:
                 # Frames published while we were busy are already old: wait
                 # for the next one (the reader did not convert the others).
@@ -211,8 +220,11 @@ def worker_main(
     doorbell: Connection,
     out: Connection,
     log_settings: LogSettings,
+    state_dir: Path | None = None,
 ) -> None:
-    """Entry point of a worker process (started with the ``spawn`` method)."""
+    """Entry point of a worker process (started with the ``spawn`` method).
+
+    ``state_dir``: where snapshots go, if the camera takes them."""
     prepare_child("worker", cam.name)
     setup_logging(log_settings)
     stop = threading.Event()
@@ -230,9 +242,12 @@ def worker_main(
         log.error("camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, exc)
         os._exit(EX_CONFIG)
     slot = SlotReader(slot_name, doorbell.fileno())
+    snapshots = None
+    if state_dir is not None and cam.snapshots.enabled:
+        snapshots = SnapshotWriter(cam.name, cam.snapshots, state_dir, slot.status)
     code = 0
     try:
-        Worker(cam, processor, slot, out, stop).run()
+        Worker(cam, processor, slot, out, stop, snapshots).run()
     except ProcessorFailing:
         code = EXIT_PROCESSOR_FAILING
     except Exception:

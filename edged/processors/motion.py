@@ -40,6 +40,8 @@ class MotionProcessor(Processor):
     episode).
     """
 
+    event_types = ("motion.start", "motion.end")
+
     class Options(BaseModel):
         """The ``[cameras.NAME.processor]`` table of ``type = "motion"``."""
 

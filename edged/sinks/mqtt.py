@@ -9,6 +9,16 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   the connection.
 - ``PREFIX/CAMERA/state``: retained JSON ``{"state", "reason", "since"}``
   whenever a camera's state changes (``since`` is UTC, like an event's time).
+- ``PREFIX/CAMERA/snapshot``: with the camera's ``snapshots.mqtt``, the JPEG
+  an event names in ``snapshot``, retained, QoS 0, sent right after the
+  event. QoS 0 because it is a latest-picture state that the next one
+  replaces: a large retransmitted copy in paho's session would only delay
+  the events behind it, and a snapshot lost with a connection is still on
+  disk. A file already deleted (retention) is skipped and counted.
+- With ``homeassistant = true``: Home Assistant discovery configs and
+  ``PREFIX/CAMERA/motion`` (``ON``/``OFF``, retained); see
+  ``edged.sinks.homeassistant``. They are published after every connect and
+  again whenever Home Assistant announces ``online`` on its status topic.
 
 Threads: :meth:`MqttSink.submit` and :meth:`MqttSink.on_state` run in the
 supervisor's thread and never touch the network: ``submit`` stores the event
@@ -34,14 +44,16 @@ import logging
 import threading
 import time
 from collections import deque
-from pathlib import Path
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersion
 from paho.mqtt.reasoncodes import ReasonCode
 
-from edged.config import MqttConfig
+from edged.config import CameraConfig, MqttConfig
+from edged.sinks import homeassistant as ha
 from edged.sinks.jsonl import encode_event
 from edged.sinks.outbox import Outbox
 
@@ -68,11 +80,19 @@ class MqttSink:
 
     ``instance`` names the cameras a process runs when it runs only some
     (``edged run --camera a``): it keeps the outbox file and the default client
-    id apart from those of the processes running the others.
+    id apart from those of the processes running the others. ``cameras``
+    (this process's) are for snapshots and Home Assistant discovery.
     """
 
-    def __init__(self, config: MqttConfig, state_dir: Path, instance: str = "") -> None:
+    def __init__(
+        self,
+        config: MqttConfig,
+        state_dir: Path,
+        instance: str = "",
+        cameras: Mapping[str, CameraConfig] | None = None,
+    ) -> None:
         self.cfg = config
+        self.state_dir = state_dir
         self.node = config.node_name
         self.prefix = config.topic_prefix
         self.client_id = config.client_id or "-".join(filter(None, ["edged", self.node, instance]))
@@ -103,6 +123,15 @@ class MqttSink:
         self._cursor = 0  # highest outbox row id handed to paho
         self._thread: threading.Thread | None = None
         self._stopped = False
+        self.snapshots_published = 0
+        self.snapshots_missing = 0  # deleted (retention) or unreadable before they went out
+        self._snapshot_cameras: frozenset[str] = frozenset()
+        self.ha_status_topic = f"{config.homeassistant_prefix}/status"
+        self._discovery: dict[str, bytes] = {}  # Home Assistant config topic -> payload
+        self._discover = threading.Event()  # publish the discovery configs (again)
+        self._motion: dict[str, bytes] = {}  # camera -> ON/OFF, the binary sensor's state
+        self._motion_dirty: set[str] = set()
+        self.set_cameras(cameras or {})
         self._client = self._make_client()
 
     def _make_client(self) -> mqtt.Client:
@@ -129,6 +158,7 @@ class MqttSink:
         client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         return client
 
     # -- the supervisor's side -------------------------------------------------
@@ -152,8 +182,37 @@ class MqttSink:
     def submit(self, record: dict[str, Any]) -> None:
         """Store one event for delivery. Called for every event; never blocks on the network."""
         payload = encode_event(record)[:-1]  # the JSONL line without its newline
-        self.outbox.put(str(record.get("camera", "")), payload)
+        camera = str(record.get("camera", ""))
+        self.outbox.put(camera, payload)
+        # The binary sensor follows events as they happen, not as they are delivered:
+        # after an outage it is the current state that matters, not the replayed past.
+        state = ha.motion_state(str(record.get("type", "")))
+        if state is not None and camera in self._motion:
+            with self._states_lock:
+                if self._motion[camera] != state:
+                    self._motion[camera] = state
+                    self._motion_dirty.add(camera)
         self._idle.clear()
+        self._wake.set()
+
+    def set_cameras(self, cameras: Mapping[str, CameraConfig]) -> None:
+        """The cameras this process runs (again, after a reload): which publish
+        snapshots, and what Home Assistant discovery announces. A camera gone
+        has its discovery configs removed (empty retained messages)."""
+        self._snapshot_cameras = frozenset(
+            n for n, c in cameras.items() if c.snapshots.enabled and c.snapshots.mqtt
+        )
+        if not self.cfg.homeassistant:
+            return
+        configs = ha.discovery_messages(self.cfg, self.node, cameras)
+        with self._states_lock:
+            gone = {topic: b"" for topic in self._discovery if topic not in configs}
+            self._discovery = {**gone, **configs}
+            for name in cameras:
+                if ha.has_motion(cameras[name]) and name not in self._motion:
+                    self._motion[name] = ha.OFF  # a new worker starts with no episode
+                    self._motion_dirty.add(name)
+        self._discover.set()
         self._wake.set()
 
     def on_state(self, snap: CameraSnapshot) -> None:
@@ -177,6 +236,8 @@ class MqttSink:
         out["delivered_total"] = float(self.delivered_total)
         out["inflight"] = float(len(self._inflight))
         out["connected"] = 1.0 if self.connected else 0.0
+        out["snapshots_published"] = float(self.snapshots_published)
+        out["snapshots_missing"] = float(self.snapshots_missing)
         return out
 
     def stop(self) -> None:
@@ -234,6 +295,10 @@ class MqttSink:
             return
         self.connected = True
         self._announce = True
+        if self.cfg.homeassistant:
+            # Subscriptions end with the session: made again on every connect.
+            client.subscribe(self.ha_status_topic, qos=1)
+            self._discover.set()
         self._link_changed("connected", logging.INFO, "mqtt: connected to %s", self.where)
         self._wake.set()
 
@@ -274,6 +339,13 @@ class MqttSink:
         self._acks.append((mid, reason))
         self._wake.set()
 
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # Home Assistant's birth message: it (re)started and forgot what was discovered.
+        if msg.topic == self.ha_status_topic and msg.payload == b"online":
+            log.debug("mqtt: Home Assistant is online: publishing discovery again")
+            self._discover.set()
+            self._wake.set()
+
     def _link_changed(self, state: str, level: int, msg: str, *args: Any) -> None:
         if state != self._link:
             self._link = state
@@ -297,6 +369,10 @@ class MqttSink:
                         self._publish(self.status_topic, b"online", retain=True)
                         with self._states_lock:
                             self._dirty.update(self._states)
+                            self._motion_dirty.update(self._motion)
+                    if self._discover.is_set():
+                        self._discover.clear()
+                        self._publish_discovery()
                     self._publish_states()
                     self._fill_window()
                 if not self._inflight and not self.outbox.fetch(self._cursor, 1):
@@ -314,8 +390,19 @@ class MqttSink:
         with self._states_lock:
             todo = [(name, self._states[name]) for name in sorted(self._dirty)]
             self._dirty.clear()
+            motion = [(name, self._motion[name]) for name in sorted(self._motion_dirty)]
+            self._motion_dirty.clear()
         for name, data in todo:
             self._publish(f"{self.prefix}/{name}/state", data, retain=True)
+        for name, data in motion:
+            self._publish(f"{self.prefix}/{name}/motion", data, retain=True)
+
+    def _publish_discovery(self) -> None:
+        with self._states_lock:
+            configs = dict(self._discovery)
+            self._discovery = {t: p for t, p in configs.items() if p}  # removals go once
+        for topic, payload in configs.items():
+            self._publish(topic, payload, retain=True)
 
     def _fill_window(self) -> None:
         room = self.cfg.max_inflight - len(self._inflight)
@@ -337,8 +424,29 @@ class MqttSink:
             if self.on_ack is not None:
                 self._payloads[info.mid] = payload
             self._cursor = rid
+            if camera in self._snapshot_cameras and b'"snapshot"' in payload:
+                self._publish_snapshot(camera, payload)
         if bad:
             self.outbox.drop(bad)
+
+    def _publish_snapshot(self, camera: str, payload: bytes) -> None:
+        try:
+            event = json.loads(payload)
+        except ValueError:
+            return
+        rel = event.get("snapshot") if isinstance(event, dict) else None
+        # Our own worker wrote the name; still, never read outside the state folder.
+        if not isinstance(rel, str) or rel.startswith("/") or ".." in PurePosixPath(rel).parts:
+            return
+        try:
+            jpeg = (self.state_dir / rel).read_bytes()
+        except OSError as exc:
+            self.snapshots_missing += 1
+            log.debug("mqtt: snapshot %s not published: %s", rel, exc)
+            return
+        info = self._client.publish(f"{self.prefix}/{camera}/snapshot", jpeg, qos=0, retain=True)
+        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self.snapshots_published += 1
 
     def _take_acks(self) -> None:
         done: list[int] = []

@@ -1,0 +1,122 @@
+"""Home Assistant MQTT discovery: what the MQTT sink publishes with ``homeassistant = true``.
+
+Per camera, one device (``edged_NODE_CAMERA``) with up to two entities, each
+configured by a retained message on
+``HAPREFIX/COMPONENT/edged_NODE/CAMERA_OBJECT/config``:
+
+- an ``event`` entity on the camera's events topic, for processors that
+  declare their ``event_types``. Home Assistant wants ``event_type`` in the
+  payload; the value template maps the event's ``type`` to it, keeping the
+  event's id, time, seq, snapshot and data as attributes, so the payload on
+  the wire stays the JSONL line.
+- a ``binary_sensor`` (device class ``motion``) for processors that report
+  ``motion.start``, on its own retained topic ``PREFIX/CAMERA/motion``
+  carrying ``ON`` or ``OFF``. A value template over the events topic would
+  not do: those messages are not retained, so after a restart Home Assistant
+  would not know whether there is motion until the next event, and every
+  other event type on that topic would have to be matched to keep the
+  state. A retained state topic is what Home Assistant reads at startup.
+
+Every entity's availability is the node's ``PREFIX/NODE/status`` (``online``
+while edged is connected, ``offline`` from the Last Will or a clean stop).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+
+from edged import __version__
+from edged.errors import PluginError
+from edged.processor import resolve_processor
+
+if TYPE_CHECKING:
+    from edged.config import CameraConfig, MqttConfig
+
+MOTION_START, MOTION_END = "motion.start", "motion.end"
+ON, OFF = b"ON", b"OFF"
+# The event entity's attributes: the event less its type, which HA takes as event_type.
+EVENT_TEMPLATE = (
+    "{{ {'event_type': value_json.type, 'id': value_json.id, 'time': value_json.time, "
+    "'seq': value_json.seq, 'snapshot': value_json.get('snapshot'), "
+    "'data': value_json.data} | tojson }}"
+)
+_NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def event_types(camera: CameraConfig) -> tuple[str, ...]:
+    """The event types the camera's processor declares (empty when it does not)."""
+    try:
+        return tuple(resolve_processor(camera.processor.type).event_types)
+    except PluginError:
+        return ()
+
+
+def motion_state(event_type: str) -> bytes | None:
+    """The binary sensor's state after an event of this type, or None if it does not change."""
+    return ON if event_type == MOTION_START else OFF if event_type == MOTION_END else None
+
+
+def discovery(cfg: MqttConfig, node: str, camera: CameraConfig) -> dict[str, dict[str, object]]:
+    """Discovery config topic -> payload for one camera's entities (none it cannot have)."""
+    prefix, name = cfg.topic_prefix, camera.name
+    ident = f"edged_{node}_{name}"
+    common: dict[str, object] = {
+        "availability": [
+            {
+                "topic": f"{prefix}/{node}/status",
+                "payload_available": "online",
+                "payload_not_available": "offline",
+            }
+        ],
+        "device": {
+            "identifiers": [ident],
+            "name": name,
+            "manufacturer": "edged",
+            "model": f"{camera.processor.type} on a {camera.source_kind} camera",
+            "sw_version": __version__,
+        },
+        "origin": {"name": "edged", "sw_version": __version__},
+        "qos": 1,
+    }
+    base = f"{cfg.homeassistant_prefix}/{{}}/edged_{_NOT_ID.sub('_', node)}/{name}"
+    types = event_types(camera)
+    out: dict[str, dict[str, object]] = {}
+    if types:
+        out[base.format("event") + "_events/config"] = {
+            "name": "Events",
+            "unique_id": f"{ident}_events",
+            "state_topic": f"{prefix}/{name}/events",
+            "event_types": list(types),
+            "value_template": EVENT_TEMPLATE,
+            **common,
+        }
+    if MOTION_START in types:
+        out[base.format("binary_sensor") + "_motion/config"] = {
+            "name": "Motion",
+            "unique_id": f"{ident}_motion",
+            "device_class": "motion",
+            "state_topic": f"{prefix}/{name}/motion",
+            "payload_on": ON.decode(),
+            "payload_off": OFF.decode(),
+            **common,
+        }
+    return out
+
+
+def discovery_messages(
+    cfg: MqttConfig, node: str, cameras: Mapping[str, CameraConfig]
+) -> dict[str, bytes]:
+    """Every camera's discovery config topics and their JSON payloads."""
+    return {
+        topic: json.dumps(payload, separators=(",", ":")).encode()
+        for name in sorted(cameras)
+        for topic, payload in discovery(cfg, node, cameras[name]).items()
+    }
+
+
+def has_motion(camera: CameraConfig) -> bool:
+    """Whether the camera gets a motion binary sensor."""
+    return MOTION_START in event_types(camera)
