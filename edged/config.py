@@ -17,11 +17,8 @@ and is what the supervisor hands to its children.
 
 from __future__ import annotations
 
-import bisect
 import difflib
 import ipaddress
-import json
-import math
 import os
 import re
 import tomllib
@@ -46,8 +43,11 @@ from pydantic import (
 from pydantic.functional_validators import ModelWrapValidatorHandler
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from edged.config_report import key_lines, problems, syntax_problem
 from edged.errors import ConfigError, PluginError
 from edged.processor import resolve_processor
+from edged.redact import redact_url, scrub
+from edged.units import ByteSize, Duration, parse_byte_size, parse_duration
 
 __all__ = [
     "ByteSize",
@@ -74,110 +74,12 @@ __all__ = [
 
 SourceKind = Literal["synthetic", "rtsp", "url", "v4l2", "plugin", "file"]
 
-# --- value types ---------------------------------------------------------------
-
-_NUMBER = r"(?:\d+(?:\.\d*)?|\.\d+)"
-_DURATION = re.compile(rf"(?:\s*{_NUMBER}\s*(?:ms|s|m|h))+\s*")
-_DURATION_PART = re.compile(rf"({_NUMBER})\s*(ms|s|m|h)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_BYTE_SIZE = re.compile(rf"\s*({_NUMBER})\s*([a-z]*)\s*")
-# Bare K/M/G/T are binary, as in systemd's size settings; kB/MB/GB/TB are SI.
-_BYTE_UNITS = {"": 1, "b": 1}
-for _i, _p in enumerate("kmgt", start=1):
-    _BYTE_UNITS |= {_p: 1024**_i, f"{_p}ib": 1024**_i, f"{_p}b": 1000**_i}
-
-
-def parse_duration(value: str | float) -> float:
-    """Seconds in ``value``: a number of seconds, or ``"500ms"``, ``"1.5s"``, ``"2m"``,
-    ``"1h"``, ``"1m30s"``. Raises ``ValueError`` (without echoing the value)."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("expected a duration: seconds, or a string like '500ms', '5s', '2m'")
-    if isinstance(value, str):
-        text = value.strip().lower()
-        negative = text.startswith("-")
-        text = text.removeprefix("-")
-        if re.fullmatch(_NUMBER, text):
-            seconds = float(text)
-        elif _DURATION.fullmatch(text):
-            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART.findall(text))
-        else:
-            raise ValueError(
-                "invalid duration: use seconds, or a number with a unit ms, s, m or h "
-                "(e.g. '500ms', '1.5s', '2m')"
-            )
-        seconds = -seconds if negative else seconds
-    else:
-        seconds = float(value)
-    if not math.isfinite(seconds):
-        raise ValueError("a duration must be a finite number")
-    if seconds < 0:
-        raise ValueError("a duration must not be negative")
-    return seconds
-
-
-def parse_byte_size(value: str | int | float) -> int:
-    """Bytes in ``value``: an integer, or ``"512k"``, ``"10MB"``, ``"10MiB"``, ``"1GiB"``.
-
-    ``kB``/``MB``/``GB``/``TB`` are powers of 1000; ``KiB``... and bare ``K``/``M``/
-    ``G``/``T`` (as in systemd) are powers of 1024. Case is ignored."""
-    if isinstance(value, bool) or not isinstance(value, int | float | str):
-        raise ValueError("expected a size: bytes, or a string like '512k', '10MB', '10MiB'")
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text.startswith("-"):
-            raise ValueError("a size must not be negative")
-        match = _BYTE_SIZE.fullmatch(text)
-        if not match or match[2] not in _BYTE_UNITS:
-            raise ValueError(
-                "invalid size: use bytes, or a number with a unit such as k, MB, MiB, GiB"
-            )
-        size = float(match[1]) * _BYTE_UNITS[match[2]]
-    else:
-        size = float(value)
-    if not math.isfinite(size) or size != int(size):
-        raise ValueError("a size must be a whole number of bytes")
-    if size < 0:
-        raise ValueError("a size must not be negative")
-    return int(size)
-
-
-def _duration_before(value: Any) -> Any:
-    return parse_duration(value)
-
-
-def _byte_size_before(value: Any) -> Any:
-    return parse_byte_size(value)
-
-
-Duration = Annotated[float, BeforeValidator(_duration_before)]
-"""Seconds as a float; accepts a number or a string like ``"500ms"``, ``"5s"``, ``"2m"``."""
-ByteSize = Annotated[int, BeforeValidator(_byte_size_before)]
-"""Bytes as an int; accepts an integer or a string like ``"512k"``, ``"10MB"``, ``"1GiB"``."""
-
 
 def _scalar_to_str(value: Any) -> Any:
     # FFmpeg options are strings, but `stimeout = 5000000` in TOML is an int.
     if isinstance(value, int | float) and not isinstance(value, bool):
         return str(value)
     return value
-
-
-# --- secrets in URLs -------------------------------------------------------------
-
-# Greedy up to the last '@' before whitespace: over-redacting a rare URL with
-# '@' in its path is better than leaking a password that contains '/'.
-_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):(\S*)@")
-
-
-def scrub(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` URL in it
-    replaced by ``***`` (the user name is kept). Use it on anything logged."""
-    return _URL_PASSWORD.sub(r"\1:***@", text)
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password, if any, replaced by ``***``; the same as :func:`scrub`."""
-    return scrub(url)
 
 
 def _split_userinfo(url: str) -> tuple[str | None, str | None, str]:
@@ -599,7 +501,7 @@ class _CameraSettings(_Model):
             _read_secret(_credential_path(value, info))
         return value
 
-    def _password_problems(self, url_password: bool = False) -> list[tuple[str, str]]:
+    def _passwordproblems(self, url_password: bool = False) -> list[tuple[str, str]]:
         given = [f for f in _PASSWORD_FIELDS if getattr(self, f) is not None]
         if len(given) + url_password <= 1:
             return []
@@ -631,7 +533,7 @@ class CameraDefaults(_CameraSettings):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Self:
-        if problems := self._password_problems():
+        if problems := self._passwordproblems():
             raise _invalid(problems, type(self).__name__)
         self._load_secret(info)
         return self
@@ -686,7 +588,7 @@ class CameraConfig(_CameraSettings):
         user, url_password, bare = _split_userinfo(self.source)
         if self.source_kind not in ("rtsp", "url"):
             user = url_password = None
-        problems = self._password_problems(url_password is not None)
+        problems = self._passwordproblems(url_password is not None)
         if user and self.username is not None and user != self.username:
             problems.append(("username", "a different user name is in the source URL"))
         if (self.width is None) != (self.height is None):
@@ -1074,7 +976,7 @@ def camera_from_dict(
     except ValueError as exc:  # ValidationError is a ValueError
         if not isinstance(exc, ValidationError):
             raise ConfigError(label, [f"{label}: {exc}"]) from None
-        raise ConfigError(label, _problems(label, exc, {})) from None
+        raise ConfigError(label, problems(label, exc, {})) from None
 
 
 def parse_config(text: str, path: str | os.PathLike[str]) -> Config:
@@ -1084,224 +986,10 @@ def parse_config(text: str, path: str | os.PathLike[str]) -> Config:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, [_syntax_problem(name, str(exc))]) from None
+        raise ConfigError(name, [syntax_problem(name, str(exc))]) from None
     file = Path(os.path.abspath(name))
     context = {"path": file, "base_dir": file.parent}
     try:
         return Config.model_validate(data, context=context)
     except ValidationError as exc:
-        raise ConfigError(name, _problems(name, exc, _key_lines(text))) from None
-
-
-def _syntax_problem(name: str, message: str) -> str:
-    match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
-    if not match:
-        return f"{name}: TOML syntax error: {message}"
-    reason = message[: match.start()]
-    return f"{name}:{match[1]}: TOML syntax error: {reason} (column {match[2]})"
-
-
-_MESSAGES = {
-    "missing": "required key is missing",
-    "model_type": "expected a table",
-    "model_attributes_type": "expected a table",
-    "dict_type": "expected a table",
-}
-_PREFIXES = ("Value error, ", "Assertion failed, ")
-
-
-def _problems(
-    name: str, exc: ValidationError, lines: dict[tuple[str | int, ...], int]
-) -> list[str]:
-    found: list[tuple[int | None, str]] = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if p != "[key]")
-        msg = _MESSAGES.get(err["type"], err["msg"])
-        for prefix in _PREFIXES:
-            msg = msg.removeprefix(prefix)
-        line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
-        where = f"{name}:{line}" if line else name
-        key = _dotted(loc)
-        problem = f"{where}: {key}: {msg}" if key else f"{where}: {msg}"
-        if all(problem != p for _, p in found):
-            found.append((line, problem))
-    found.sort(key=lambda f: (f[0] is None, f[0] or 0))
-    return [p for _, p in found]
-
-
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _dotted(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + (part if _BARE_KEY.fullmatch(part) else json.dumps(part))
-    return out
-
-
-_SCALAR = re.compile(r"[^,\]}\n#]+")
-
-
-class _Stop(Exception):
-    pass
-
-
-class _KeyScanner:
-    """Maps dotted key paths to 1-based line numbers in valid TOML text, which tomllib
-    does not report. It is approximate by design: on anything unexpected it stops,
-    keeping what it found, and the error report falls back to an enclosing table."""
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        self.pos = 0
-        self.lines: dict[tuple[str | int, ...], int] = {}
-        self._starts = [0] + [m.end() for m in re.finditer("\n", text)]
-
-    def scan(self) -> dict[tuple[str | int, ...], int]:
-        table: tuple[str | int, ...] = ()
-        arrays: dict[tuple[str | int, ...], int] = {}
-        try:
-            while True:
-                self._skip(newlines=True)
-                if self.pos >= len(self.text):
-                    break
-                start = self.pos
-                if self._peek() == "[":
-                    double = self.text.startswith("[[", self.pos)
-                    self.pos += 2 if double else 1
-                    key = self._key()
-                    self._record(key, start)
-                    if double:
-                        table = (*key, arrays.get(key, 0))
-                        arrays[key] = arrays.get(key, 0) + 1
-                        self._record(table, start)
-                    else:
-                        table = key
-                else:
-                    path = (*table, *self._key())
-                    self._record(path, start)
-                    self._expect("=")
-                    self._value(path)
-                self._to_line_end()
-        except (_Stop, IndexError):
-            pass
-        return self.lines
-
-    def _record(self, path: tuple[str | int, ...], pos: int) -> None:
-        line = bisect.bisect_right(self._starts, pos)
-        for n in range(1, len(path) + 1):
-            self.lines.setdefault(path[:n], line)
-
-    def _peek(self) -> str:
-        return self.text[self.pos : self.pos + 1]
-
-    def _skip(self, newlines: bool = False) -> bool:
-        while True:
-            c = self._peek()
-            if c in (" ", "\t", "\r") or (newlines and c == "\n"):
-                self.pos += 1
-            elif c == "#" and newlines:
-                self._to_line_end()
-            else:
-                return False
-
-    def _to_line_end(self) -> None:
-        end = self.text.find("\n", self.pos)
-        self.pos = len(self.text) if end < 0 else end + 1
-
-    def _expect(self, char: str) -> None:
-        self._skip()
-        if self._peek() != char:
-            raise _Stop
-        self.pos += 1
-
-    def _key(self) -> tuple[str, ...]:
-        parts: list[str] = []
-        while True:
-            self._skip()
-            c = self._peek()
-            if c in ('"', "'"):
-                start = self.pos
-                self._string()
-                raw = self.text[start : self.pos]
-                try:
-                    parts.append(json.loads(raw) if c == '"' else raw[1:-1])
-                except ValueError:
-                    parts.append(raw[1:-1])
-            else:
-                match = _BARE_KEY.match(self.text, self.pos)
-                if not match:
-                    raise _Stop
-                parts.append(match[0])
-                self.pos = match.end()
-            self._skip()
-            if self._peek() != ".":
-                return tuple(parts)
-            self.pos += 1
-
-    def _string(self) -> None:
-        quote_char = self._peek()
-        triple = quote_char * 3
-        if self.text.startswith(triple, self.pos):
-            i = self.pos + 3
-            while True:
-                i = self.text.index(triple, i)
-                escapes = 0
-                while quote_char == '"' and self.text[i - 1 - escapes] == "\\":
-                    escapes += 1
-                if escapes % 2 == 0:
-                    break
-                i += 1
-            # Up to two quotes just before the closing three belong to the string.
-            end = i + 3
-            while end < i + 5 and self.text[end : end + 1] == quote_char:
-                end += 1
-            self.pos = end
-            return
-        i = self.pos + 1
-        while self.text[i] != quote_char:
-            if self.text[i] == "\n":
-                raise _Stop
-            i += 2 if quote_char == '"' and self.text[i] == "\\" else 1
-        self.pos = i + 1
-
-    def _value(self, path: tuple[str | int, ...]) -> None:
-        self._skip()
-        c = self._peek()
-        if c in ('"', "'"):
-            self._string()
-        elif c in ("[", "{"):
-            self.pos += 1
-            index = 0
-            while True:
-                self._skip(newlines=True)
-                if self._peek() in ("]", "}"):
-                    self.pos += 1
-                    return
-                start = self.pos
-                if c == "[":
-                    self._record((*path, index), start)
-                    self._value((*path, index))
-                    index += 1
-                else:
-                    key = (*path, *self._key())
-                    self._record(key, start)
-                    self._expect("=")
-                    self._value(key)
-                self._skip(newlines=True)
-                if self._peek() == ",":
-                    self.pos += 1
-                elif self._peek() not in ("]", "}"):
-                    raise _Stop
-        else:
-            match = _SCALAR.match(self.text, self.pos)
-            if not match:
-                raise _Stop
-            self.pos = match.end()
-
-
-def _key_lines(text: str) -> dict[tuple[str | int, ...], int]:
-    return _KeyScanner(text).scan()
+        raise ConfigError(name, problems(name, exc, key_lines(text))) from None

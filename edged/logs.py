@@ -43,7 +43,7 @@ def under_journal() -> bool:
 
 class _ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
-        from edged.config import scrub
+        from edged.redact import scrub
 
         msg = record.getMessage()
         clean = scrub(msg)

@@ -18,7 +18,7 @@ import sys
 import threading
 from collections.abc import Callable
 
-from edged.config import scrub
+from edged.redact import scrub
 
 log = logging.getLogger("edged.ffmpeg")
 

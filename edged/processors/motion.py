@@ -21,8 +21,8 @@ import cv2
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from edged.config import Duration
 from edged.processor import Event, Frame, Processor
+from edged.units import Duration
 
 MAX_BOXES = 10
 """At most this many boxes in a ``motion.start`` event, largest first."""

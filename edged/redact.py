@@ -1,0 +1,20 @@
+"""Credentials out of text: everything edged logs or shows passes through :func:`scrub`."""
+
+from __future__ import annotations
+
+import re
+
+# Greedy up to the last '@' before whitespace: over-redacting a rare URL with
+# '@' in its path is better than leaking a password that contains '/'.
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):(\S*)@")
+
+
+def scrub(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` URL in it
+    replaced by ``***`` (the user name is kept). Use it on anything logged."""
+    return _URL_PASSWORD.sub(r"\1:***@", text)
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``; the same as :func:`scrub`."""
+    return scrub(url)
