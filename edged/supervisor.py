@@ -9,7 +9,6 @@ sentinels and the signal wake-up socket with a tick, then dispatches:
 
 from __future__ import annotations
 
-import dataclasses
 import fcntl
 import logging
 import multiprocessing
@@ -23,12 +22,13 @@ from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from edged.config import CameraConfig, Config, load_config
+from edged.camera import CameraRuntime, CameraSnapshot, Child
+from edged.config import Config, load_config
 from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError
-from edged.frames import SlotOwner, leftover_segments, unlink_segment
+from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, setup_logging
 from edged.metrics import Metrics
-from edged.reader import EXIT_END_OF_STREAM, Backoff, ReaderState, reader_main
+from edged.reader import EXIT_END_OF_STREAM, ReaderState, reader_main
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
 from edged.systemd import Notifier, format_status
@@ -36,128 +36,13 @@ from edged.worker import EXIT_PROCESSOR_FAILING, worker_main
 
 log = logging.getLogger(__name__)
 
+__all__ = ["CameraRuntime", "CameraSnapshot", "Child", "Supervisor"]
+
 TICK = 0.25
 HANG_MARGIN = 3.0  # seconds beyond a reader's own timeouts before it counts as hung
 CRASH_LOOP = 5  # restarts of one child within CRASH_WINDOW: the camera is failed
 CRASH_WINDOW = 300.0
 MAX_PENDING = 100_000  # events held in memory while the event file cannot be written
-
-
-@dataclasses.dataclass(frozen=True)
-class CameraSnapshot:
-    """A camera as the outside sees it: for metrics, health, systemd STATUS, MQTT state."""
-
-    name: str
-    state: str  # starting | streaming | stalled | reconnecting | restarting | ended | failed
-    reason: str  # why, when not streaming ("" otherwise)
-    state_since: float  # time.time() of the last state change
-    up: bool  # streaming and fresh
-    last_frame_time: float  # wall-clock time of the newest frame, 0 if none yet
-    frame_age: float  # seconds since the newest frame was grabbed (inf if none)
-    fps: float  # decoded frames per second, smoothed
-    width: int
-    height: int
-    stale_after: float
-    counters: dict[str, int]  # frames_decoded, frames_processed, frames_skipped,
-    # processor_errors, events, opens, open_failures, stalls, snapshots_saved,
-    # snapshot_failures (whole life of the camera)
-    restarts: dict[str, int]  # "reader" / "worker" -> restarts
-    restart_reasons: dict[str, int]  # "crash", "killed", "hung", "setup" -> count
-    last_error: str
-
-
-@dataclasses.dataclass
-class Child:
-    role: str
-    backoff: Backoff
-    process: BaseProcess | None = None
-    started: float = 0.0
-    due: float | None = 0.0  # monotonic time to (re)start it; None: do not
-    restarts: int = 0
-    last_exit: str = ""
-    hung: bool = False  # killed by us for a silent heartbeat
-    recent: list[float] = dataclasses.field(default_factory=list)  # restart times
-    crash_loop: bool = False
-
-
-class CameraRuntime:
-    """Everything the supervisor keeps per camera."""
-
-    def __init__(self, cfg: CameraConfig) -> None:
-        self.cfg = cfg
-        self.slot = SlotOwner(cfg.name)
-        ctx = multiprocessing.get_context("spawn")
-        self.events_r, self.events_w = ctx.Pipe(duplex=False)
-        backoff = (cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
-        self.reader = Child("reader", Backoff(*backoff))
-        self.worker = Child("worker", Backoff(*backoff))
-        self.state = "starting"
-        self.reason = ""
-        self.ended = False
-        self.totals: dict[str, float] = {}
-        self.state_since = time.time()
-        self.stopping = False
-        self.stalls = 0
-        self.restart_reasons: dict[str, int] = {}
-        self.last_error = ""
-
-    @property
-    def name(self) -> str:
-        return self.cfg.name
-
-    _COUNTERS = {
-        ("reader", "frames"): "frames_decoded",
-        ("reader", "opens"): "opens",
-        ("reader", "open_failures"): "open_failures",
-        ("worker", "frames"): "frames_processed",
-        ("worker", "skipped"): "frames_skipped",
-        ("worker", "errors"): "processor_errors",
-        ("worker", "events"): "events",
-        ("worker", "snapshots"): "snapshots_saved",
-        ("worker", "snapshot_failures"): "snapshot_failures",
-    }
-
-    def bank_counters(self, role: str) -> None:
-        """Before a child's status record is reused: keep its counters in the totals."""
-        record = self.slot.reader if role == "reader" else self.slot.worker
-        for (r, field), name in self._COUNTERS.items():
-            if r == role:
-                self.totals[name] = self.totals.get(name, 0.0) + record[field]
-        record.clear()
-
-    def counters(self) -> dict[str, int]:
-        """Counters over the camera's whole life, across child restarts."""
-        out = {}
-        for (role, field), name in self._COUNTERS.items():
-            record = self.slot.reader if role == "reader" else self.slot.worker
-            out[name] = int(self.totals.get(name, 0.0) + record[field])
-        out["stalls"] = self.stalls
-        return out
-
-    def snapshot(self, now: float) -> CameraSnapshot:
-        rs = self.slot.reader
-        last = rs["last_frame"]
-        age = now - last if last else float("inf")
-        return CameraSnapshot(
-            name=self.name,
-            state=self.state,
-            reason=self.reason,
-            state_since=self.state_since,
-            up=self.state == "streaming",
-            last_frame_time=rs["last_frame_wall"],
-            frame_age=age,
-            fps=rs["fps"] if self.state == "streaming" else 0.0,
-            width=int(rs["width"]),
-            height=int(rs["height"]),
-            stale_after=self.cfg.stale_after,
-            counters=self.counters(),
-            restarts={"reader": self.reader.restarts, "worker": self.worker.restarts},
-            restart_reasons=dict(self.restart_reasons),
-            last_error=self.last_error,
-        )
-
-    def children(self) -> tuple[Child, Child]:
-        return (self.reader, self.worker)
 
 
 class Supervisor:

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from edged.supervisor import CameraSnapshot
+    from edged.camera import CameraSnapshot
 
 __all__ = ["STATUS_MAX", "Notifier", "format_status", "sanitize_status"]
 

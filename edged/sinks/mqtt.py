@@ -60,7 +60,7 @@ from edged.sinks.outbox import Outbox
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from edged.supervisor import CameraSnapshot
+    from edged.camera import CameraSnapshot
 
 log = logging.getLogger(__name__)
 
