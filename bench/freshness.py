@@ -14,7 +14,15 @@ runs for ``--seconds`` in each of these designs, one after the other, in one run
 * ``threaded1``: the same with one FFmpeg decoder thread, as edged uses by default
   (OpenCV's default is one per core, and frame threading delays each frame);
 * ``blog``: a reader process appends every frame to a ``Manager().list()``, the
-  consumer busy-polls it, takes the newest and clears the list.
+  consumer busy-polls it, takes the newest and clears the list;
+* ``camgear``: vidgear's ``CamGear(source=url).start()`` with its defaults, ``read()``
+  in the loop (for a URL it queues up to 96 frames and hands out the oldest);
+* ``camgear_latest``: the same with ``THREADED_QUEUE_MODE=False``, vidgear's way to
+  get the newest frame (``read()`` returns the last frame read; the loop skips a
+  frame it has already processed, polling every millisecond).
+
+The CamGear modes need ``pip install vidgear`` (the ``bench`` extra); without it
+they are left out of the default run.
 
 The baselines open the stream with OpenCV's defaults and TCP transport
 (``OPENCV_FFMPEG_CAPTURE_OPTIONS=rtsp_transport;tcp``); edged uses its own
@@ -29,8 +37,15 @@ Each design runs as its own process tree, measured from outside with psutil
 from its first processed frame for ``--seconds``: CPU (user+sys of every process
 in the tree, over wall time) and memory (PSS and RSS summed over the tree,
 sampled about ten times, maximum reported). The RTSP server is not counted.
+The first frame processed after connecting is reported on its own (its age, and
+the time from starting the process to processing it); the frames the stream
+carried between two processed frames are counted as skipped, from the capture
+times in the pixels (25 fps: a gap of 40 ms is no frame skipped).
 
-Run: ``.venv/bin/python bench/freshness.py [--seconds 60] [--height 1080] [--work busy]``
+``bench/run.py`` runs this for 720p and 1080p in one go, with the handoff
+benchmark, and writes JSON and plots. On its own:
+
+Run: ``.venv/bin/python bench/freshness.py [--seconds 30] [--height 1080] [--work busy]``
 """
 
 from __future__ import annotations
@@ -60,14 +75,30 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, decode_timestamp  # noqa: E402
 
-MODES = ("edged", "naive", "threaded", "threaded1", "blog")
+MODES = ("edged", "naive", "threaded", "threaded1", "blog", "camgear", "camgear_latest")
 TITLES = {
     "edged": "edged",
     "naive": "naive loop",
     "threaded": "threaded reader",
     "threaded1": "threaded, 1 decoder thread",
     "blog": "blog (Manager list)",
+    "camgear": "vidgear CamGear",
+    "camgear_latest": "CamGear, no queue",
 }
+VIDGEAR_MODES = ("camgear", "camgear_latest")
+
+
+def have_vidgear() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vidgear") is not None
+
+
+def default_modes() -> list[str]:
+    """Every design; the CamGear ones only where vidgear is installed."""
+    return [m for m in MODES if m not in VIDGEAR_MODES or have_vidgear()]
+
+
 FIRST_FRAME_TIMEOUT = 60.0
 STOP_GRACE = 10.0
 
@@ -174,10 +205,19 @@ def child_threaded(
         cap.release()
 
 
+def _name_process(name: str) -> None:
+    """Set the process name ``ps`` and the PSS breakdown show (Linux; harmless elsewhere)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None).prctl(15, name[:15].encode())  # PR_SET_NAME
+
+
 def _blog_reader(url: str, stack: Any, top: int) -> None:
     """The blog's reader process: append every frame; clear the list at ``top`` frames."""
     import gc
 
+    _name_process("reader:blog")
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     cap = _open(url)
     while True:
@@ -192,8 +232,10 @@ def _blog_reader(url: str, stack: Any, top: int) -> None:
 
 def child_blog(url: str, delay: float, work: str, rec: _Recorder, stop: threading.Event) -> None:
     import multiprocessing
+    from multiprocessing.managers import SyncManager
 
-    manager = multiprocessing.Manager()
+    manager = SyncManager()  # what multiprocessing.Manager() returns, started by hand
+    manager.start(_name_process, ("manager:blog",))  # to name its process
     reader: multiprocessing.Process | None = None
     try:
         stack = manager.list()
@@ -218,6 +260,43 @@ def child_blog(url: str, delay: float, work: str, rec: _Recorder, stop: threadin
         manager.shutdown()
 
 
+def child_camgear(
+    url: str,
+    delay: float,
+    work: str,
+    rec: _Recorder,
+    stop: threading.Event,
+    queue_mode: bool = True,
+) -> None:
+    import logging
+
+    logging.disable(logging.WARNING)  # vidgear logs a banner and warnings on every start
+    from vidgear.gears import CamGear
+
+    options: dict[str, Any] = {"THREAD_TIMEOUT": 10}
+    if not queue_mode:
+        options["THREADED_QUEUE_MODE"] = False
+    # TCP, as for the other baselines; backend=CAP_FFMPEG so that the option applies
+    import cv2
+
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "rtsp_transport;tcp"
+    stream = CamGear(source=url, backend=cv2.CAP_FFMPEG, **options).start()
+    last: Any = None
+    try:
+        while not stop.is_set():
+            frame = stream.read()
+            if frame is None:
+                raise SystemExit("CamGear read() returned None")
+            if frame is last:  # no queue: the same frame until the next one is read
+                time.sleep(0.001)
+                continue
+            last = frame
+            rec.frame(frame)
+            _work(delay, work)
+    finally:
+        stream.stop()
+
+
 def child_main(mode: str, url: str, delay: float, work: str, out: str) -> int:
     stop = threading.Event()
 
@@ -229,6 +308,8 @@ def child_main(mode: str, url: str, delay: float, work: str, out: str) -> int:
     rec = _Recorder(out)
     if mode == "threaded1":
         child_threaded(url, delay, work, rec, stop, threads=1)
+    elif mode in VIDGEAR_MODES:
+        child_camgear(url, delay, work, rec, stop, queue_mode=mode == "camgear")
     else:
         run = {"naive": child_naive, "threaded": child_threaded, "blog": child_blog}[mode]
         run(url, delay, work, rec, stop)
@@ -238,6 +319,28 @@ def child_main(mode: str, url: str, delay: float, work: str, out: str) -> int:
 # --------------------------------------------------------------------------------------
 # Measuring a process tree from outside
 # --------------------------------------------------------------------------------------
+
+
+def _label(p: psutil.Process) -> str:
+    """A short role for a process of a measured tree."""
+    name = str(p.name())
+    if ":" in name:  # edged names its children: reader:cam, worker:cam
+        return name
+    try:
+        cmd = " ".join(p.cmdline())
+    except psutil.Error:
+        return name
+    if " -m edged " in f" {cmd} ":
+        return "supervisor"
+    if "resource_tracker" in cmd:
+        return "resource tracker"
+    if "multiprocessing.spawn" in cmd or "multiprocessing-fork" in cmd:
+        return "child"
+    if "--child blog" in cmd:
+        return "main"
+    if "forkserver" in cmd:
+        return "forkserver"
+    return "main" if "--child" in cmd else name
 
 
 class TreeMeter:
@@ -288,8 +391,8 @@ class TreeMeter:
                     info = p.memory_full_info()
                     pss += info.pss
                     rss += info.rss
-                    name = f"{p.name()}[{p.pid}]"
-                    by_process[name] = info.pss / 2**20
+                    name = _label(p)
+                    by_process[name] = by_process.get(name, 0.0) + info.pss / 2**20
         if memory and pss:
             self.pss.append(pss / 2**20)
             self.rss.append(rss / 2**20)
@@ -310,9 +413,14 @@ class Run:
     frames: int = 0
     seconds: float = 0.0
     true_age: list[float] = field(default_factory=list)
-    walls: list[float] = field(default_factory=list)
+    walls: list[float] = field(default_factory=list)  # when processing started
     edged_age: list[float] = field(default_factory=list)
     unreadable: int = 0
+    fps: float = 25.0  # of the source, for the skipped count
+    first_age: float = float("nan")  # ms, the first frame processed after connecting
+    first_after: float = float("nan")  # s from starting the process to processing it
+    first_wall: float = 0.0  # wall clock when processing of that first frame started
+    t0_wall: float = 0.0  # wall clock at the start of the measured window
     cpu: float = 0.0  # cores (CPU seconds per wall second)
     pss_max: float = 0.0
     pss_first: float = 0.0
@@ -322,6 +430,59 @@ class Run:
     pss_by_process: dict[str, float] = field(default_factory=dict)
     error: str = ""
     leaked_shm: list[str] = field(default_factory=list)
+
+    def made(self) -> list[float]:
+        """Capture times (from the pixels) of the processed frames, seconds."""
+        return [w - a / 1000 for w, a in zip(self.walls, self.true_age, strict=True)]
+
+    def skipped(self) -> int:
+        """Frames the stream carried between processed ones, from the capture times."""
+        made = self.made()
+        gaps = np.diff(np.asarray(made)) * self.fps
+        return int(np.sum(np.maximum(np.rint(gaps) - 1, 0))) if len(made) > 1 else 0
+
+    def summary(self) -> dict[str, Any]:
+        """Everything the report shows, as plain JSON values."""
+        ages = self.true_age
+        return {
+            "mode": self.mode,
+            "title": TITLES[self.mode],
+            "error": self.error or None,
+            "seconds": round(self.seconds, 3),
+            "frames": self.frames,
+            "frames_per_s": self.frames / self.seconds if self.seconds else None,
+            "age_p50_ms": _num(_pct(ages, 50)),
+            "age_p95_ms": _num(_pct(ages, 95)),
+            "age_max_ms": _num(max(ages, default=float("nan"))),
+            "age_last_ms": _num(ages[-1] if ages else float("nan")),
+            "age_growth_ms_per_s": _num(self.growth()),
+            "first_frame_age_ms": _num(self.first_age),
+            "first_frame_after_s": _num(self.first_after),
+            "first_frame_t_s": round(self.first_wall - self.t0_wall, 4) if self.t0_wall else None,
+            "skipped_frames": self.skipped() if ages else None,
+            "unreadable_timestamps": self.unreadable,
+            "edged_frame_age_ms": (
+                {
+                    "p50": _pct(self.edged_age, 50),
+                    "p95": _pct(self.edged_age, 95),
+                    "max": max(self.edged_age),
+                }
+                if self.edged_age
+                else None
+            ),
+            "cpu_cores": self.cpu,
+            "cpu_percent": self.cpu * 100,
+            "pss_max_mib": self.pss_max,
+            "pss_first_mib": self.pss_first,
+            "pss_last_mib": self.pss_last,
+            "rss_max_mib": self.rss_max,
+            "pss_by_process_mib": self.pss_by_process,
+            "other_cpu_cores": self.other_cpu,
+            "series": {
+                "t_s": [round(w - self.t0_wall, 4) for w in self.walls],
+                "age_ms": [round(a, 2) for a in self.true_age],
+            },
+        }
 
     def growth(self) -> float:
         """Least-squares slope of the true age over the run, ms per second."""
@@ -393,7 +554,9 @@ def _shm_of(pid: int) -> list[str]:
     return sorted(n for n in os.listdir("/dev/shm") if n.startswith(f"edged_{pid}_"))
 
 
-def run_mode(mode: str, url: str, delay: float, work: str, seconds: float, workdir: Path) -> Run:
+def run_mode(
+    mode: str, url: str, delay: float, work: str, seconds: float, workdir: Path, fps: float = 25.0
+) -> Run:
     tmp = workdir / mode
     tmp.mkdir()
     env = dict(os.environ)
@@ -416,8 +579,9 @@ def run_mode(mode: str, url: str, delay: float, work: str, seconds: float, workd
         cmd = [sys.executable, __file__, "--child", mode, "--url", url, "--delay", str(delay)]
         cmd += ["--work", work, "--out", str(records_path)]
     log_path = tmp / "stderr.log"
-    result = Run(mode)
+    result = Run(mode, fps=fps)
     with open(log_path, "wb") as log:
+        started = time.time()
         proc = subprocess.Popen(
             cmd,
             stdin=subprocess.DEVNULL,
@@ -428,7 +592,7 @@ def run_mode(mode: str, url: str, delay: float, work: str, seconds: float, workd
             start_new_session=True,  # Ctrl-C is ours to handle; killpg reaches its children
         )
         try:
-            _measure(proc, records_path, seconds, result)
+            _measure(proc, records_path, seconds, result, started)
         finally:
             _stop_tree(proc)
             if mode == "edged":
@@ -447,7 +611,19 @@ def _machine_busy() -> float:
     return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
 
 
-def _measure(proc: subprocess.Popen[bytes], path: Path, seconds: float, result: Run) -> None:
+def _age_and_wall(mode: str, r: dict[str, Any]) -> tuple[float | None, float]:
+    """(true age ms or None, wall clock when processing started) of one record."""
+    if mode == "edged":
+        age = r.get("data", {}).get("true_age_ms")
+        # the frame's grab time; its processing started frame_age_ms later
+        wall_t = datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
+        return age, wall_t + r["frame_age_ms"] / 1000
+    return r.get("true_age_ms"), r["wall"]
+
+
+def _measure(
+    proc: subprocess.Popen[bytes], path: Path, seconds: float, result: Run, started: float
+) -> None:
     deadline = time.monotonic() + FIRST_FRAME_TIMEOUT
     while not _records(path):
         if proc.poll() is not None:
@@ -458,7 +634,13 @@ def _measure(proc: subprocess.Popen[bytes], path: Path, seconds: float, result: 
             return
         time.sleep(0.05)
     meter = TreeMeter(proc.pid)
-    first = len(_records(path))
+    early = _records(path)
+    first = len(early)
+    age0, wall0 = _age_and_wall(result.mode, early[0])
+    result.first_age = float("nan") if age0 is None else float(age0)
+    result.first_after = wall0 - started
+    result.first_wall = wall0
+    result.t0_wall = time.time()
     t0 = time.monotonic()
     busy0 = _machine_busy()
     meter.start()
@@ -485,13 +667,8 @@ def _measure(proc: subprocess.Popen[bytes], path: Path, seconds: float, result: 
     result.pss_by_process = meter.pss_by_process
     for r in records:
         if result.mode == "edged":
-            age = r.get("data", {}).get("true_age_ms")
             result.edged_age.append(float(r["frame_age_ms"]))
-            # the frame's capture time; its processing started frame_age_ms later
-            wall_t = datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
-            wall_t += r["frame_age_ms"] / 1000
-        else:
-            age, wall_t = r.get("true_age_ms"), r["wall"]
+        age, wall_t = _age_and_wall(result.mode, r)
         if age is None:
             result.unreadable += 1
             continue
@@ -508,6 +685,11 @@ def _pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _num(v: float) -> float | None:
+    """JSON has no NaN."""
+    return None if v != v else float(v)
+
+
 def _ms(v: float) -> str:
     return "-" if v != v else f"{v:.0f}"
 
@@ -519,83 +701,165 @@ def _x(v: float, ref: float) -> str:
     return f" ({r:.1f}x)" if r < 100 else f" ({r:.0f}x)"
 
 
-def report(runs: list[Run], args: argparse.Namespace, width: int) -> str:
-    ref = next((r for r in runs if r.mode == "edged" and not r.error), None)
-    head = ["", *(TITLES[r.mode] for r in runs)]
+def age(q: float) -> Any:
+    """The q-th percentile of a run's true age (a function of the run)."""
+    return lambda run: _pct(run.true_age, q)
+
+
+def table(sections: list[tuple[str, list[Run]]], detail: bool = False) -> str:
+    """One Markdown table: a column per design, a block of rows per section (height).
+
+    Ratios are against edged in the same section. ``detail`` adds the rows that
+    ``freshness.py`` printed before (growth, edged's own frame age, RSS...).
+    """
+    modes: list[str] = []
+    for _, runs in sections:
+        modes += [r.mode for r in runs if r.mode not in modes]
+    head = ["", *(TITLES[m] for m in modes)]
     rows: list[list[str]] = []
+    for label, runs in sections:
+        by_mode = {r.mode: r for r in runs}
+        ref = by_mode.get("edged")
+        if ref is not None and ref.error:
+            ref = None
+        pre = f"{label}: " if label else ""
 
-    def row(label: str, fn: Any, ratio: Any = None) -> None:
-        cells = [label]
-        for r in runs:
-            if r.error:
-                cells.append("failed")
-                continue
-            text = fn(r)
-            if ratio is not None and ref is not None and r is not ref:
-                text += _x(ratio(r), ratio(ref))
-            cells.append(text)
-        rows.append(cells)
+        def row(
+            name: str,
+            fn: Any,
+            ratio: Any = None,
+            *,
+            by_mode: dict[str, Run] = by_mode,
+            ref: Run | None = ref,
+            pre: str = pre,
+        ) -> None:
+            cells = [pre + name]
+            for m in modes:
+                r = by_mode.get(m)
+                if r is None:
+                    cells.append("")
+                    continue
+                if r.error:
+                    cells.append("failed")
+                    continue
+                text = fn(r)
+                if ratio is not None and ref is not None and r is not ref:
+                    text += _x(ratio(r), ratio(ref))
+                cells.append(text)
+            rows.append(cells)
 
-    def age(q: float) -> Any:
-        return lambda r: _pct(r.true_age, q)
-
-    row("frames processed (per s)", lambda r: f"{r.frames} ({r.frames / r.seconds:.2f})")
-    row("true age p50 ms", lambda r: _ms(age(50)(r)), age(50))
-    row("true age p95 ms", lambda r: _ms(age(95)(r)), age(95))
-    row("true age max ms", lambda r: _ms(max(r.true_age, default=float("nan"))))
-    row("true age at the end ms", lambda r: _ms(r.true_age[-1] if r.true_age else float("nan")))
-    row("true age growth ms/s", lambda r: f"{r.growth():+.1f}")
-    row(
-        "edged frame_age_ms p50 / p95 / max",
-        lambda r: (
-            " / ".join(
-                _ms(v) for v in (_pct(r.edged_age, 50), _pct(r.edged_age, 95), max(r.edged_age))
+        row("frames processed (per s)", lambda r: f"{r.frames} ({r.frames / r.seconds:.1f})")
+        row("age p50 ms", lambda r: _ms(age(50)(r)), age(50))
+        row("age p95 ms", lambda r: _ms(age(95)(r)), age(95))
+        row("age max ms", lambda r: _ms(max(r.true_age, default=float("nan"))))
+        row("first-frame age ms", lambda r: _ms(r.first_age), lambda r: r.first_age)
+        row("skipped frames", lambda r: str(r.skipped()))
+        if detail:
+            row("age at the end ms", lambda r: _ms(r.true_age[-1] if r.true_age else float("nan")))
+            row("age growth ms/s", lambda r: f"{r.growth():+.1f}")
+            row(
+                "edged frame_age_ms p50 / p95 / max",
+                lambda r: (
+                    " / ".join(
+                        _ms(v)
+                        for v in (_pct(r.edged_age, 50), _pct(r.edged_age, 95), max(r.edged_age))
+                    )
+                    if r.edged_age
+                    else "-"
+                ),
             )
-            if r.edged_age
-            else "-"
-        ),
-    )
-    row("CPU, cores (user+sys / wall)", lambda r: f"{r.cpu:.2f}", lambda r: r.cpu)
-    row("PSS max MiB", lambda r: f"{r.pss_max:.0f}", lambda r: r.pss_max)
-    row("PSS first -> last MiB", lambda r: f"{r.pss_first:.0f} -> {r.pss_last:.0f}")
-    row("RSS max MiB (sum)", lambda r: f"{r.rss_max:.0f}")
-    row("frames without a readable timestamp", lambda r: str(r.unreadable))
-    row("other CPU on the machine, cores", lambda r: f"{r.other_cpu:.2f}")
-    lines = [
-        f"Frame freshness: RTSP {width}x{args.height} @ {args.fps} fps, processor "
-        f"{args.delay * 1000:.0f} ms/frame ({args.work}), {args.seconds:.0f} s per design "
-        "(ratios: x edged)",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "|".join("---" for _ in head) + "|",
-    ]
+            row("first frame processed after s", lambda r: f"{r.first_after:.2f}")
+        row("CPU % of a core", lambda r: f"{r.cpu * 100:.0f}", lambda r: r.cpu)
+        row("PSS max MiB", lambda r: f"{r.pss_max:.0f}", lambda r: r.pss_max)
+        if detail:
+            row("PSS first -> last MiB", lambda r: f"{r.pss_first:.0f} -> {r.pss_last:.0f}")
+            row("RSS max MiB (sum)", lambda r: f"{r.rss_max:.0f}")
+            row("frames without a readable timestamp", lambda r: str(r.unreadable))
+        row("other CPU on the machine %", lambda r: f"{r.other_cpu * 100:.0f}")
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     lines += ["| " + " | ".join(c) + " |" for c in rows]
-    lines.append("\nPSS by process at the end, MiB:")
+    return "\n".join(lines)
+
+
+def notes(runs: list[Run], label: str = "") -> list[str]:
+    """PSS by process, failures and leaks, as Markdown lines."""
+    pre = f" ({label})" if label else ""
+    lines = [f"PSS by process at the end, MiB{pre}:"]
     for r in runs:
         if r.pss_by_process:
             parts = ", ".join(f"{k} {v:.0f}" for k, v in r.pss_by_process.items())
             lines.append(f"- {TITLES[r.mode]}: {parts}")
     for r in runs:
         if r.error:
-            lines.append(f"\n{TITLES[r.mode]} failed: {r.error}")
+            lines.append(f"\n{TITLES[r.mode]} failed{pre}: {r.error}")
         if r.leaked_shm:
             lines.append(f"\nedged left shared memory behind (removed): {', '.join(r.leaked_shm)}")
+    return lines
+
+
+def report(runs: list[Run], args: argparse.Namespace, width: int) -> str:
+    lines = [
+        f"Frame freshness: RTSP {width}x{args.height} @ {args.fps} fps, processor "
+        f"{args.delay * 1000:.0f} ms/frame ({args.work}), {args.seconds:.0f} s per design "
+        "(ratios: x edged)",
+        "",
+        table([("", runs)], detail=True),
+        "",
+        *notes(runs),
+    ]
     return "\n".join(lines)
+
+
+def run_all(
+    modes: list[str],
+    height: int,
+    fps: int,
+    delay: float,
+    work: str,
+    seconds: float,
+    progress: Any = None,
+) -> list[Run]:
+    """Start the RTSP server, run every design one after the other against it, stop it."""
+    width = height * 16 // 9
+    server = RtspServer(width=width, height=height, fps=fps, pattern="moving")
+    runs: list[Run] = []
+    try:
+        with tempfile.TemporaryDirectory(prefix="edged-bench-") as workdir:
+            server.start()
+            for mode in modes:
+                print(f"  {height}p {mode}: {seconds:.0f} s ...", file=sys.stderr, flush=True)
+                r = run_mode(mode, server.url, delay, work, seconds, Path(workdir), fps)
+                runs.append(r)
+                if r.error:
+                    print(f"  {height}p {mode}: FAILED: {r.error}", file=sys.stderr, flush=True)
+                else:
+                    print(
+                        f"  {height}p {mode}: {r.frames} frames, age p50 "
+                        f"{_ms(_pct(r.true_age, 50))} ms, p95 {_ms(_pct(r.true_age, 95))} ms, "
+                        f"first {_ms(r.first_age)} ms, CPU {r.cpu * 100:.0f}%",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+    finally:
+        server.stop()
+    return runs
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=60.0, help="per design (default 60)")
+    ap.add_argument("--seconds", type=float, default=30.0, help="per design (default 30)")
     ap.add_argument("--height", type=int, default=720, choices=(720, 1080))
     ap.add_argument("--fps", type=int, default=25)
-    ap.add_argument("--delay", type=float, default=0.3, help="processor seconds per frame")
+    ap.add_argument("--delay", type=float, default=0.2, help="processor seconds per frame")
     ap.add_argument(
         "--work",
         choices=("sleep", "busy"),
         default="sleep",
         help="the processor sleeps (default; releases the GIL) or computes in Python",
     )
-    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    ap.add_argument(
+        "--modes", nargs="+", default=None, choices=MODES, help="default: all that are installed"
+    )
     # internal: run one baseline design
     ap.add_argument("--child", choices=MODES[1:], help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -612,35 +876,18 @@ def main(argv: list[str] | None = None) -> int:
     if problem:
         print(problem, file=sys.stderr)
         return 1
+    modes = args.modes or default_modes()
     width = args.height * 16 // 9
     print(
         f"edged freshness benchmark: {platform.node()}, {psutil.cpu_count()} CPUs, "
         f"Python {platform.python_version()}",
         flush=True,
     )
-    server = RtspServer(width=width, height=args.height, fps=args.fps, pattern="moving")
-    runs: list[Run] = []
     try:
-        with tempfile.TemporaryDirectory(prefix="edged-bench-") as workdir:
-            server.start()
-            for mode in args.modes:
-                print(f"  {mode}: {args.seconds:.0f} s ...", file=sys.stderr, flush=True)
-                r = run_mode(mode, server.url, args.delay, args.work, args.seconds, Path(workdir))
-                runs.append(r)
-                if r.error:
-                    print(f"  {mode}: FAILED: {r.error}", file=sys.stderr, flush=True)
-                else:
-                    print(
-                        f"  {mode}: {r.frames} frames, true age p50 "
-                        f"{_ms(_pct(r.true_age, 50))} ms, CPU {r.cpu:.2f}",
-                        file=sys.stderr,
-                        flush=True,
-                    )
+        runs = run_all(modes, args.height, args.fps, args.delay, args.work, args.seconds)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    finally:
-        server.stop()
     print()
     print(report(runs, args, width))
     return 0 if all(not r.error for r in runs) else 1

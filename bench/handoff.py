@@ -23,7 +23,8 @@ around the calls; plus the producer's helper threads for ``queue``, and the
 manager's server process for ``manager``); waiting is not counted, except that
 the blog consumer's busy-polling is reported separately.
 
-Run: ``.venv/bin/python bench/handoff.py [--frames 200]``
+Run: ``.venv/bin/python bench/handoff.py [--frames 200] [--json PATH]``
+(``bench/run.py`` runs it too, and puts its numbers in its own JSON.)
 """
 
 from __future__ import annotations
@@ -447,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--gap", type=float, default=2.0, help="ms the producer waits after the consumer is ready"
     )
+    ap.add_argument("--json", help="also write the results to this JSON file")
     args = ap.parse_args(argv)
 
     def on_term(signum: int, frame: object) -> None:
@@ -485,7 +487,30 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report(results, args.resolutions))
     print(f"\n({time.monotonic() - started:.0f} s)")
+    if args.json:
+        write_json(args.json, results)
     return 0
+
+
+def write_json(path: str, results: dict[tuple[str, str], Result]) -> None:
+    """Per method and resolution: latency p50 / p95 and CPU per frame, ms; x copy (hot)."""
+    import json
+
+    out: dict[str, dict[str, dict[str, float | int | None]]] = {}
+    for (method, res), r in results.items():
+        hot = results.get(("copy", res))
+        p50 = r.p(50)
+        out.setdefault(res, {})[method] = {
+            "frames": r.frames,
+            "latency_p50_ms": p50,
+            "latency_p95_ms": r.p(95),
+            "cpu_ms_per_frame": r.cpu_ms,
+            "x_copy": p50 / hot.p(50) if hot is not None and hot.p(50) > 0 else None,
+            "fill_p50_ms": percentile(r.fill_ms, 50) if r.fill_ms else None,
+            "busy_poll_ms_per_frame": r.busy_poll_ms or None,
+        }
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -406,15 +406,11 @@ class SnapshotsConfig(_Model):
         )
 
 
-class _CameraSettings(_Model):
-    """What a camera table and ``[defaults]`` may both set."""
+class _Password(_Model):
+    """A password from the file itself, a file, or a systemd credential: at most one."""
 
-    source_options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments for a plugin source's constructor."
-    )
-    username: str | None = Field(None, min_length=1, description="User name for the source URL.")
     password: SecretStr | None = Field(
-        None, min_length=1, description="Password for the source URL (prefer password_file)."
+        None, min_length=1, description="The password in this file (prefer password_file)."
     )
     password_file: Path | None = Field(
         None, description="File whose first line is the password (relative to the config)."
@@ -425,6 +421,54 @@ class _CameraSettings(_Model):
         description="Name of a file in $CREDENTIALS_DIRECTORY holding the password "
         "(systemd LoadCredential=).",
     )
+
+    _secret: SecretStr | None = PrivateAttr(default=None)
+
+    @field_validator("password_file")
+    @classmethod
+    def _check_password_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is not None:
+            value = _resolve(value, info)
+            _read_secret(value)
+        return value
+
+    @field_validator("password_credential")
+    @classmethod
+    def _check_credential(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None:
+            if "/" in value or value in (".", ".."):
+                raise ValueError("expected a credential name, not a path")
+            _read_secret(_credential_path(value, info))
+        return value
+
+    def _passwordproblems(self, url_password: bool = False) -> list[tuple[str, str]]:
+        given = [f for f in _PASSWORD_FIELDS if getattr(self, f) is not None]
+        if len(given) + url_password <= 1:
+            return []
+        names = ", ".join(given + ["a password in the source URL"] * url_password)
+        return [(given[-1], f"give only one password source; found: {names}")]
+
+    def _load_secret(self, info: ValidationInfo) -> None:
+        if self.password_file is not None:
+            self._secret = SecretStr(_read_secret(self.password_file))
+        elif self.password_credential is not None:
+            path = _credential_path(self.password_credential, info)
+            self._secret = SecretStr(_read_secret(path))
+
+    def password_value(self) -> str | None:
+        """The password from whichever field gave it, or None. Keep it out of logs."""
+        if self.password is not None:
+            return self.password.get_secret_value()
+        return self._secret.get_secret_value() if self._secret is not None else None
+
+
+class _CameraSettings(_Password):
+    """What a camera table and ``[defaults]`` may both set."""
+
+    source_options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments for a plugin source's constructor."
+    )
+    username: str | None = Field(None, min_length=1, description="User name for the source URL.")
     transport: Literal["tcp", "udp"] = Field("tcp", description="RTSP transport.")
     open_timeout: Duration = Field(
         10.0, ge=0.1, le=300, description="Time allowed to open the source."
@@ -481,45 +525,6 @@ class _CameraSettings(_Model):
         default_factory=SnapshotsConfig,
         description="JPEGs of the frames behind events; merged key by key with [defaults].",
     )
-
-    _secret: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("password_file")
-    @classmethod
-    def _check_password_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
-        if value is not None:
-            value = _resolve(value, info)
-            _read_secret(value)
-        return value
-
-    @field_validator("password_credential")
-    @classmethod
-    def _check_credential(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            if "/" in value or value in (".", ".."):
-                raise ValueError("expected a credential name, not a path")
-            _read_secret(_credential_path(value, info))
-        return value
-
-    def _passwordproblems(self, url_password: bool = False) -> list[tuple[str, str]]:
-        given = [f for f in _PASSWORD_FIELDS if getattr(self, f) is not None]
-        if len(given) + url_password <= 1:
-            return []
-        names = ", ".join(given + ["a password in the source URL"] * url_password)
-        return [(given[-1], f"give only one password source; found: {names}")]
-
-    def _load_secret(self, info: ValidationInfo) -> None:
-        if self.password_file is not None:
-            self._secret = SecretStr(_read_secret(self.password_file))
-        elif self.password_credential is not None:
-            path = _credential_path(self.password_credential, info)
-            self._secret = SecretStr(_read_secret(path))
-
-    def password_value(self) -> str | None:
-        """The password from whichever field gave it, or None. Keep it out of logs."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        return self._secret.get_secret_value() if self._secret is not None else None
 
 
 class CameraDefaults(_CameraSettings):
@@ -661,7 +666,7 @@ def _check_topic_level(value: str) -> str:
     return value
 
 
-class MqttConfig(_Model):
+class MqttConfig(_Password):
     """``[mqtt]``: publish events, availability and camera state to an MQTT broker.
 
     Absent table: MQTT is off. Events go through a durable outbox in
@@ -696,18 +701,6 @@ class MqttConfig(_Model):
         20, ge=1, le=1000, description="Events published and not yet acknowledged, at most."
     )
     username: str | None = Field(None, min_length=1, description="User name for the broker.")
-    password: SecretStr | None = Field(
-        None, min_length=1, description="Password for the broker (prefer password_file)."
-    )
-    password_file: Path | None = Field(
-        None, description="File whose first line is the password (relative to the config)."
-    )
-    password_credential: str | None = Field(
-        None,
-        min_length=1,
-        description="Name of a file in $CREDENTIALS_DIRECTORY holding the password "
-        "(systemd LoadCredential=).",
-    )
     tls: bool = Field(False, description="Use TLS (implied by ca_file, certfile, tls_insecure).")
     ca_file: Path | None = Field(
         None, description="CA certificates (PEM) to verify the broker; default: the system's."
@@ -738,37 +731,20 @@ class MqttConfig(_Model):
         description="Home Assistant's discovery prefix (its status topic is PREFIX/status).",
     )
 
-    _secret: SecretStr | None = PrivateAttr(default=None)
-
-    @field_validator("password_file", "ca_file", "certfile", "keyfile")
+    @field_validator("ca_file", "certfile", "keyfile")
     @classmethod
     def _resolve_path(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
             return None
         value = _resolve(value, info)
-        if info.field_name == "password_file":
-            _read_secret(value)
-        elif not value.is_file():
+        if not value.is_file():
             raise ValueError(f"{'not a file' if value.exists() else 'file not found'}: {value}")
-        return value
-
-    @field_validator("password_credential")
-    @classmethod
-    def _check_credential(cls, value: str | None, info: ValidationInfo) -> str | None:
-        if value is not None:
-            if "/" in value or value in (".", ".."):
-                raise ValueError("expected a credential name, not a path")
-            _read_secret(_credential_path(value, info))
         return value
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Self:
-        problems: list[tuple[str, str]] = []
+        problems = self._passwordproblems()
         given = [f for f in _PASSWORD_FIELDS if getattr(self, f) is not None]
-        if len(given) > 1:
-            problems.append(
-                (given[-1], f"give only one password source; found: {', '.join(given)}")
-            )
         if given and self.username is None:
             problems.append((given[0], "a password needs a username"))
         if self.keyfile is not None and self.certfile is None:
@@ -783,11 +759,7 @@ class MqttConfig(_Model):
                 problems.append((key, f"cannot load TLS files: {getattr(exc, 'reason', exc)}"))
         if problems:
             raise _invalid(problems, type(self).__name__)
-        if self.password_file is not None:
-            self._secret = SecretStr(_read_secret(self.password_file))
-        elif self.password_credential is not None:
-            path = _credential_path(self.password_credential, info)
-            self._secret = SecretStr(_read_secret(path))
+        self._load_secret(info)
         return self
 
     @property
@@ -811,12 +783,6 @@ class MqttConfig(_Model):
 
         name = socket.gethostname().split(".")[0] or "edged"
         return re.sub(r"[/+#\x00]", "_", name)
-
-    def password_value(self) -> str | None:
-        """The password from whichever field gave it, or None. Keep it out of logs."""
-        if self.password is not None:
-            return self.password.get_secret_value()
-        return self._secret.get_secret_value() if self._secret is not None else None
 
     def ssl_context(self) -> Any:
         """An ``ssl.SSLContext`` for the broker (``Any``: ssl is imported lazily)."""
