@@ -97,3 +97,35 @@ def mosquitto_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Call
 def mosquitto(mosquitto_factory: Callable[..., Any]) -> Any:
     """A running anonymous broker on 127.0.0.1 at ``mosquitto.port``, with persistence."""
     return mosquitto_factory()
+
+
+# ======================================================================================
+# Things tests start and this file stops: daemons, MQTT sinks, MQTT subscribers
+# ======================================================================================
+
+
+@pytest.fixture
+def daemons() -> Iterator[list[Any]]:
+    """Daemons a test started (``daemon.start_daemon(daemons, ...)``); killed at teardown."""
+    started: list[Any] = []
+    yield started
+    for d in started:
+        d.kill()
+
+
+@pytest.fixture
+def sinks() -> Iterator[list[Any]]:
+    """MqttSinks a test made; stopped at teardown."""
+    made: list[Any] = []
+    yield made
+    for sink in made:
+        sink.stop()
+
+
+@pytest.fixture
+def subscribers() -> Iterator[list[Any]]:
+    """MQTT Subscribers a test made; closed at teardown."""
+    made: list[Any] = []
+    yield made
+    for sub in made:
+        sub.close()

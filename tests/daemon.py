@@ -131,3 +131,10 @@ class Daemon:
                 kid.kill()
         if not self._stderr.closed:
             self._stderr.close()
+
+
+def start_daemon(started: list[Daemon], tmp: Path, toml: str, *args: str) -> Daemon:
+    """Start a daemon and remember it in ``started`` (the ``daemons`` fixture kills them)."""
+    d = Daemon(tmp, toml, *args).start()
+    started.append(d)
+    return d

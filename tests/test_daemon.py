@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from daemon import TESTS, Daemon, shm_segments, wait_for
+from daemon import TESTS, shm_segments, start_daemon, wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -31,26 +31,12 @@ def _toml(camera: str, **extra: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@pytest.fixture
-def daemons():
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-def _start(daemons: list[Daemon], tmp: Path, toml: str, *args: str) -> Daemon:
-    d = Daemon(tmp, toml, *args).start()
-    daemons.append(d)
-    return d
-
-
 def test_default_config_writes_motion_events_and_stops_cleanly(tmp_path, daemons):
     toml = (REPO / "config" / "edged.toml").read_text()
     toml = toml.replace("../var/events/events.jsonl", "events.jsonl")
     toml = toml.replace("../var/state", "state")
     toml = toml.replace('listen = "127.0.0.1:9850"', 'listen = "127.0.0.1:0"')
-    d = _start(daemons, tmp_path, toml)
+    d = start_daemon(daemons, tmp_path, toml)
     start = d.wait_events(1, "motion.start", timeout=10)[0]
     assert start["camera"] == "demo" and start["processor"] == "motion"
     assert set(start) >= {"schema", "id", "time", "seq", "frame_age_ms", "processing_ms", "data"}
@@ -70,7 +56,7 @@ def test_no_torn_frames_under_load(tmp_path, daemons):
         "source_options = { width = 1280, height = 720 }\n"
         '[cameras.cam1.processor]\ntype = "plugins:SolidCheck"'
     )
-    d = _start(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, _toml(camera))
     d.wait_events(20, "ok", timeout=30)
     assert d.events("torn") == []
     assert d.stop() == 0
@@ -84,7 +70,7 @@ def test_slow_processor_works_on_fresh_frames_and_memory_stays_flat(
         f'source = "{server.url}"\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.3\ntimestamps = true'
     )
-    d = _start(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, _toml(camera))
     d.wait_events(5, "frame", timeout=20)
     procs = {p.name(): p for p in d.children()}
     rss_before = {n: p.memory_info().rss for n, p in procs.items()}
@@ -117,7 +103,7 @@ def test_killed_children_are_restarted(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
     )
-    d = _start(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, _toml(camera))
     d.wait_events(5, "frame")
     for role in ("reader", "worker"):
         (victim,) = d.children(role)
@@ -138,7 +124,7 @@ def test_processor_that_raises_is_logged_counted_and_camera_carries_on(tmp_path,
         'source = "synthetic"\nfps = 25\n'
         '[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 2'
     )
-    d = _start(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, _toml(camera))
     d.wait_events(20, "ok")
     assert d.stop() == 0
     log = d.log
@@ -150,7 +136,7 @@ def test_processor_that_raises_is_logged_counted_and_camera_carries_on(tmp_path,
 
 
 def test_supervisor_sigkill_leaves_no_children_or_shared_memory(tmp_path, daemons):
-    d = _start(daemons, tmp_path, _toml('source = "synthetic"'))
+    d = start_daemon(daemons, tmp_path, _toml('source = "synthetic"'))
     wait_for("children", lambda: len(d.children()) == 2)
     kids = d.children()
     wait_for("shared memory", lambda: shm_segments(d.pid))
@@ -223,7 +209,7 @@ def test_camera_failures_name_their_cause_and_never_show_the_password(
 ):
     server = rtsp_server_factory(user="edged", password="right-Pa55word")
     url = f"rtsp://{credentials}@127.0.0.1:{server.port}{path}"
-    d = _start(daemons, tmp_path, _toml(f'source = "{url}"\nopen_timeout = "3s"'))
+    d = start_daemon(daemons, tmp_path, _toml(f'source = "{url}"\nopen_timeout = "3s"'))
     d.wait_log(cause, timeout=20)
     d.wait_log("camera cam1: reconnecting")
     assert d.stop() == 0
@@ -239,7 +225,7 @@ def test_events_command_shows_what_the_daemon_wrote(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
     )
-    d = _start(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, _toml(camera))
     d.wait_events(10, "frame")
     assert d.stop() == 0
     written = d.events()

@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -82,22 +81,6 @@ def test_discovery_is_off_by_default_and_the_prefix_is_checked(tmp_path: Path) -
 
 
 # -- against a real broker ------------------------------------------------------------
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[MqttSink]]:
-    made: list[MqttSink] = []
-    yield made
-    for sink in made:
-        sink.stop()
-
-
-@pytest.fixture
-def subscribers() -> Iterator[list[Subscriber]]:
-    made: list[Subscriber] = []
-    yield made
-    for sub in made:
-        sub.close()
 
 
 def start_sink(

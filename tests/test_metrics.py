@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from components.rtsp import free_port
-from daemon import Daemon, wait_for
+from daemon import Daemon, start_daemon, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.config import parse_config
@@ -564,26 +564,12 @@ def test_dashboard_and_rules_use_only_exported_metrics(
 # --- end to end: a live daemon ----------------------------------------------------------------
 
 
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
 def _toml(port: int, camera: str, processor: str = 'type = "null"') -> str:
     return (
         '[events]\npath = "events.jsonl"\n[daemon]\nstop_timeout = "5s"\n'
         f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
         f"[cameras.cam1]\n{camera}\n[cameras.cam1.processor]\n{processor}\n"
     )
-
-
-def _start(daemons: list[Daemon], tmp: Path, toml: str, *args: str) -> Daemon:
-    d = Daemon(tmp, toml, *args).start()
-    daemons.append(d)
-    return d
 
 
 def edged_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -618,7 +604,7 @@ def test_stopped_rtsp_server_drives_camera_down_then_up(tmp_path, daemons, rtsp_
         f'source = "{server.url}"\nopen_timeout = "2s"\nread_timeout = "2s"\n'
         'stale_after = "1s"\nrestart_delay = "0.2s"\nrestart_max_delay = "1s"'
     )
-    d = _start(daemons, tmp_path, _toml(port, camera))
+    d = start_daemon(daemons, tmp_path, _toml(port, camera))
     up = wait_scrape(base, "camera up", lambda s: s.value("edged_camera_up", camera="cam1") == 1)
     assert up.value("edged_camera_reconnects_total", camera="cam1") == 0
     assert get(base + "/healthz") == (200, "ok\n")
@@ -675,7 +661,7 @@ def test_readyz_follows_a_stalled_camera(tmp_path, daemons, rtsp_server_factory)
     # A camera that freezes with its connection open: no frames, no error, until
     # the read timeout; stale_after says when that counts.
     camera = f'source = "{server.url}"\nstale_after = "1s"\nread_timeout = "8s"'
-    d = _start(daemons, tmp_path, _toml(port, camera))
+    d = start_daemon(daemons, tmp_path, _toml(port, camera))
     wait_for("ready", lambda: readyz(base)[0] == 200 if scrape(base) else False, 20)
     assert server.pid is not None
     os.kill(server.pid, signal.SIGSTOP)
@@ -704,7 +690,7 @@ def test_readyz_follows_a_stalled_camera(tmp_path, daemons, rtsp_server_factory)
 def test_slow_processor_drives_skipped_frames_and_fills_histograms(tmp_path, daemons):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    d = _start(
+    d = start_daemon(
         daemons,
         tmp_path,
         _toml(
@@ -751,7 +737,7 @@ def test_slow_processor_drives_skipped_frames_and_fills_histograms(tmp_path, dae
 def test_a_real_prometheus_scrapes_edged(tmp_path, daemons):
     prometheus = require(PROMETHEUS)
     port, prom_port = free_port(), free_port()
-    d = _start(daemons, tmp_path, _toml(port, 'source = "synthetic"\nfps = 10'))
+    d = start_daemon(daemons, tmp_path, _toml(port, 'source = "synthetic"\nfps = 10'))
     wait_scrape(
         f"http://127.0.0.1:{port}",
         "camera up",
@@ -841,7 +827,7 @@ def test_per_camera_units_listen_side_by_side_from_one_config(tmp_path, daemons)
     )
     (tmp_path / "cam1").mkdir()
     (tmp_path / "cam2").mkdir()
-    d1 = _start(daemons, tmp_path / "cam1", toml, "--camera", "cam1")
+    d1 = start_daemon(daemons, tmp_path / "cam1", toml, "--camera", "cam1")
     d2 = Daemon(tmp_path / "cam2", toml, "--camera", "cam2")
     d2.config = d1.config  # edged@cam1 and edged@cam2: one config file
     daemons.append(d2.start())

@@ -14,7 +14,7 @@ import re
 import sqlite3
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from components.mqtt import (
     make_tls_files,
     mosquitto_sub_retained,
 )
-from daemon import Daemon, wait_for
+from daemon import Daemon, start_daemon, wait_for
 
 from edged.config import MqttConfig, parse_config
 from edged.errors import ConfigError
@@ -121,22 +121,6 @@ def _toml(text: str) -> dict[str, Any]:
 
 
 # -- the sink, against a real broker ------------------------------------------------------
-
-
-@pytest.fixture
-def sinks() -> Iterator[list[MqttSink]]:
-    made: list[MqttSink] = []
-    yield made
-    for sink in made:
-        sink.stop()
-
-
-@pytest.fixture
-def subscribers() -> Iterator[list[Subscriber]]:
-    made: list[Subscriber] = []
-    yield made
-    for sub in made:
-        sub.close()
 
 
 def start_sink(
@@ -356,20 +340,6 @@ def daemon_toml(port: int, cameras: tuple[str, ...] = ("cam1", "cam2"), mqtt: st
             "delay = 0.05",
         ]
     return "\n".join(lines) + "\n"
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-def start_daemon(daemons: list[Daemon], tmp: Path, toml: str) -> Daemon:
-    d = Daemon(tmp, toml).start()
-    daemons.append(d)
-    return d
 
 
 def jsonl_lines(d: Daemon) -> dict[str, bytes]:

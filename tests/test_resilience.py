@@ -8,11 +8,10 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from components.rtsp import free_port
-from daemon import Daemon, wait_for
+from daemon import Daemon, start_daemon, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +32,6 @@ def _frames(url: str, extra: str = "") -> str:
 
 def _camera(name: str, url: str, extra: str = "") -> dict[str, str]:
     return {name: _frames(url, extra).replace("CAM", name)}
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-def _start(daemons: list[Daemon], tmp, toml: str) -> Daemon:
-    d = Daemon(tmp, toml).start()
-    daemons.append(d)
-    return d
 
 
 def _assert_events_intact(d: Daemon, before: list[dict]) -> None:
@@ -91,7 +76,7 @@ class SilentServer:
 
 
 def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server):
-    d = _start(
+    d = start_daemon(
         daemons,
         tmp_path,
         _toml(
@@ -128,7 +113,7 @@ def test_silent_server_is_detected_and_retried(tmp_path, daemons):
     silent = SilentServer()
     try:
         url = f"rtsp://127.0.0.1:{silent.port}/stream"
-        d = _start(
+        d = start_daemon(
             daemons,
             tmp_path,
             _toml(_camera("cam1", url, 'open_timeout = "2s"\nstale_after = "2s"')),
@@ -142,7 +127,7 @@ def test_silent_server_is_detected_and_retried(tmp_path, daemons):
 
 
 def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_server):
-    d = _start(
+    d = start_daemon(
         daemons,
         tmp_path,
         _toml(_camera("cam1", rtsp_server.url, 'stale_after = "1s"\nread_timeout = "3s"')),
@@ -167,7 +152,7 @@ def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_s
 def test_wrong_credentials_retry_slowly_without_flooding(tmp_path, daemons, rtsp_server_factory):
     server = rtsp_server_factory(user="edged", password="right")
     url = f"rtsp://edged:wrong@127.0.0.1:{server.port}/stream"
-    d = _start(
+    d = start_daemon(
         daemons,
         tmp_path,
         _toml(_camera("cam1", url, 'restart_delay = "0.1s"\nrestart_max_delay = "4s"')),
@@ -187,7 +172,7 @@ def test_processor_failing_every_frame_restarts_the_worker(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\nmax_processor_failures = 10\nrestart_delay = "0.2s"\n'
         '[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 1\n'
     )
-    d = _start(daemons, tmp_path, _toml({"cam1": body}))
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
     d.wait_log("failed 10 frames in a row", timeout=20)
     d.wait_log("worker (pid", timeout=10)
     wait_for("a new worker", lambda: d.children("worker"), timeout=10)
@@ -198,7 +183,7 @@ def test_processor_failing_every_frame_restarts_the_worker(tmp_path, daemons):
 def test_resolution_change_across_reconnect(tmp_path, daemons, rtsp_server_factory):
     port = free_port()
     server = rtsp_server_factory(width=640, height=360, port=port)
-    d = _start(
+    d = start_daemon(
         daemons,
         tmp_path,
         _toml(_camera("cam1", server.url, 'restart_delay = "0.2s"\nread_timeout = "2s"')),
@@ -223,7 +208,7 @@ def test_a_dead_camera_does_not_delay_the_others(tmp_path, daemons, rtsp_server)
             **_camera("live", rtsp_server.url),
         }
         start = time.monotonic()
-        d = _start(daemons, tmp_path, _toml(cams))
+        d = start_daemon(daemons, tmp_path, _toml(cams))
         wait_for(
             "events from the live camera",
             lambda: any(e["camera"] == "live" for e in d.events("frame")),
@@ -237,7 +222,7 @@ def test_a_dead_camera_does_not_delay_the_others(tmp_path, daemons, rtsp_server)
 
 
 def test_a_camera_repeating_frames_faster_than_its_rate_is_noticed(tmp_path, daemons):
-    d = _start(daemons, tmp_path, _toml({"cam1": 'source = "plugins:RepeatingSource"'}))
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": 'source = "plugins:RepeatingSource"'}))
     d.wait_log("more than its nominal 5.0: it may be repeating frames", timeout=20)
     assert d.log.count("repeating frames") == 1
     assert d.stop() == 0

@@ -10,7 +10,6 @@ import re
 import textwrap
 import time
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -188,22 +187,6 @@ def test_a_snapshot_that_cannot_be_written_costs_only_itself(
 
 
 # -- the daemon -----------------------------------------------------------------------
-
-
-@pytest.fixture
-def daemons() -> Iterator[list[Daemon]]:
-    started: list[Daemon] = []
-    yield started
-    for d in started:
-        d.kill()
-
-
-@pytest.fixture
-def subscribers() -> Iterator[list[Subscriber]]:
-    made: list[Subscriber] = []
-    yield made
-    for sub in made:
-        sub.close()
 
 
 def by_camera(d: Daemon, camera: str) -> list[dict[str, Any]]:
