@@ -102,6 +102,11 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "soak.json")
     args = p.parse_args()
+
+    def on_term(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # run the clean-up below
+
+    signal.signal(signal.SIGTERM, on_term)
     rng = random.Random(args.seed)
     tmp = Path(tempfile.mkdtemp(prefix="edged-soak-"))
     servers = {
