@@ -89,8 +89,12 @@ class Daemon:
             timeout,
         )
 
-    def wait_log(self, text: str, timeout: float = 15) -> None:
-        wait_for(f"{text!r} in the log", lambda: text in self.log, timeout)
+    def mark(self) -> int:
+        """The log's length now: pass it to ``wait_log(since=)`` to wait for a *new* line."""
+        return len(self.log)
+
+    def wait_log(self, text: str, timeout: float = 15, since: int = 0) -> None:
+        wait_for(f"{text!r} in the log", lambda: text in self.log[since:], timeout)
 
     def children(self, role: str | None = None) -> list[psutil.Process]:
         """The reader and worker processes (named "reader:CAMERA", "worker:CAMERA")."""

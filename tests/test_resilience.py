@@ -83,26 +83,29 @@ def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server):
             _camera(
                 "cam1",
                 rtsp_server.url,
-                'stale_after = "2s"\nread_timeout = "2s"\nrestart_delay = "0.5s"',
+                'stale_after = "2s"\nread_timeout = "2s"\n'
+                'restart_delay = "0.5s"\nrestart_max_delay = "4s"',
             )
         ),
     )
     d.wait_events(10, "frame", timeout=20)
     before = d.events()
+    mark = d.mark()  # the first "streaming" line is already there
     rtsp_server.stop()
     d.wait_log("camera cam1: reconnecting", timeout=10)
     down = time.monotonic()
     time.sleep(10)  # the outage itself, not synchronisation
     rtsp_server.start()
     back = time.monotonic()
-    d.wait_log("camera cam1: streaming", timeout=20)
-    # streaming again within a few seconds of the server's return
+    d.wait_log("camera cam1: streaming", timeout=20, since=mark)
+    # streaming again within the backoff ceiling (4 s) and an open of the server's return
     recovered = time.monotonic() - back
     assert recovered < 8, recovered
     n = len(d.events("frame"))
     d.wait_events(n + 5, "frame")
     attempts = int(re.search(r"reconnected after (\d+) attempts", d.log).group(1))
-    # exponential backoff from 0.5 s over ~10 s: a handful of attempts, never a hot loop
+    # exponential backoff from 0.5 s, capped at 4 s, over ~10 s: a handful of
+    # attempts (at least 0.25+0.5+1+2+2+2+2 s for 7), never a hot loop
     assert 3 <= attempts <= 9, (attempts, time.monotonic() - down)
     assert d.log.count("retrying in") <= 2  # one line per state change, not per retry
     assert d.stop() == 0
@@ -134,13 +137,14 @@ def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_s
     )
     d.wait_events(10, "frame", timeout=20)
     before = d.events()
+    mark = d.mark()
     os.kill(rtsp_server.pid, signal.SIGSTOP)  # socket stays open, nothing more arrives
     try:
         stopped = time.monotonic()
-        d.wait_log("camera cam1: stalled (no frame for", timeout=1 + 3)
+        d.wait_log("camera cam1: stalled (no frame for", timeout=1 + 3, since=mark)
         # then the reader gives up on its own (FFmpeg's read timeout, which may
         # fire twice) or the supervisor kills it as hung
-        d.wait_log("camera cam1: reconnecting", timeout=2 * 3 + 5)
+        d.wait_log("camera cam1: reconnecting", timeout=2 * 3 + 5, since=mark)
         assert time.monotonic() - stopped < 2 * 3 + 5
     finally:
         os.kill(rtsp_server.pid, signal.SIGCONT)
