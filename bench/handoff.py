@@ -11,7 +11,10 @@ copied) with the designs it replaces, for 720p, 1080p and 4K uint8 BGR frames:
   ``multiprocessing.Manager().list()``, the consumer polls it, takes ``lst[-1]``
   and deletes the rest;
 * ``queue``: ``multiprocessing.Queue.put`` / ``get``;
-* ``pipe``: ``Connection.send_bytes`` of a flat byte view / ``recv_bytes``.
+* ``pipe``: ``Connection.send_bytes`` of a flat byte view / ``recv_bytes``;
+* ``wake``: no frame at all, one byte down a pipe to a consumer asleep in
+  ``poll()``: the operating system's own cost of waking another process, the
+  floor under any handoff to a sleeping consumer (edged's doorbell is this).
 
 Every frame is handed over while the consumer is already waiting for it (the
 realistic case for a latest-frame reader): the consumer tells the producer it is
@@ -33,7 +36,9 @@ import argparse
 import contextlib
 import multiprocessing
 import multiprocessing.connection
+import os
 import platform
+import select
 import signal
 import statistics
 import sys
@@ -56,7 +61,7 @@ RESOLUTIONS: dict[str, tuple[int, int, int]] = {
 }
 # The pickling designs are slow at 4K: at most this many frames each.
 SLOW_CAPS: dict[str, int] = {"720p": 100, "1080p": 60, "4K": 20}
-METHODS = ("edged", "manager", "queue", "pipe")
+METHODS = ("wake", "edged", "manager", "queue", "pipe")
 CTX = multiprocessing.get_context("spawn")
 COLD_BYTES = 256 << 20  # working set of the cold copy: several times the last-level cache
 TIMEOUT = 60.0  # seconds any one step may take before the run is declared stuck
@@ -142,6 +147,8 @@ def producer_main(
                 chan.append(src)
             elif method == "queue":
                 chan.put(src)
+            elif method == "wake":
+                os.write(chan.fileno(), b"\0")
             else:
                 chan.send_bytes(memoryview(src).cast("B"))  # flat: see library-facts.md
             call_cpu += time.thread_time() - c0
@@ -173,6 +180,9 @@ def consumer_main(
         cpu = 0.0
         poll_cpu = 0.0
         reader = SlotReader(chan[0], chan[1].fileno()) if method == "edged" else None
+        poller = select.poll()
+        if method == "wake":
+            poller.register(chan.fileno(), select.POLLIN)
         last = 0
         for i in range(n):
             ack.send(i)
@@ -208,6 +218,14 @@ def consumer_main(
                 t1 = time.monotonic()
                 cpu += time.thread_time() - c0
                 ok = int(image[0, 0, 0]) == i % 256
+            elif method == "wake":
+                c0 = time.thread_time()
+                if not poller.poll(TIMEOUT * 1000):
+                    raise Stuck("no wake-up byte")
+                os.read(chan.fileno(), 4096)
+                t1 = time.monotonic()
+                cpu += time.thread_time() - c0
+                ok = True
             else:
                 c0 = time.thread_time()
                 data = chan.recv_bytes()
@@ -360,6 +378,7 @@ def ratio(v: float, ref: float) -> str:
 
 
 NAMES = {
+    "wake": "wake-up only",
     "edged": "edged slot",
     "manager": "Manager().list()",
     "queue": "mp.Queue",
@@ -469,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             results[("copy", res)], results[("copy_cold", res)] = run_copy(res, args.frames)
             for m in args.methods:
                 n = args.frames
-                if m != "edged":
+                if m not in ("edged", "wake"):
                     n = args.slow_frames or min(args.frames, SLOW_CAPS[res])
                 warmup = max(1, n // 10)
                 t = time.monotonic()
