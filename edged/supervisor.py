@@ -66,7 +66,8 @@ class Supervisor:
         self.events_total = 0
         # Hooks for the sinks and metrics that live beside the JSONL file:
         # on_event(record) for every accepted event, on_frame(camera, age, took)
-        # for every processed frame, on_state(snapshot) on every state change.
+        # for every processed frame (workers batch these: up to 0.25 s late),
+        # on_state(snapshot) on every state change.
         self.on_event: list[Callable[[dict[str, Any]], None]] = []
         self.on_frame: list[Callable[[str, float, float], None]] = []
         self.on_state: list[Callable[[CameraSnapshot], None]] = []
@@ -453,8 +454,13 @@ class Supervisor:
                     msg = conn.recv()
                 except (EOFError, OSError):
                     break
-                for hook in self.on_frame:
-                    hook(cam.name, msg["age"], msg["took"])
+                # {"timings": [[age, took], ...], "events": [record, ...]}: the
+                # timings of the frames processed since the worker's last
+                # message, oldest first, and the events of the newest of them
+                # (edged/worker.py batches timings, never events).
+                for age, took in msg["timings"]:
+                    for hook in self.on_frame:
+                        hook(cam.name, age, took)
                 for record in msg["events"]:
                     self.accept(record)
 

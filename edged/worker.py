@@ -4,6 +4,16 @@ The worker sleeps until the reader publishes a frame newer than the last one it
 saw, processes it in place in shared memory, and sends the resulting events
 (small dicts, never frames) to the supervisor over a pipe. Frames published
 while the processor was busy are counted as skipped; none is queued.
+
+Messages to the supervisor are dicts of plain lists and floats::
+
+    {"timings": [[age, took], ...], "events": [record, ...]}
+
+``timings`` holds (frame age, processing time) in seconds for every frame
+processed since the last message, oldest first; ``events`` the event records of
+the newest of those frames (possibly none). A frame with events is sent at once,
+with whatever timings are pending; timings alone wait up to BATCH_INTERVAL, so
+a busy camera costs a few messages a second rather than one per frame.
 """
 
 from __future__ import annotations
@@ -43,6 +53,8 @@ class ProcessorFailing(Exception):
 
 
 TRACEBACK_INTERVAL = 60.0
+BATCH_INTERVAL = 0.25  # seconds the oldest unsent timing may wait for more
+IDLE_TIMEOUT = 0.5  # seconds between heartbeats while no frame comes
 _EVENT_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
 
 
@@ -114,6 +126,8 @@ class Worker:
         self.consecutive_errors = 0
         self._last_traceback = -TRACEBACK_INTERVAL
         self._suppressed = 0
+        self._timings: list[list[float]] = []
+        self._oldest = 0.0  # time.monotonic() when the oldest of _timings was taken
 
     def run(self) -> None:
         status, slot, cam = self.status, self.slot, self.cam
@@ -121,9 +135,16 @@ class Worker:
         last_seq = 0
         wait_for_next = cam.freshness == "next"
         while not self.stop.is_set():
-            status["heartbeat"] = time.monotonic()
-            got = slot.acquire(last_seq, timeout=0.5)
+            now = time.monotonic()
+            status["heartbeat"] = now
+            timeout = IDLE_TIMEOUT
+            if self._timings:
+                # Wake up in time to send the pending timings if no frame comes.
+                timeout = max(0.0, min(timeout, self._oldest + BATCH_INTERVAL - now))
+            got = slot.acquire(last_seq, timeout=timeout)
             if got is None:
+                if self._timings and time.monotonic() - self._oldest >= BATCH_INTERVAL:
+                    self._send([])
                 continue
             image, seq, wall, mono = got
             if last_seq:
@@ -132,7 +153,7 @@ class Worker:
             frame = Frame(image=image, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
             start = time.monotonic()
             status["busy_since"] = start
-            records, failed = self._process(frame, start - mono, start)
+            records = self._process(frame, start - mono, start)
             took = time.monotonic() - start
             shots = self.snapshots
             # Encoded before the release (the image is shared memory), written after it.
@@ -149,10 +170,21 @@ class Worker:
             status["last_processing"] = took
             status.add("frames")
             status.add("events", len(records))
-            # Sent with the frame's timings so the supervisor's histograms and
-            # the events travel together; a blocking send is the kernel pipe
-            # filling up, which only happens when the supervisor is stuck.
-            self.out.send({"age": start - mono, "took": took, "failed": failed, "events": records})
+            self._timings.append([start - mono, took])
+            if len(self._timings) == 1:
+                self._oldest = time.monotonic()
+            # Events never wait for the batch: sinks and MQTT see them at once.
+            if records or time.monotonic() - self._oldest >= BATCH_INTERVAL:
+                self._send(records)
+        if self._timings:
+            self._send([])
+
+    def _send(self, records: list[dict[str, Any]]) -> None:
+        # See the module docstring for the message; supervisor.collect_events
+        # reads it. A blocking send is the kernel pipe filling up, which only
+        # happens when the supervisor is stuck.
+        self.out.send({"timings": self._timings, "events": records})
+        self._timings = []
 
     def _report_failure(self, exc: Exception, seq: int) -> None:
         # A traceback at most once a minute; in between only counted, then
@@ -176,7 +208,7 @@ class Worker:
         self._last_traceback = now
         self._suppressed = 0
 
-    def _process(self, frame: Frame, age: float, start: float) -> tuple[list[dict[str, Any]], bool]:
+    def _process(self, frame: Frame, age: float, start: float) -> list[dict[str, Any]]:
         cam = self.cam
         try:
             result = self.processor.process(frame)
@@ -202,7 +234,7 @@ class Worker:
                     exc,
                 )
                 raise ProcessorFailing from exc
-            return [], True
+            return []  # counted in the status record's "errors"
         if self.consecutive_errors:
             log.debug(
                 "camera %s: processor %s recovered after %d failed frames",
@@ -211,7 +243,7 @@ class Worker:
                 self.consecutive_errors,
             )
             self.consecutive_errors = 0
-        return records, False
+        return records
 
 
 def worker_main(

@@ -1,0 +1,141 @@
+"""The worker's messages to the supervisor: frame timings batched, events sent at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import edged.worker
+from edged import Event, Frame, Processor
+from edged.camera import CameraRuntime
+from edged.config import parse_config
+from edged.frames import SlotReader, SlotWriter
+from edged.processor import NoOptions
+from edged.supervisor import Supervisor
+from edged.worker import Worker
+
+TOML = """
+[events]
+path = "events.jsonl"
+[cameras.cam1]
+source = "synthetic"
+"""
+MARK = 255  # a frame of this value makes an event
+
+
+class Marker(Processor):
+    def process(self, frame: Frame) -> Iterator[Event]:
+        if frame.image[0, 0, 0] == MARK:
+            yield Event("marked", {"seq": frame.seq})
+
+
+class CountingConn:
+    """The supervisor's end of the events pipe, counting the messages it hands out."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.messages = 0
+
+    def poll(self) -> bool:
+        return bool(self.conn.poll())
+
+    def recv(self) -> Any:
+        self.messages += 1
+        return self.conn.recv()
+
+
+@dataclass
+class Rig:
+    sup: Supervisor
+    cam: CameraRuntime
+    writer: SlotWriter
+    conn: CountingConn
+    stop: threading.Event
+    thread: threading.Thread
+    timings: list[tuple[float, float]] = field(default_factory=list)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    def publish(self, value: int) -> None:
+        """Publish a frame and wait until the worker has processed it."""
+        done = self.cam.slot.worker["frames"] + 1
+        buf = self.writer.buffer((4, 6, 3))
+        buf[...] = value
+        self.writer.publish(time.time(), time.monotonic())
+        self.until(lambda: self.cam.slot.worker["frames"] >= done)
+
+    def until(self, cond: Callable[[], bool], timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not cond():
+            assert self.thread.is_alive(), "the worker stopped"
+            assert time.monotonic() < deadline, "timed out"
+            self.sup.collect_events()
+            time.sleep(0.001)
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    """A real Supervisor and a Worker thread on a real slot, joined by the events pipe."""
+    config = parse_config(TOML, tmp_path / "edged.toml")
+    sup = Supervisor(config)
+    cfg = config.cameras["cam1"]
+    cam = sup.cams["cam1"] = CameraRuntime(cfg)
+    events_r = cam.events_r
+    conn = CountingConn(events_r)
+    cam.events_r = conn  # type: ignore[assignment]
+    writer = SlotWriter(cam.slot.name, cam.slot.doorbell_w.fileno())
+    reader = SlotReader(cam.slot.name, cam.slot.doorbell_r.fileno())
+    stop = threading.Event()
+    worker = Worker(cfg, Marker(NoOptions(), "cam1"), reader, cam.events_w, stop)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    r = Rig(sup, cam, writer, conn, stop, thread)
+    sup.on_frame.append(lambda name, age, took: r.timings.append((age, took)))
+    sup.on_event.append(r.events.append)
+    thread.start()
+    yield r
+    stop.set()
+    thread.join(5)
+    reader.close()
+    writer.close()
+    cam.slot.close()
+    events_r.close()
+    cam.events_w.close()
+    sup.writer.close()
+
+
+def test_frame_timings_arrive_batched(rig: Rig) -> None:
+    for _ in range(20):
+        rig.publish(0)
+    # With no more frames, the worker still sends them within BATCH_INTERVAL.
+    rig.until(lambda: len(rig.timings) == 20)
+    assert rig.conn.messages < 20
+    assert all(age >= 0 and 0 <= took < 10 for age, took in rig.timings)
+    assert rig.events == []
+
+
+def test_events_are_sent_at_once_with_pending_timings(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Timings alone would now wait an hour: whatever arrives came with the event.
+    monkeypatch.setattr(edged.worker, "BATCH_INTERVAL", 3600.0)
+    rig.publish(0)
+    rig.publish(0)
+    rig.sup.collect_events()
+    assert rig.conn.messages == 0 and rig.timings == []
+    rig.publish(MARK)
+    rig.until(lambda: len(rig.events) == 1)
+    assert rig.conn.messages == 1
+    assert len(rig.timings) == 3
+    assert rig.events[0]["type"] == "marked" and rig.events[0]["seq"] == 3
+    # A clean stop sends what is pending.
+    rig.publish(0)
+    rig.stop.set()
+    rig.thread.join(5)
+    assert not rig.thread.is_alive()
+    rig.sup.collect_events()
+    assert rig.conn.messages == 2 and len(rig.timings) == 4
