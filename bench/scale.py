@@ -16,7 +16,10 @@ The designs, each on its own:
   camera) and a light processor, ``bench_plugins:AgeProbe`` (nothing per frame;
   once a second it reads the capture time burned into the frame and reports the
   frame's true age as an event). ``--processor null`` uses edged's ``null``
-  instead (then the age comes only from FFmpeg's side: see below).
+  instead (then the age comes only from FFmpeg's side: see below). Both need no
+  colour (``pixels = "gray"``): the readers hand over the decoded luma plane.
+* ``edged_bgr``: the same with ``pixels = "bgr"`` on every camera, what a
+  processor that needs colour costs (the reader converts each frame to BGR).
 * ``ffmpeg``: N processes ``ffmpeg -rtsp_transport tcp -i URL -f null -`` (FFmpeg's
   defaults: automatic decoder threads, no colour conversion: the null muxer takes
   the decoded YUV frames as they are), plus ``-progress pipe:1`` to count frames.
@@ -88,7 +91,7 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "ffmpeg", "ffmpeg_bgr")
+DESIGNS = ("edged", "edged_bgr", "ffmpeg", "ffmpeg_bgr")
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
 DELIVERED = 0.95  # of the source's frames
@@ -274,10 +277,13 @@ def _finish_cpu(trial: Trial, meter: CpuMeter, wall: float, busy0: float) -> Non
 # ---- edged ---------------------------------------------------------------------------
 
 
-def _edged_config(tmp: Path, url: str, n: int, port: int, processor: str) -> Path:
+def _edged_config(
+    tmp: Path, url: str, n: int, port: int, processor: str, pixels: str = "auto"
+) -> Path:
     proc = 'type = "bench_plugins:AgeProbe"' if processor == "probe" else 'type = "null"'
     cams = "".join(
-        f'\n[cameras.cam{i}]\nsource = "{url}"\n\n[cameras.cam{i}.processor]\n{proc}\n'
+        f'\n[cameras.cam{i}]\nsource = "{url}"\npixels = "{pixels}"\n'
+        f"\n[cameras.cam{i}.processor]\n{proc}\n"
         for i in range(n)
     )
     toml = f"""
@@ -318,9 +324,15 @@ def _scrape(port: int) -> dict[str, dict[str, float]]:
 
 
 def trial_edged(
-    url: str, n: int, seconds: float, warmup: float, processor: str, workdir: Path
+    url: str,
+    n: int,
+    seconds: float,
+    warmup: float,
+    processor: str,
+    workdir: Path,
+    pixels: str = "auto",
 ) -> Trial:
-    trial = Trial("edged", n)
+    trial = Trial("edged" if pixels == "auto" else f"edged_{pixels}", n)
     tmp = Path(tempfile.mkdtemp(prefix=f"edged-{n}-", dir=workdir))
     port = free_port()
     env = dict(os.environ)
@@ -334,7 +346,7 @@ def trial_edged(
         "edged",
         "run",
         "--config",
-        str(_edged_config(tmp, url, n, port, processor)),
+        str(_edged_config(tmp, url, n, port, processor, pixels)),
     ]
     log = open(tmp / "stderr.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -585,8 +597,9 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         _server_pid = server.pid
         _renice_server()
         url = server.url
-        if design == "edged":
-            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir)
+        if design.startswith("edged"):
+            pixels = "bgr" if design == "edged_bgr" else "auto"
+            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, pixels)
         else:
             t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design == "ffmpeg_bgr")
         if not server.running:
@@ -704,13 +717,18 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
             f"{bt.other_cpu:.0f}% of a core beside them); clients {per:.1f}% of a core per "
             f"stream ({roles}); {cores * 100 / per:.0f} streams' worth of CPU on {cores} free cores"
         )
-    for ref, what in (("ffmpeg", "bare decode"), ("ffmpeg_bgr", "decode to BGR")):
-        e, f = b.get("edged"), b.get(ref)
+    pairs = (
+        ("edged", "ffmpeg", "bare decode"),
+        ("edged_bgr", "ffmpeg", "bare decode"),
+        ("edged_bgr", "ffmpeg_bgr", "decode to BGR"),
+    )
+    for mine, ref, what in pairs:
+        e, f = b.get(mine), b.get(ref)
         if e is None or f is None:
             continue
         goal = " (goal >= 90%)" if ref == "ffmpeg" else ""
         lines.append(
-            f"- edged / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
+            f"- {mine} / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
             f"stream {e.clients_cpu / e.n:.1f}% / {f.clients_cpu / f.n:.1f}% = "
             f"{(e.clients_cpu / e.n) / (f.clients_cpu / f.n):.2f}x"
         )
@@ -834,7 +852,12 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    colors = {"edged": "#d62728", "ffmpeg": "#1f77b4", "ffmpeg_bgr": "#2ca02c"}
+    colors = {
+        "edged": "#d62728",
+        "edged_bgr": "#ff9896",
+        "ffmpeg": "#1f77b4",
+        "ffmpeg_bgr": "#2ca02c",
+    }
     for design, trials in results.items():
         ts = [t for t in trials if not t.error and t.fps]
         n = [t.n for t in ts]
