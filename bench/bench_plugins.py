@@ -61,7 +61,6 @@ class AgeProbe(Processor):
     """
 
     Options = ProbeOptions
-    pixels = "gray"  # the timestamp strip is black and white: luma is enough
 
     def setup(self) -> None:
         self._next = 0.0

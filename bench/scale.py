@@ -16,10 +16,7 @@ The designs, each on its own:
   camera) and a light processor, ``bench_plugins:AgeProbe`` (nothing per frame;
   once a second it reads the capture time burned into the frame and reports the
   frame's true age as an event). ``--processor null`` uses edged's ``null``
-  instead (then the age comes only from FFmpeg's side: see below). Both need no
-  colour (``pixels = "gray"``): the readers hand over the decoded luma plane.
-* ``edged_bgr``: the same with ``pixels = "bgr"`` on every camera, what a
-  processor that needs colour costs (the reader converts each frame to BGR).
+  instead (then the age comes only from FFmpeg's side: see below).
 * ``ffmpeg``: N processes ``ffmpeg -rtsp_transport tcp -i URL -f null -`` (FFmpeg's
   defaults: automatic decoder threads, no colour conversion: the null muxer takes
   the decoded YUV frames as they are), plus ``-progress pipe:1`` to count frames.
@@ -91,7 +88,7 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "edged_bgr", "ffmpeg", "ffmpeg_bgr")
+DESIGNS = ("edged", "ffmpeg", "ffmpeg_bgr")
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
 DELIVERED = 0.95  # of the source's frames
@@ -277,13 +274,10 @@ def _finish_cpu(trial: Trial, meter: CpuMeter, wall: float, busy0: float) -> Non
 # ---- edged ---------------------------------------------------------------------------
 
 
-def _edged_config(
-    tmp: Path, url: str, n: int, port: int, processor: str, pixels: str = "auto"
-) -> Path:
+def _edged_config(tmp: Path, url: str, n: int, port: int, processor: str) -> Path:
     proc = 'type = "bench_plugins:AgeProbe"' if processor == "probe" else 'type = "null"'
     cams = "".join(
-        f'\n[cameras.cam{i}]\nsource = "{url}"\npixels = "{pixels}"\n'
-        f"\n[cameras.cam{i}.processor]\n{proc}\n"
+        f'\n[cameras.cam{i}]\nsource = "{url}"\n\n[cameras.cam{i}.processor]\n{proc}\n'
         for i in range(n)
     )
     toml = f"""
@@ -324,15 +318,9 @@ def _scrape(port: int) -> dict[str, dict[str, float]]:
 
 
 def trial_edged(
-    url: str,
-    n: int,
-    seconds: float,
-    warmup: float,
-    processor: str,
-    workdir: Path,
-    pixels: str = "auto",
+    url: str, n: int, seconds: float, warmup: float, processor: str, workdir: Path
 ) -> Trial:
-    trial = Trial("edged" if pixels == "auto" else f"edged_{pixels}", n)
+    trial = Trial("edged", n)
     tmp = Path(tempfile.mkdtemp(prefix=f"edged-{n}-", dir=workdir))
     port = free_port()
     env = dict(os.environ)
@@ -346,7 +334,7 @@ def trial_edged(
         "edged",
         "run",
         "--config",
-        str(_edged_config(tmp, url, n, port, processor, pixels)),
+        str(_edged_config(tmp, url, n, port, processor)),
     ]
     log = open(tmp / "stderr.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -597,9 +585,8 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         _server_pid = server.pid
         _renice_server()
         url = server.url
-        if design.startswith("edged"):
-            pixels = "bgr" if design == "edged_bgr" else "auto"
-            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, pixels)
+        if design == "edged":
+            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir)
         else:
             t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design == "ffmpeg_bgr")
         if not server.running:
@@ -717,18 +704,13 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
             f"{bt.other_cpu:.0f}% of a core beside them); clients {per:.1f}% of a core per "
             f"stream ({roles}); {cores * 100 / per:.0f} streams' worth of CPU on {cores} free cores"
         )
-    pairs = (
-        ("edged", "ffmpeg", "bare decode"),
-        ("edged_bgr", "ffmpeg", "bare decode"),
-        ("edged_bgr", "ffmpeg_bgr", "decode to BGR"),
-    )
-    for mine, ref, what in pairs:
-        e, f = b.get(mine), b.get(ref)
+    for ref, what in (("ffmpeg", "bare decode"), ("ffmpeg_bgr", "decode to BGR")):
+        e, f = b.get("edged"), b.get(ref)
         if e is None or f is None:
             continue
         goal = " (goal >= 90%)" if ref == "ffmpeg" else ""
         lines.append(
-            f"- {mine} / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
+            f"- edged / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
             f"stream {e.clients_cpu / e.n:.1f}% / {f.clients_cpu / f.n:.1f}% = "
             f"{(e.clients_cpu / e.n) / (f.clients_cpu / f.n):.2f}x"
         )
@@ -852,12 +834,7 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    colors = {
-        "edged": "#d62728",
-        "edged_bgr": "#ff9896",
-        "ffmpeg": "#1f77b4",
-        "ffmpeg_bgr": "#2ca02c",
-    }
+    colors = {"edged": "#d62728", "ffmpeg": "#1f77b4", "ffmpeg_bgr": "#2ca02c"}
     for design, trials in results.items():
         ts = [t for t in trials if not t.error and t.fps]
         n = [t.n for t in ts]
