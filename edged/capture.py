@@ -62,8 +62,6 @@ class LatestFrameCapture:
     video file, ``/dev/video0`` or ``0``, ``"synthetic"`` or a
     ``package.module:ClassName`` source. Keyword options are a camera's
     options (``decoder_threads``, ``open_timeout``, ``width``, ``loop``, ...).
-    Frames are HxWx3 BGR, like ``cv2.VideoCapture``'s; ``pixels="gray"`` gives
-    HxW luma instead, with no colour conversion (the cheapest to read).
 
     ``read()`` waits up to ``timeout`` seconds for a frame newer than the last
     one returned. With ``copy=False`` the returned image is a read-only view
@@ -84,9 +82,7 @@ class LatestFrameCapture:
 
         self.timeout = timeout
         self.copy = copy
-        self.cfg: CameraConfig = camera_from_dict(
-            name, {"source": str(source), "pixels": "bgr", **options}
-        )
+        self.cfg: CameraConfig = camera_from_dict(name, {"source": str(source), **options})
         self._owner: SlotOwner | None = SlotOwner(name)
         self._slot = SlotReader(self._owner.name, self._owner.doorbell_r.fileno())
         self._last_seq = 0

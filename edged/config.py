@@ -502,12 +502,6 @@ class _CameraSettings(_Password):
     restart_max_delay: Duration = Field(
         30.0, ge=0, le=3600, description="Ceiling of the exponential restart backoff."
     )
-    pixels: Literal["auto", "bgr", "gray"] = Field(
-        "auto",
-        description="What the processor gets: 'bgr' (HxWx3), 'gray' (HxW luma, no colour "
-        "conversion: the cheapest), or 'auto': what the processor declares it needs "
-        "(colour when the camera takes snapshots).",
-    )
     freshness: Literal["next", "newest"] = Field(
         "next",
         description="'next': after each frame the processor waits for the next one (least age; "
@@ -609,11 +603,6 @@ class CameraConfig(_CameraSettings):
             problems.append(("restart_max_delay", "must not be less than restart_delay"))
         if problems:
             raise _invalid(problems, type(self).__name__)
-        if self.pixels == "auto":
-            # Resolved here, once: the reader must not import the processor's
-            # module. Snapshots are for people, who expect colour.
-            wanted = resolve_processor(self.processor.type).pixels
-            self.pixels = "bgr" if self.snapshots.enabled else wanted
         if user is not None:
             # Credentials move out of `source`, so no repr or dump can show them.
             self.source = bare

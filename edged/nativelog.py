@@ -23,10 +23,7 @@ from edged.redact import scrub
 log = logging.getLogger("edged.ffmpeg")
 
 # Lines OpenCV prints on every open that say nothing about the camera.
-_NOISE = re.compile(
-    r"backend is generally available but can.t be used to capture by name"
-    r"|BGR conversion turned OFF"  # asked for, with pixels = "gray"
-)
+_NOISE = re.compile(r"backend is generally available but can't be used to capture by name")
 
 AUTH_FAILED = "authentication failed (check user and password)"
 FORBIDDEN = "access forbidden by the camera"

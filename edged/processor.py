@@ -16,7 +16,7 @@ import importlib
 import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -40,8 +40,7 @@ class Frame:
     """
 
     image: np.ndarray
-    """uint8 pixels: HxWx3 BGR, or HxW grey (luma) for a processor whose
-    :attr:`Processor.pixels` is ``"gray"`` (or a camera with ``pixels = "gray"``)."""
+    """HxWx3 BGR uint8 pixels."""
     seq: int
     """Sequence number from the reader, 1 for the first frame; gaps are frames skipped."""
     timestamp: float
@@ -79,11 +78,6 @@ class Processor:
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
-    pixels: ClassVar[Literal["bgr", "gray"]] = "bgr"
-    """What ``frame.image`` holds: ``"bgr"`` (HxWx3) or ``"gray"`` (HxW, the luma
-    plane as decoded). Declare ``"gray"`` if colour is not needed: the reader then
-    skips the colour conversion, the largest per-frame cost after decoding, and the
-    frame takes a third of the memory. A camera's ``pixels`` key overrides it."""
     event_types: ClassVar[tuple[str, ...]] = ()
     """The event types ``process`` may report, if known (Home Assistant's event entity
     lists them; a ``motion.start`` among them also gets a motion binary sensor)."""

@@ -27,7 +27,7 @@ from edged.errors import EdgedError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
-from edged.sources import Source, open_source, to_gray
+from edged.sources import Source, open_source
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -185,16 +185,11 @@ class Reader:
     ) -> tuple[int, ...]:
         """Decode the grabbed frame into a free slot buffer and publish it; its shape."""
         writer, status = self.writer, self.status
-        gray = self.cam.pixels == "gray"
         if shape is None:
             frame = source.retrieve(None)
-            if gray and frame.ndim == 3:  # a plugin source whose retrieve() gives BGR
-                frame = to_gray(frame, None)
         else:
             buf = writer.buffer(shape)
             frame = source.retrieve(buf)
-            if gray and frame.ndim == 3:
-                frame = to_gray(frame, buf)
             if frame is not buf and not np.shares_memory(frame, buf):
                 shape = None  # the size changed; OpenCV decoded into a new array
         if shape is None:

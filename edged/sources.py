@@ -5,10 +5,6 @@ between :meth:`Source.grab` (read and decode) and :meth:`Source.retrieve`
 (convert into a caller's buffer) lets the reader stamp the capture time the
 moment a frame exists and decode straight into shared memory.
 
-A camera whose processor wants grey frames (``pixels = "gray"``) gets the luma
-plane: from OpenCV's FFmpeg backend straight as decoded, with no colour
-conversion at all; from other sources by converting their BGR frames.
-
 To read from something else (a vendor SDK, a GStreamer pipeline), subclass
 :class:`Source`, implement :meth:`Source.read`, and name the class as the
 camera's ``source`` (``"mypackage.cams:VendorSource"``); the camera's
@@ -20,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -31,34 +27,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# FFmpeg pixel formats (as OpenCV's CAP_PROP_CODEC_PIXEL_FORMAT names them)
-# whose first plane is 8-bit luma at full resolution: with BGR conversion off,
-# OpenCV hands that plane over as an HxW image. Anything else (10-bit, packed
-# YUYV, RGB) is converted from BGR instead.
-LUMA_FORMATS = frozenset(
-    {"I420", "IYUV", "YV12", "J420", "NV12", "NV21", "Y42B", "422P", "J422", "444P", "J444"}
-    | {"Y41B", "YUV9", "YVU9", "Y800", "GREY", "Y8  "}
-)
-
-
-def _fourcc(value: float) -> str:
-    code = int(value)
-    return "".join(chr((code >> (8 * i)) & 0xFF) for i in range(4))
-
-
-def to_gray(frame: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """A BGR (or already grey) frame as HxW grey, written into ``out`` when it fits."""
-    import cv2
-
-    if frame.ndim == 2:
-        if out is not None and out.shape == frame.shape:
-            np.copyto(out, frame)
-            return out
-        return frame
-    if out is not None and out.shape != frame.shape[:2]:
-        out = None
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=out)
-
 
 class Source:
     """Base class for video sources: implement :meth:`read` (and optionally ``open``/``close``).
@@ -68,9 +36,6 @@ class Source:
     """
 
     live: bool = True
-    pixels: Literal["bgr", "gray"] = "bgr"
-    """What :meth:`retrieve` returns; set by the reader from the camera's config.
-    A plugin's :meth:`read` returns BGR either way; the base class converts."""
 
     def __init__(self, options: dict[str, Any] | None = None, camera: str = "") -> None:
         self.options = dict(options or {})
@@ -98,8 +63,6 @@ class Source:
         frame = self._pending
         if frame is None:
             raise SourceError("retrieve() without a grabbed frame")
-        if self.pixels == "gray":
-            return to_gray(frame, out)
         if out is not None and out.shape == frame.shape and out.dtype == frame.dtype:
             np.copyto(out, frame)
             return out
@@ -125,8 +88,6 @@ class OpenCVSource(Source):
         self._cap: Any = None
         self._fps: float | None = None
         self._next_due = 0.0
-        self._luma = False  # OpenCV hands over the decoded luma plane, unconverted
-        self._bgr: np.ndarray | None = None  # scratch for grey from BGR
 
     def _ffmpeg_options(self) -> str:
         opts: dict[str, str] = {}
@@ -145,34 +106,8 @@ class OpenCVSource(Source):
     def open(self) -> None:
         import cv2
 
-        luma = self.pixels == "gray" and self.kind != "v4l2"
-        cap = self._open(luma)
-        if luma:
-            fmt = _fourcc(cap.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT))
-            if fmt not in LUMA_FORMATS:
-                # Its first plane is not 8-bit luma: open again, converting.
-                cap.release()
-                log.info(
-                    "camera %s: pixel format %r has no plain luma plane; "
-                    "grey frames are converted from BGR",
-                    self.camera,
-                    fmt.strip(),
-                )
-                luma = False
-                cap = self._open(False)
-        self._luma = luma
-        self._cap = cap
-        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
-        self._fps = self.cam.fps or (fps if 0 < fps <= 240 else None)
-        self._next_due = time.monotonic()
-
-    def _open(self, luma: bool) -> Any:
-        import cv2
-
         cam = self.cam
         params: list[int] = []
-        if luma:
-            params += [cv2.CAP_PROP_CONVERT_RGB, 0]
         if self.kind in ("rtsp", "url", "file"):
             # Process-wide, read at every open: fine, a reader owns its process.
             os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = self._ffmpeg_options()
@@ -199,7 +134,10 @@ class OpenCVSource(Source):
         if not cap.isOpened():
             cap.release()
             raise SourceError(f"cannot open {cam.display_source}")
-        return cap
+        self._cap = cap
+        fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+        self._fps = cam.fps or (fps if 0 < fps <= 240 else None)
+        self._next_due = time.monotonic()
 
     def grab(self) -> bool:
         if self._cap is None:
@@ -228,26 +166,7 @@ class OpenCVSource(Source):
         return bool(self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0))
 
     def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
-        cap = self._cap
-        if self._luma:
-            import cv2
-
-            # OpenCV warns on every frame that it does not know the format it
-            # passes through; its open and read warnings (timeouts) stay on.
-            logging_ = cv2.utils.logging
-            level = logging_.getLogLevel()
-            logging_.setLogLevel(logging_.LOG_LEVEL_ERROR)
-            try:
-                ok, frame = cap.retrieve(out) if out is not None else cap.retrieve()
-            finally:
-                logging_.setLogLevel(level)
-        elif self.pixels == "gray":
-            ok, frame = cap.retrieve(self._bgr) if self._bgr is not None else cap.retrieve()
-            if ok and frame is not None:
-                self._bgr = frame
-                frame = to_gray(frame, out)
-        else:
-            ok, frame = cap.retrieve(out) if out is not None else cap.retrieve()
+        ok, frame = self._cap.retrieve(out) if out is not None else self._cap.retrieve()
         if not ok or frame is None:
             raise SourceError(f"cannot decode a frame from {self.cam.display_source}")
         return frame  # type: ignore[no-any-return]
@@ -272,7 +191,6 @@ class SyntheticSource(Source):
         self.fps = cam.fps or 15.0
         self._start = 0.0
         self._index = -1
-        self._bgr: np.ndarray | None = None  # scratch for grey frames
 
     def open(self) -> None:
         from edged.synthetic import SyntheticScene
@@ -295,9 +213,6 @@ class SyntheticSource(Source):
         return True
 
     def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
-        if self.pixels == "gray":
-            self._bgr = self._scene.render(self._index, self._bgr)
-            return to_gray(self._bgr, out)
         if out is not None and out.shape != (self.height, self.width, 3):
             out = None
         return self._scene.render(self._index, out)
@@ -309,12 +224,6 @@ class SyntheticSource(Source):
 
 def open_source(cam: CameraConfig) -> Source:
     """Build (not yet open) the source a camera's config names."""
-    src = _make_source(cam)
-    src.pixels = "gray" if cam.pixels == "gray" else "bgr"
-    return src
-
-
-def _make_source(cam: CameraConfig) -> Source:
     kind = cam.source_kind
     if kind == "synthetic":
         return SyntheticSource(cam)

@@ -41,7 +41,6 @@ class MotionProcessor(Processor):
     """
 
     event_types = ("motion.start", "motion.end")
-    pixels = "gray"  # motion is measured on brightness: no colour conversion needed
 
     class Options(BaseModel):
         """The ``[cameras.NAME.processor]`` table of ``type = "motion"``."""
@@ -203,7 +202,7 @@ class MotionProcessor(Processor):
         small = image
         for size in self._resize_steps:
             small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-        grey = small if small.ndim == 2 else cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         return cv2.GaussianBlur(grey, (5, 5), 0)
 
     def _detect(

@@ -14,7 +14,5 @@ from edged.processor import Event, Frame, Processor
 class NullProcessor(Processor):
     """Returns no events for any frame. Takes no options."""
 
-    pixels = "gray"  # it never looks: the cheapest frames will do
-
     def process(self, frame: Frame) -> Iterable[Event]:
         return ()
