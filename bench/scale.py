@@ -17,6 +17,9 @@ The designs, each on its own:
   once a second it reads the capture time burned into the frame and reports the
   frame's true age as an event). ``--processor null`` uses edged's ``null``
   instead (then the age comes only from FFmpeg's side: see below).
+* ``edged_capped``: the same with ``process_fps = --capped-fps`` (5) on every
+  camera, as Frigate users set ``detect.fps``: the processor takes 5 frames a
+  second, each the newest, and the reader converts only those to BGR.
 * ``ffmpeg``: N processes ``ffmpeg -rtsp_transport tcp -i URL -f null -`` (FFmpeg's
   defaults: automatic decoder threads, no colour conversion: the null muxer takes
   the decoded YUV frames as they are), plus ``-progress pipe:1`` to count frames.
@@ -88,7 +91,7 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "ffmpeg", "ffmpeg_bgr")
+DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr")
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
 DELIVERED = 0.95  # of the source's frames
@@ -213,7 +216,9 @@ class Trial:
     why: str = ""
     error: str = ""
 
-    def judge(self, fps: float, max_growth: float, processed: bool = False) -> None:
+    def judge(
+        self, fps: float, max_growth: float, processed: bool = False, process_fps: float = 0.0
+    ) -> None:
         if self.error:
             self.sustained, self.why = False, self.error
             return
@@ -231,10 +236,11 @@ class Trial:
                 f"{len(grew)} streams' lag grew > {max_growth:.0f} ms (max {max(grew):.0f})"
             )
         if processed and self.processed_fps:
-            slow = [f for f in self.processed_fps if f < DELIVERED * fps]
+            want = DELIVERED * (min(fps, process_fps) if process_fps else fps)
+            slow = [f for f in self.processed_fps if f < want]
             if slow:
                 problems.append(
-                    f"{len(slow)} processors saw < {DELIVERED * fps:.2f} fps (min {min(slow):.2f})"
+                    f"{len(slow)} processors saw < {want:.2f} fps (min {min(slow):.2f})"
                 )
         if self.restarts:
             problems.append(f"{self.restarts} child restarts")
@@ -274,10 +280,13 @@ def _finish_cpu(trial: Trial, meter: CpuMeter, wall: float, busy0: float) -> Non
 # ---- edged ---------------------------------------------------------------------------
 
 
-def _edged_config(tmp: Path, url: str, n: int, port: int, processor: str) -> Path:
+def _edged_config(
+    tmp: Path, url: str, n: int, port: int, processor: str, process_fps: float = 0.0
+) -> Path:
     proc = 'type = "bench_plugins:AgeProbe"' if processor == "probe" else 'type = "null"'
+    cap = f"process_fps = {process_fps}\n" if process_fps else ""
     cams = "".join(
-        f'\n[cameras.cam{i}]\nsource = "{url}"\n\n[cameras.cam{i}.processor]\n{proc}\n'
+        f'\n[cameras.cam{i}]\nsource = "{url}"\n{cap}\n[cameras.cam{i}.processor]\n{proc}\n'
         for i in range(n)
     )
     toml = f"""
@@ -318,9 +327,15 @@ def _scrape(port: int) -> dict[str, dict[str, float]]:
 
 
 def trial_edged(
-    url: str, n: int, seconds: float, warmup: float, processor: str, workdir: Path
+    url: str,
+    n: int,
+    seconds: float,
+    warmup: float,
+    processor: str,
+    workdir: Path,
+    process_fps: float = 0.0,
 ) -> Trial:
-    trial = Trial("edged", n)
+    trial = Trial("edged_capped" if process_fps else "edged", n)
     tmp = Path(tempfile.mkdtemp(prefix=f"edged-{n}-", dir=workdir))
     port = free_port()
     env = dict(os.environ)
@@ -334,7 +349,7 @@ def trial_edged(
         "edged",
         "run",
         "--config",
-        str(_edged_config(tmp, url, n, port, processor)),
+        str(_edged_config(tmp, url, n, port, processor, process_fps)),
     ]
     log = open(tmp / "stderr.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -585,8 +600,9 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         _server_pid = server.pid
         _renice_server()
         url = server.url
-        if design == "edged":
-            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir)
+        if design.startswith("edged"):
+            capped = args.capped_fps if design == "edged_capped" else 0.0
+            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, capped)
         else:
             t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design == "ffmpeg_bgr")
         if not server.running:
@@ -594,7 +610,8 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
     finally:
         server.stop()
         _server_pid = None
-    t.judge(args.fps, args.max_lag_growth, args.require_processed)
+    capped = args.capped_fps if design == "edged_capped" else 0.0
+    t.judge(args.fps, args.max_lag_growth, args.require_processed, capped)
     if t.seconds and t.server_cpu < 1.0:  # it encodes 25 fps: never this idle while serving
         t.sustained = False
         t.why = "; ".join(filter(None, [t.why, "the RTSP server was idle (stalled?)"]))
@@ -704,13 +721,18 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
             f"{bt.other_cpu:.0f}% of a core beside them); clients {per:.1f}% of a core per "
             f"stream ({roles}); {cores * 100 / per:.0f} streams' worth of CPU on {cores} free cores"
         )
-    for ref, what in (("ffmpeg", "bare decode"), ("ffmpeg_bgr", "decode to BGR")):
-        e, f = b.get("edged"), b.get(ref)
+    pairs = (
+        ("edged", "ffmpeg", "bare decode"),
+        ("edged_capped", "ffmpeg", "bare decode"),
+        ("edged", "ffmpeg_bgr", "decode to BGR"),
+    )
+    for mine, ref, what in pairs:
+        e, f = b.get(mine), b.get(ref)
         if e is None or f is None:
             continue
         goal = " (goal >= 90%)" if ref == "ffmpeg" else ""
         lines.append(
-            f"- edged / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
+            f"- {mine} / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
             f"stream {e.clients_cpu / e.n:.1f}% / {f.clients_cpu / f.n:.1f}% = "
             f"{(e.clients_cpu / e.n) / (f.clients_cpu / f.n):.2f}x"
         )
@@ -728,6 +750,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--height", type=int, default=720, choices=(360, 720, 1080))
     ap.add_argument("--fps", type=int, default=25)
     ap.add_argument("--processor", choices=("probe", "null"), default="probe")
+    ap.add_argument(
+        "--capped-fps", type=float, default=5.0, help="edged_capped: process_fps (default 5)"
+    )
     ap.add_argument("--max-lag-growth", type=float, default=500.0, help="ms over the window")
     ap.add_argument("--results", type=Path, default=BENCH / "results")
     ap.add_argument("--publish", action="store_true", help="copy the PNG to bench/img/scale.png")
@@ -834,7 +859,12 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
     except ImportError:
         return None
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
-    colors = {"edged": "#d62728", "ffmpeg": "#1f77b4", "ffmpeg_bgr": "#2ca02c"}
+    colors = {
+        "edged": "#d62728",
+        "edged_capped": "#ff9896",
+        "ffmpeg": "#1f77b4",
+        "ffmpeg_bgr": "#2ca02c",
+    }
     for design, trials in results.items():
         ts = [t for t in trials if not t.error and t.fps]
         n = [t.n for t in ts]

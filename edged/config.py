@@ -502,6 +502,14 @@ class _CameraSettings(_Password):
     restart_max_delay: Duration = Field(
         30.0, ge=0, le=3600, description="Ceiling of the exponential restart backoff."
     )
+    process_fps: float | None = Field(
+        None,
+        gt=0,
+        le=240,
+        description="Process at most this many frames a second (unset: as many as the "
+        "processor manages). With freshness = 'next' the frames in between are decoded "
+        "but never colour-converted: the cheapest way to run many cameras.",
+    )
     freshness: Literal["next", "newest"] = Field(
         "next",
         description="'next': after each frame the processor waits for the next one (least age; "

@@ -128,6 +128,8 @@ class Worker:
         self._suppressed = 0
         self._timings: list[list[float]] = []
         self._oldest = 0.0  # time.monotonic() when the oldest of _timings was taken
+        self._interval = 1.0 / cam.process_fps if cam.process_fps else 0.0
+        self._next_due = 0.0  # with process_fps: no frame is taken before this
 
     def run(self) -> None:
         status, slot, cam = self.status, self.slot, self.cam
@@ -141,6 +143,16 @@ class Worker:
             if self._timings:
                 # Wake up in time to send the pending timings if no frame comes.
                 timeout = max(0.0, min(timeout, self._oldest + BATCH_INTERVAL - now))
+            if self._next_due > now:
+                # process_fps: rest. Nobody waits on the slot meanwhile, so with
+                # freshness = "next" the reader converts none of these frames,
+                # and the one taken afterwards is the next, not an old one.
+                self.stop.wait(min(self._next_due - now, timeout))
+                if self._timings and time.monotonic() - self._oldest >= BATCH_INTERVAL:
+                    self._send([])
+                if wait_for_next:
+                    last_seq = max(last_seq, slot.latest_seq)
+                continue
             got = slot.acquire(last_seq, timeout=timeout)
             if got is None:
                 if self._timings and time.monotonic() - self._oldest >= BATCH_INTERVAL:
@@ -153,6 +165,12 @@ class Worker:
             frame = Frame(image=image, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
             start = time.monotonic()
             status["busy_since"] = start
+            if self._interval:
+                # On the schedule, not start + interval: waiting for the next
+                # frame (0 to one frame interval) would otherwise slow the rate;
+                # but never sooner than half an interval from now, so a camera
+                # back from a stall does not get a burst to catch up.
+                self._next_due = max(self._next_due + self._interval, start + self._interval / 2)
             records = self._process(frame, start - mono, start)
             took = time.monotonic() - start
             shots = self.snapshots

@@ -50,6 +50,23 @@ def test_default_config_writes_motion_events_and_stops_cleanly(tmp_path, daemons
     assert "edged stopped" in d.log
 
 
+def test_process_fps_caps_the_rate_on_fresh_frames(tmp_path, daemons):
+    camera = (
+        'source = "synthetic"\nfps = 25\nprocess_fps = 5\n'
+        '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0'
+    )
+    d = start_daemon(daemons, tmp_path, _toml(camera))
+    events = d.wait_events(16, "frame", timeout=30)[:16]
+    assert d.stop() == 0
+    # 15 intervals of the camera's own clock: about 5 frames a second, not 25
+    span = events[-1]["seq"] - events[0]["seq"]  # in frames of a 25 fps camera
+    rate = 15 * 25 / span
+    assert 4.0 <= rate <= 5.5, (rate, [e["seq"] for e in events])
+    # each one the frame that had just arrived, not one kept from before the rest
+    ages = sorted(e["frame_age_ms"] for e in events)
+    assert ages[len(ages) // 2] < 20, ages
+
+
 def test_no_torn_frames_under_load(tmp_path, daemons):
     camera = (
         'source = "plugins:SolidSource"\n'
