@@ -148,15 +148,13 @@ class Worker:
                 # freshness = "next" the reader converts none of these frames,
                 # and the one taken afterwards is the next, not an old one.
                 self.stop.wait(min(self._next_due - now, timeout))
-                if self._timings and time.monotonic() - self._oldest >= BATCH_INTERVAL:
-                    self._send([])
+                self._flush_if_due()
                 if wait_for_next:
                     last_seq = max(last_seq, slot.latest_seq)
                 continue
             got = slot.acquire(last_seq, timeout=timeout)
             if got is None:
-                if self._timings and time.monotonic() - self._oldest >= BATCH_INTERVAL:
-                    self._send([])
+                self._flush_if_due()
                 continue
             image, seq, wall, mono = got
             if last_seq:
@@ -195,6 +193,11 @@ class Worker:
             if records or time.monotonic() - self._oldest >= BATCH_INTERVAL:
                 self._send(records)
         if self._timings:
+            self._send([])
+
+    def _flush_if_due(self) -> None:
+        """Send the pending timings once the oldest has waited BATCH_INTERVAL."""
+        if self._timings and time.monotonic() - self._oldest >= BATCH_INTERVAL:
             self._send([])
 
     def _send(self, records: list[dict[str, Any]]) -> None:
