@@ -593,6 +593,7 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
     """One trial against a fresh RTSP server (a trial that breaks one spoils no other)."""
     global _server_pid
     print(f"  {design} x{n}: ...", file=sys.stderr, flush=True)
+    capped = args.capped_fps if design == "edged_capped" else 0.0
     width = args.height * 16 // 9
     server = RtspServer(width=width, height=args.height, fps=args.fps, pattern="moving")
     try:
@@ -601,7 +602,6 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         _renice_server()
         url = server.url
         if design.startswith("edged"):
-            capped = args.capped_fps if design == "edged_capped" else 0.0
             t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, capped)
         else:
             t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design == "ffmpeg_bgr")
@@ -610,7 +610,6 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
     finally:
         server.stop()
         _server_pid = None
-    capped = args.capped_fps if design == "edged_capped" else 0.0
     t.judge(args.fps, args.max_lag_growth, args.require_processed, capped)
     if t.seconds and t.server_cpu < 1.0:  # it encodes 25 fps: never this idle while serving
         t.sustained = False

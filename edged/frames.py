@@ -190,11 +190,11 @@ class _Control:
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
+        self.lock()
         try:
             yield
         finally:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+            self.unlock()
 
     def read_note(self) -> str:
         raw = bytes(self.mm[_NOTE_OFFSET : _NOTE_OFFSET + NOTE_SIZE])
