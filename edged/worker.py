@@ -134,7 +134,11 @@ class Worker:
     def run(self) -> None:
         status, slot, cam = self.status, self.slot, self.cam
         status["pid"] = os.getpid()
-        last_seq = 0
+        # Only frames published from now on: the slot may hold one from long
+        # ago (with freshness = "next" the reader's first frame, converted
+        # before anyone waited), or the very frame a crashed predecessor was
+        # processing. The next frame is at most a frame interval away.
+        last_seq = slot.latest_seq
         wait_for_next = cam.freshness == "next"
         while not self.stop.is_set():
             now = time.monotonic()

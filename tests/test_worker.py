@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,9 +79,14 @@ class Rig:
             time.sleep(0.001)
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    """A real Supervisor and a Worker thread on a real slot, joined by the events pipe."""
+@contextmanager
+def running_worker(
+    tmp_path: Path, before: Callable[[SlotWriter], None] | None = None
+) -> Iterator[Rig]:
+    """A real Supervisor and a Worker thread on a real slot, joined by the events pipe.
+
+    ``before`` may publish frames before the worker starts.
+    """
     config = parse_config(TOML, tmp_path / "edged.toml")
     sup = Supervisor(config)
     cfg = config.cameras["cam1"]
@@ -90,6 +96,8 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     cam.events_r = conn  # type: ignore[assignment]
     writer = SlotWriter(cam.slot.name, cam.slot.doorbell_w.fileno())
     reader = SlotReader(cam.slot.name, cam.slot.doorbell_r.fileno())
+    if before:
+        before(writer)
     stop = threading.Event()
     worker = Worker(cfg, Marker(NoOptions(), "cam1"), reader, cam.events_w, stop)
     thread = threading.Thread(target=worker.run, daemon=True)
@@ -97,15 +105,25 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
     sup.on_frame.append(lambda name, age, took: r.timings.append((age, took)))
     sup.on_event.append(r.events.append)
     thread.start()
-    yield r
-    stop.set()
-    thread.join(5)
-    reader.close()
-    writer.close()
-    cam.slot.close()
-    events_r.close()
-    cam.events_w.close()
-    sup.writer.close()
+    try:
+        # The worker takes only frames published after it started.
+        r.until(lambda: cam.slot.worker["heartbeat"] > 0)
+        yield r
+    finally:
+        stop.set()
+        thread.join(5)
+        reader.close()
+        writer.close()
+        cam.slot.close()
+        events_r.close()
+        cam.events_w.close()
+        sup.writer.close()
+
+
+@pytest.fixture
+def rig(tmp_path: Path) -> Iterator[Rig]:
+    with running_worker(tmp_path) as r:
+        yield r
 
 
 def test_frame_timings_arrive_batched(rig: Rig) -> None:
@@ -116,6 +134,23 @@ def test_frame_timings_arrive_batched(rig: Rig) -> None:
     assert rig.conn.messages < 20
     assert all(age >= 0 and 0 <= took < 10 for age, took in rig.timings)
     assert rig.events == []
+
+
+def test_a_frame_from_before_the_worker_started_is_not_processed(tmp_path: Path) -> None:
+    # The reader publishes a camera's first frame at once and, with freshness =
+    # "next", then converts only frames someone waits for: a worker (re)started
+    # later must take neither that old frame nor the one a predecessor was on.
+    def a_minute_old_marked_frame(writer: SlotWriter) -> None:
+        writer.buffer((4, 6, 3))[...] = MARK
+        writer.publish(time.time() - 60, time.monotonic() - 60)
+
+    with running_worker(tmp_path, before=a_minute_old_marked_frame) as rig:
+        # Once it waits, it has taken the old frame or decided against it.
+        rig.until(lambda: rig.writer.consumer_waiting)
+        rig.publish(0)
+        rig.until(lambda: len(rig.timings) == 1)
+        assert rig.timings[0][0] < 5, "took the old frame"
+        assert rig.events == [] and rig.cam.slot.worker["frames"] == 1
 
 
 def test_events_are_sent_at_once_with_pending_timings(
