@@ -19,8 +19,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+from edged.sinks.jsonl import rotation_lock
+
 TAIL_EVENTS = 10  # matching events shown when --follow starts, like tail
 _GRACE = 2.0  # seconds to keep reading a file after it was rotated away
+_LOCK_WAIT = 1.0  # seconds to wait for a rotation in progress before listing anyway
 _CHUNK = 1 << 20
 _MAX_LINE = 16 << 20  # a "line" longer than this is garbage; drop it rather than buffer it
 _MAX_REPORTS = 20
@@ -339,6 +342,7 @@ class _Follower:
         self.stop = stop
         self.current: _Tail | None = None
         self.last: tuple[int, int] | None = None  # identity of the newest file read
+        self.last_fd: int | None = None  # open on that file: tells whether it still exists
         self.retiring: list[tuple[_Tail, float]] = []
         self.problem: str | None = None  # last reported reason the path cannot be read
 
@@ -356,6 +360,9 @@ class _Follower:
                 os.close(tail.fd)
             self.retiring.clear()
             self.current = None
+            if self.last_fd is not None:
+                os.close(self.last_fd)
+                self.last_fd = None
 
     def _poll(self, stopping: bool) -> None:
         now = time.monotonic()
@@ -383,6 +390,14 @@ class _Follower:
             idents = [i for i, _ in chain]
             if self.last in idents:
                 pending = chain[idents.index(self.last) + 1 :]
+            elif self.last_fd is not None and os.fstat(self.last_fd).st_nlink > 0:
+                # It still exists, so the listing missed it (taken while the
+                # writer renamed): starting at the newest file would skip
+                # the backups in between. Look again, now or at the next poll.
+                continue
+            elif self.last is not None:
+                # Deleted: backups go oldest first, so every file left is newer.
+                pending = chain
             else:
                 pending = [c for c in chain[-1:] if c[1] == self.path]
             if not pending:
@@ -405,15 +420,18 @@ class _Follower:
         """The backups and the file, oldest first, as a consistent snapshot.
 
         A listing taken while the writer shifts ``.1`` to ``.2`` ... can miss
-        a file that moved to a name already looked at; two identical
-        listings in a row cannot both have missed it.
+        a file that moved to a name already looked at: edged's writer does
+        not rotate while we hold the rotation lock. Without it (another
+        rotator, or edged's writer busy), two identical listings in a row are
+        taken instead, which is nearly as good.
         """
-        previous = None
-        for _ in range(10):
-            chain = [(i, p) for p in [*backup_paths(self.path), self.path] if (i := _ident(p))]
-            if chain == previous:
-                break
-            previous = chain
+        with rotation_lock(self.path.parent, shared=True, wait=_LOCK_WAIT) as locked:
+            previous = None
+            for _ in range(10):
+                chain = [(i, p) for p in [*backup_paths(self.path), self.path] if (i := _ident(p))]
+                if locked or chain == previous:
+                    break
+                previous = chain
         return chain
 
     def _open(
@@ -430,6 +448,9 @@ class _Follower:
             os.close(fd)  # renamed since we looked: look again
             return None
         self.last = (st.st_dev, st.st_ino)
+        if self.last_fd is not None:
+            os.close(self.last_fd)
+        self.last_fd = os.dup(fd)
         if path == self.path and self.problem is not None:
             self.printer.note(f"{path}: has appeared; following it")
             self.problem = None

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+import edged.eventlog
 from edged.eventlog import format_event, iter_events, run_events_command
 from edged.sinks.jsonl import JsonlWriter
 
@@ -33,11 +34,21 @@ class Collector(io.StringIO):
             return self.getvalue().splitlines()
 
 
-def wait_for(condition: Callable[[], bool], what: str) -> None:
+def wait_for(condition: Callable[[], bool], what: str | Callable[[], str]) -> None:
     deadline = time.monotonic() + DEADLINE
     while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"timed out waiting for {what if isinstance(what, str) else what()}"
+            )
         time.sleep(0.002)
+
+
+def missing(json_lines: list[str], total: int) -> str:
+    seqs = seqs_of(json_lines)
+    gone = sorted(set(range(total)) - set(seqs))
+    more = " ..." if len(gone) > 20 else ""
+    return f"missing {gone[:20]}{more}, {len(seqs) - len(set(seqs))} repeated"
 
 
 def event(
@@ -240,11 +251,59 @@ def test_follow_across_many_rotations_loses_and_repeats_nothing(
         t = threading.Thread(target=write_all)
         t.start()
         t.join()
-        wait_for(lambda: len(out.lines()) >= total, "all events")
+        wait_for(
+            lambda: len(out.lines()) >= total,
+            lambda: f"all events: got {len(out.lines())}, {missing(out.lines(), total)}",
+        )
     w.close()
     assert w.rotations > 20
     assert seqs_of(out.lines()) == list(range(total))
     assert err.lines() == []
+
+
+def test_follow_is_not_fooled_by_a_listing_taken_mid_rotation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A directory listing that misses the file last read loses nothing.
+
+    Listing the backups while the writer shifts ``.1`` to ``.2`` ... can miss
+    a file; this fake listing misses all of them, twice in a row, as a writer
+    rotating non-stop can make happen. The file last read still exists, so the
+    follower must look again rather than jump to the newest file and skip the
+    backups in between.
+    """
+    hide = threading.Event()
+    hidden_listings = 0
+    real = edged.eventlog.backup_paths
+
+    def listing(path: Path) -> list[Path]:
+        nonlocal hidden_listings
+        if hide.is_set():
+            hidden_listings += 1
+            return []
+        return real(path)
+
+    monkeypatch.setattr(edged.eventlog, "backup_paths", listing)
+    path = tmp_path / "events.jsonl"
+    w = writer(path, max_bytes=500, backups=10)
+    w.write(event(0))
+    with following(path) as (out, _):
+        wait_for(lambda: len(out.lines()) == 1, "the first event")
+        hide.set()
+        seq = 1
+        while w.rotations < 2:  # a file rotated away whole, and its successor
+            w.write(event(seq))
+            seq += 1
+        w.write(event(seq))
+        seq += 1
+        wait_for(lambda: hidden_listings >= 2, "the follower to list the backups")
+        hide.clear()
+        wait_for(
+            lambda: len(out.lines()) >= seq,
+            lambda: f"{seq} events: got {len(out.lines())}, {missing(out.lines(), seq)}",
+        )
+    w.close()
+    assert seqs_of(out.lines()) == list(range(seq))
 
 
 def test_follow_reads_backups_it_missed(tmp_path: Path) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from edged.errors import EdgedError
-from edged.sinks.jsonl import JsonlWriter, SinkError
+from edged.sinks.jsonl import ROTATION_LOCK_WAIT, JsonlWriter, SinkError, rotation_lock
 
 
 class FakeClock:
@@ -121,6 +121,35 @@ def test_rotation_keeps_every_line_in_order(tmp_path: Path) -> None:
     for p in [*backups, path]:
         assert p.stat().st_size <= 2000
     assert seqs(*backups, path) == list(range(300))
+
+
+def test_rotation_waits_for_a_listing_reader_but_not_forever(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # `edged events --follow` holds the rotation lock shared while it lists
+    # the backups; one stuck there must not stop the writer.
+    path = tmp_path / "events.jsonl"
+    with make_writer(path, max_bytes=2000, backups=5) as w:
+        with rotation_lock(tmp_path, shared=True, wait=0) as held:
+            assert held
+            start = time.monotonic()
+            i = 0
+            while w.rotations == 0:
+                w.write(event(i))
+                i += 1
+            waited = time.monotonic() - start
+        assert ROTATION_LOCK_WAIT <= waited < ROTATION_LOCK_WAIT + 5
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "rotating without the rotation lock" in warnings[0]
+        # Free again: the next rotations take it, with no more warnings.
+        while w.rotations < 3:
+            w.write(event(i))
+            i += 1
+        with rotation_lock(tmp_path, shared=False, wait=0) as held:
+            assert held  # the writer let go of it
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    backups = [tmp_path / f"events.jsonl.{n}" for n in (3, 2, 1)]
+    assert seqs(*backups, path) == list(range(i))
 
 
 def test_rotation_keeps_only_n_backups(tmp_path: Path) -> None:

@@ -14,12 +14,14 @@ anything.
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,6 +35,41 @@ _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 _STAT_EVERY = 1.0  # seconds between checks that the path still names our file
 _MAX_DEPTH = 64  # nesting kept when coercing unserialisable data
+ROTATION_LOCK_WAIT = 0.5  # seconds a rotation waits for a reader listing the backups
+
+
+@contextmanager
+def rotation_lock(directory: Path, *, shared: bool, wait: float) -> Iterator[bool]:
+    """Hold an advisory ``flock`` on the event file's folder; yield whether it was taken.
+
+    A rotation renames every backup (``.1`` to ``.2`` ...) one by one, and a
+    directory listing taken meanwhile can miss a file. Rotations take this
+    lock exclusive and ``edged events --follow`` takes it shared while it
+    lists, so that its listing is a snapshot. Nobody waits more than ``wait``
+    for it: a stuck reader must never hold up the writer (which then rotates
+    without it), and a reader without it falls back to comparing listings.
+    """
+    try:
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        yield False
+        return
+    try:
+        taken = False
+        op = (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(fd, op)
+                taken = True
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.001)
+        yield taken
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class SinkError(EdgedError):
@@ -181,6 +218,7 @@ class JsonlWriter:
         self._unterminated = False  # the file ends mid-line: start the next write with "\n"
         self._unsynced = False
         self._rotate_failing = False
+        self._lock_warned = False
         now = clock()
         self._last_fsync = now
         self._last_stat = now
@@ -375,11 +413,22 @@ class JsonlWriter:
             if self.backups == 0:
                 self.path.unlink(missing_ok=True)
             else:
-                for i in range(self.backups - 1, 0, -1):
-                    src = self._backup(i)
-                    if src.exists():
-                        os.replace(src, self._backup(i + 1))
-                os.replace(self.path, self._backup(1))
+                with rotation_lock(
+                    self.path.parent, shared=False, wait=ROTATION_LOCK_WAIT
+                ) as locked:
+                    if not locked and not self._lock_warned:
+                        self._lock_warned = True
+                        log.warning(
+                            "%s: rotating without the rotation lock (held by a reader "
+                            "for over %.1f s): a follower may miss a backup",
+                            self.path,
+                            ROTATION_LOCK_WAIT,
+                        )
+                    for i in range(self.backups - 1, 0, -1):
+                        src = self._backup(i)
+                        if src.exists():
+                            os.replace(src, self._backup(i + 1))
+                    os.replace(self.path, self._backup(1))
         except FileNotFoundError:
             pass  # someone else moved it away already: fine, start a new file
         except OSError as e:
