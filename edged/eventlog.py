@@ -24,6 +24,7 @@ from edged.sinks.jsonl import rotation_lock
 TAIL_EVENTS = 10  # matching events shown when --follow starts, like tail
 _GRACE = 2.0  # seconds to keep reading a file after it was rotated away
 _LOCK_WAIT = 1.0  # seconds to wait for a rotation in progress before listing anyway
+_MAX_MISSES = 100  # listings that miss a file still there before giving up on it
 _CHUNK = 1 << 20
 _MAX_LINE = 16 << 20  # a "line" longer than this is garbage; drop it rather than buffer it
 _MAX_REPORTS = 20
@@ -343,6 +344,7 @@ class _Follower:
         self.current: _Tail | None = None
         self.last: tuple[int, int] | None = None  # identity of the newest file read
         self.last_fd: int | None = None  # open on that file: tells whether it still exists
+        self.misses = 0  # listings in a row that missed the file last read
         self.retiring: list[tuple[_Tail, float]] = []
         self.problem: str | None = None  # last reported reason the path cannot be read
 
@@ -386,20 +388,23 @@ class _Follower:
     def _catch_up(self) -> None:
         """Read the backups newer than the last file read, then open the new file."""
         for _ in range(10):  # retry if the files are renamed under us meanwhile
-            chain = self._chain()
+            chain, snapshot = self._chain()
             idents = [i for i, _ in chain]
             if self.last in idents:
                 pending = chain[idents.index(self.last) + 1 :]
-            elif self.last_fd is not None and os.fstat(self.last_fd).st_nlink > 0:
-                # It still exists, so the listing missed it (taken while the
-                # writer renamed): starting at the newest file would skip
-                # the backups in between. Look again, now or at the next poll.
-                continue
-            elif self.last is not None:
+            elif self.last_fd is not None and os.fstat(self.last_fd).st_nlink == 0:
                 # Deleted: backups go oldest first, so every file left is newer.
                 pending = chain
+            elif self.last_fd is not None and not snapshot and self.misses < _MAX_MISSES:
+                # It still exists, so this listing (taken while a rotation
+                # renamed files) missed it: starting at the newest file would
+                # skip the backups in between. Look again, now or next poll.
+                self.misses += 1
+                continue
             else:
+                # Nothing read yet, or the file last read left the folder.
                 pending = [c for c in chain[-1:] if c[1] == self.path]
+            self.misses = 0
             if not pending:
                 # Right after a rotation the path may be briefly missing: not news.
                 self._report(self.path, "No such file or directory", quiet=bool(self.retiring))
@@ -416,8 +421,8 @@ class _Follower:
             else:
                 return
 
-    def _chain(self) -> list[tuple[tuple[int, int], Path]]:
-        """The backups and the file, oldest first, as a consistent snapshot.
+    def _chain(self) -> tuple[list[tuple[tuple[int, int], Path]], bool]:
+        """The backups and the file, oldest first, and whether that is a true snapshot.
 
         A listing taken while the writer shifts ``.1`` to ``.2`` ... can miss
         a file that moved to a name already looked at: edged's writer does
@@ -432,7 +437,7 @@ class _Follower:
                 if locked or chain == previous:
                     break
                 previous = chain
-        return chain
+        return chain, locked
 
     def _open(
         self, path: Path, *, at_end: bool, expect: tuple[int, int] | None = None
