@@ -128,6 +128,12 @@ class LatestFrameCapture:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
+            if self._last_seq == 0:
+                # The first read: the slot may hold a frame from long ago (the
+                # reader publishes its first frame at once, then with
+                # freshness = "next" only frames someone waits for). The next
+                # one is at most a frame interval away.
+                self._last_seq = self._slot.latest_seq
             got = self._slot.acquire(self._last_seq, timeout=min(remaining, 0.5))
             if got is None:
                 if not self._proc.is_alive():

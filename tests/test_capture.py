@@ -40,6 +40,20 @@ def test_synthetic_read_iterate_and_release():
     cap.release()  # twice is fine
 
 
+def test_the_first_read_after_a_slow_start_is_a_new_frame():
+    # Opened, then a model takes a while to load: the frame the reader
+    # published at once is old by then; read() must not return it.
+    with LatestFrameCapture("synthetic", width=320, height=180, fps=5) as cap:
+        wait_for("the first frame", lambda: cap._slot.latest_seq > 0, timeout=15)
+        published = cap._slot.latest_seq
+        time.sleep(1.0)  # the slow start itself, not a wait for anything
+        frame = cap.read_frame()
+        assert frame is not None
+        age = time.monotonic() - frame.monotonic
+        assert frame.seq > published, f"the frame published {age:.1f} s ago"
+        assert age < 0.5, age  # one interval is 0.2 s
+
+
 def test_copy_false_returns_a_read_only_view():
     with LatestFrameCapture("synthetic", width=320, height=180, copy=False) as cap:
         ok, image = cap.read()
