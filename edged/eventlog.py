@@ -392,9 +392,11 @@ class _Follower:
             idents = [i for i, _ in chain]
             if self.last in idents:
                 pending = chain[idents.index(self.last) + 1 :]
-            elif self.last_fd is not None and os.fstat(self.last_fd).st_nlink == 0:
-                # Deleted: backups go oldest first, so every file left is newer.
-                pending = chain
+            elif self.last_fd is not None and (last := os.fstat(self.last_fd)).st_nlink == 0:
+                # Deleted: rotated past the last backup (every file left is
+                # newer), or removed by hand (the backups are older). Newer
+                # files were written after it was, and ties go to reading.
+                pending = [c for c in chain if _mtime_ns(c[1]) >= last.st_mtime_ns]
             elif self.last_fd is not None and not snapshot and self.misses < _MAX_MISSES:
                 # It still exists, so this listing (taken while a rotation
                 # renamed files) missed it: starting at the newest file would
@@ -478,6 +480,13 @@ class _Follower:
         if reason != self.problem and not quiet:
             self.printer.note(f"{path}: {reason}; waiting for it")
             self.problem = reason
+
+
+def _mtime_ns(path: Path) -> int:
+    try:
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return 0  # gone meanwhile: opening it fails too, and the listing is taken again
 
 
 def _ident(path: Path) -> tuple[int, int] | None:

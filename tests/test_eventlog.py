@@ -330,6 +330,60 @@ def test_follow_goes_on_when_the_file_it_read_leaves_the_folder(tmp_path: Path) 
     assert err.lines() == []
 
 
+def test_follow_does_not_repeat_old_backups_when_the_file_is_deleted(tmp_path: Path) -> None:
+    # Someone deletes the live file; the writer starts a new one. The backups
+    # are older than the deleted file: the follower must not print them again.
+    path = tmp_path / "events.jsonl"
+    now = [1000.0]
+    w = writer(path, max_bytes=1000, backups=50, clock=lambda: now[0])
+    seq = 0
+    while w.rotations < 3:
+        w.write(event(seq))
+        seq += 1
+    with following(path) as (out, err):
+        wait_for(lambda: len(out.lines()) > 0, "the tail of the file")
+        shown = len(out.lines())
+        path.unlink()
+        now[0] += 60  # the writer looks for a moved file once a second
+        w.write(event(seq))
+        assert w.reopens == 1
+        wait_for(lambda: len(out.lines()) > shown, "the event in the new file")
+    w.close()
+    assert seqs_of(out.lines()) == list(range(seq - shown, seq + 1))
+
+
+def test_follow_reads_every_backup_left_after_rotations_deleted_its_file(
+    tmp_path: Path,
+) -> None:
+    # Between two looks the writer rotated so often that the file being read
+    # fell off the end (backups = 2): what is left is all newer, read it all.
+    path = tmp_path / "events.jsonl"
+    w = writer(path, max_bytes=1000, backups=2)
+    w.write(event(0))
+    with following(path, poll_interval=2.0) as (out, _):
+        wait_for(lambda: len(out.lines()) == 1, "the first event")
+        seq = 1
+        while w.rotations < 5:  # well within the 2 s until the next look
+            w.write(event(seq))
+            seq += 1
+        kept = seqs_of(
+            [
+                line
+                for n in (2, 1)
+                for line in path.with_name(f"events.jsonl.{n}").read_text().splitlines()
+            ]
+            + path.read_text().splitlines()
+        )
+        wait_for(lambda: seqs_of(out.lines())[-1:] == [seq - 1], "the newest event")
+    w.close()
+    shown = seqs_of(out.lines())
+    # In order, nothing twice, every line still on disk; the first file's
+    # lines come from the descriptor the follower kept open on it.
+    assert shown == sorted(set(shown)), shown
+    assert set(kept) <= set(shown), (kept, shown)
+    assert len(shown) < seq  # a whole file went unread: the case under test
+
+
 def test_follow_reads_backups_it_missed(tmp_path: Path) -> None:
     """Several rotations between two polls: the files in between are read too."""
     path = tmp_path / "events.jsonl"
