@@ -6,7 +6,7 @@ case for a reader thread in the same process; this one keeps a core busy in
 Python for ``delay`` seconds instead, like a real pure-Python algorithm.
 
 ``AgeProbe`` (``bench/scale.py``) is a light processor that reports the true
-frame age once a second; ``AgeProbeGray`` is the same on grey frames.
+frame age once a second.
 """
 
 from __future__ import annotations
@@ -75,9 +75,3 @@ class AgeProbe(Processor):
         made = decode_timestamp(frame.image)
         age = None if made is None else (time.time() - made) * 1000
         yield Event("probe", {"true_age_ms": age})
-
-
-class AgeProbeGray(AgeProbe):
-    """``AgeProbe`` on grey frames: the reader converts nothing (the strip is luma)."""
-
-    pixel_format = "gray"

@@ -17,9 +17,6 @@ The designs, each on its own:
   once a second it reads the capture time burned into the frame and reports the
   frame's true age as an event). ``--processor null`` uses edged's ``null``
   instead (then the age comes only from FFmpeg's side: see below).
-* ``edged_gray``: the same with ``bench_plugins:AgeProbeGray``, the same probe
-  declaring ``pixel_format = "gray"`` (as edged's ``motion`` does): the reader hands
-  over the decoder's luma plane and converts nothing.
 * ``edged_capped``: the same with ``process_fps = --capped-fps`` (5) on every
   camera, as Frigate users set ``detect.fps``: the processor takes 5 frames a
   second, each the newest, and the reader converts only those to BGR.
@@ -94,7 +91,7 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "edged_gray", "edged_capped", "ffmpeg", "ffmpeg_bgr")
+DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr")
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
 DELIVERED = 0.95  # of the source's frames
@@ -284,16 +281,9 @@ def _finish_cpu(trial: Trial, meter: CpuMeter, wall: float, busy0: float) -> Non
 
 
 def _edged_config(
-    tmp: Path,
-    url: str,
-    n: int,
-    port: int,
-    processor: str,
-    process_fps: float = 0.0,
-    gray: bool = False,
+    tmp: Path, url: str, n: int, port: int, processor: str, process_fps: float = 0.0
 ) -> Path:
-    probe = "AgeProbeGray" if gray else "AgeProbe"
-    proc = f'type = "bench_plugins:{probe}"' if processor == "probe" else 'type = "null"'
+    proc = 'type = "bench_plugins:AgeProbe"' if processor == "probe" else 'type = "null"'
     cap = f"process_fps = {process_fps}\n" if process_fps else ""
     cams = "".join(
         f'\n[cameras.cam{i}]\nsource = "{url}"\n{cap}\n[cameras.cam{i}.processor]\n{proc}\n'
@@ -344,9 +334,8 @@ def trial_edged(
     processor: str,
     workdir: Path,
     process_fps: float = 0.0,
-    gray: bool = False,
 ) -> Trial:
-    trial = Trial("edged_capped" if process_fps else "edged_gray" if gray else "edged", n)
+    trial = Trial("edged_capped" if process_fps else "edged", n)
     tmp = Path(tempfile.mkdtemp(prefix=f"edged-{n}-", dir=workdir))
     port = free_port()
     env = dict(os.environ)
@@ -360,7 +349,7 @@ def trial_edged(
         "edged",
         "run",
         "--config",
-        str(_edged_config(tmp, url, n, port, processor, process_fps, gray)),
+        str(_edged_config(tmp, url, n, port, processor, process_fps)),
     ]
     log = open(tmp / "stderr.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -613,16 +602,7 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         _renice_server()
         url = server.url
         if design.startswith("edged"):
-            t = trial_edged(
-                url,
-                n,
-                args.seconds,
-                args.warmup,
-                args.processor,
-                workdir,
-                capped,
-                gray=design == "edged_gray",
-            )
+            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, capped)
         else:
             t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design == "ffmpeg_bgr")
         if not server.running:
@@ -742,7 +722,6 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
         )
     pairs = (
         ("edged", "ffmpeg", "bare decode"),
-        ("edged_gray", "ffmpeg", "bare decode"),
         ("edged_capped", "ffmpeg", "bare decode"),
         ("edged", "ffmpeg_bgr", "decode to BGR"),
     )
@@ -881,7 +860,6 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.4))
     colors = {
         "edged": "#d62728",
-        "edged_gray": "#9467bd",
         "edged_capped": "#ff9896",
         "ffmpeg": "#1f77b4",
         "ffmpeg_bgr": "#2ca02c",

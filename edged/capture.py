@@ -65,9 +65,7 @@ class LatestFrameCapture:
 
     ``read()`` waits up to ``timeout`` seconds for a frame newer than the last
     one returned. With ``copy=False`` the returned image is a read-only view
-    of shared memory, valid until the next ``read()``: no copy at all. With
-    ``gray=True`` images are HxW grey: for H.264/H.265 streams the decoder's
-    luma plane (video range, 16-235) with no colour conversion at all.
+    of shared memory, valid until the next ``read()``: no copy at all.
     """
 
     def __init__(
@@ -76,7 +74,6 @@ class LatestFrameCapture:
         *,
         timeout: float = 10.0,
         copy: bool = True,
-        gray: bool = False,
         name: str = "capture",
         log_level: str = "warning",
         **options: Any,
@@ -98,7 +95,6 @@ class LatestFrameCapture:
                 self._owner.name,
                 self._owner.doorbell_w,
                 LogSettings(log_level, "human"),
-                "gray" if gray else "bgr",
             ),
             name=f"edged-capture-{name}",
             daemon=True,

@@ -88,8 +88,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     print(f"{args.config}: OK, {len(config.cameras)} camera(s)")
     for cam in config.cameras.values():
-        grey = " (grey frames)" if cam.processor.pixel_format == "gray" else ""
-        print(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
+        print(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}")
     return EX_OK
 
 

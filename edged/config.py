@@ -45,7 +45,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edged.config_report import key_lines, problems, syntax_problem
 from edged.errors import ConfigError, PluginError
-from edged.processor import PixelFormat, resolve_processor
+from edged.processor import resolve_processor
 from edged.redact import redact_url, scrub
 from edged.units import ByteSize, Duration, parse_byte_size, parse_duration
 
@@ -310,11 +310,6 @@ class ProcessorConfig(_Model):
     def build_options(self) -> BaseModel:
         """The options as an instance of the processor's ``Options`` model."""
         return resolve_processor(self.type).Options.model_validate(self.options)
-
-    @property
-    def pixel_format(self) -> PixelFormat:
-        """What the processor wants to see: ``"bgr"`` or ``"gray"`` (the reader delivers it)."""
-        return resolve_processor(self.type).pixel_format
 
 
 def _null_processor() -> ProcessorConfig:

@@ -22,13 +22,8 @@ from edged.redact import scrub
 
 log = logging.getLogger("edged.ffmpeg")
 
-# Lines OpenCV prints on every open, or on every frame of a grey camera (the
-# reader silences that one; this is in case a build logs past the level), that
-# say nothing about the camera.
-_NOISE = re.compile(
-    r"backend is generally available but can't be used to capture by name"
-    r"|retrieveFrame Unknown/unsupported picture format"
-)
+# Lines OpenCV prints on every open that say nothing about the camera.
+_NOISE = re.compile(r"backend is generally available but can't be used to capture by name")
 
 AUTH_FAILED = "authentication failed (check user and password)"
 FORBIDDEN = "access forbidden by the camera"

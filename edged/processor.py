@@ -16,7 +16,7 @@ import importlib
 import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -24,8 +24,6 @@ from pydantic import BaseModel, ConfigDict
 from edged.errors import PluginError
 
 ENTRY_POINT_GROUP = "edged.processors"
-PIXEL_FORMATS = ("bgr", "gray")
-PixelFormat = Literal["bgr", "gray"]
 BUILTINS: dict[str, str] = {
     "motion": "edged.processors.motion:MotionProcessor",
     "null": "edged.processors.null:NullProcessor",
@@ -42,8 +40,7 @@ class Frame:
     """
 
     image: np.ndarray
-    """HxWx3 BGR uint8 pixels; HxW luma (grey) for a processor whose
-    :attr:`Processor.pixel_format` is ``"gray"``."""
+    """HxWx3 BGR uint8 pixels."""
     seq: int
     """Sequence number from the reader, 1 for the first frame; gaps are frames skipped."""
     timestamp: float
@@ -84,13 +81,6 @@ class Processor:
     event_types: ClassVar[tuple[str, ...]] = ()
     """The event types ``process`` may report, if known (Home Assistant's event entity
     lists them; a ``motion.start`` among them also gets a motion binary sensor)."""
-    pixel_format: ClassVar[PixelFormat] = "bgr"
-    """What ``frame.image`` holds: ``"bgr"`` (HxWx3) or ``"gray"`` (HxW). Declare
-    ``"gray"`` if the algorithm works on grey anyway: for H.264/H.265 streams the
-    reader then hands over the decoder's luma plane as it is (the Y of YUV, in
-    the video range 16-235 that the camera encoded) and skips the colour
-    conversion, about a quarter of the decoding CPU; other sources convert BGR
-    to grey for you."""
 
     def __init__(self, options: BaseModel, camera: str) -> None:
         self.options = options
@@ -150,8 +140,4 @@ def resolve_processor(type_name: str) -> type[Processor]:
     cls = _import_class(spec)
     if not issubclass(cls, Processor):
         raise PluginError(f"{spec!r} is not a subclass of edged.Processor")
-    if cls.pixel_format not in PIXEL_FORMATS:
-        raise PluginError(
-            f"{spec!r}: pixel_format {cls.pixel_format!r} is not one of: {', '.join(PIXEL_FORMATS)}"
-        )
     return cls

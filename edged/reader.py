@@ -27,7 +27,6 @@ from edged.errors import EdgedError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
-from edged.processor import PixelFormat
 from edged.sources import Source, open_source
 
 if TYPE_CHECKING:
@@ -95,10 +94,8 @@ class Reader:
         writer: SlotWriter,
         stop: threading.Event,
         native: NativeStderr | None = None,
-        pixel_format: PixelFormat = "bgr",
     ) -> None:
         self.cam = cam
-        self.gray = pixel_format == "gray"
         self.native = native
         self.writer = writer
         self.status = writer.status
@@ -188,12 +185,11 @@ class Reader:
     ) -> tuple[int, ...]:
         """Decode the grabbed frame into a free slot buffer and publish it; its shape."""
         writer, status = self.writer, self.status
-        retrieve = source.retrieve_gray if self.gray else source.retrieve
         if shape is None:
-            frame = retrieve(None)
+            frame = source.retrieve(None)
         else:
             buf = writer.buffer(shape)
-            frame = retrieve(buf)
+            frame = source.retrieve(buf)
             if frame is not buf and not np.shares_memory(frame, buf):
                 shape = None  # the size changed; OpenCV decoded into a new array
         if shape is None:
@@ -261,11 +257,7 @@ class Reader:
 
 
 def reader_main(
-    cam: CameraConfig,
-    slot_name: str,
-    doorbell: Connection,
-    log_settings: LogSettings,
-    pixel_format: PixelFormat = "bgr",
+    cam: CameraConfig, slot_name: str, doorbell: Connection, log_settings: LogSettings
 ) -> None:
     """Entry point of a reader process (started with the ``spawn`` method)."""
     prepare_child("reader", cam.name)
@@ -282,7 +274,7 @@ def reader_main(
     native.on_line = lambda lines: writer.set_note("\n".join(lines[-5:]))
     code = 0
     try:
-        code = Reader(cam, writer, stop, native, pixel_format).run()
+        code = Reader(cam, writer, stop, native).run()
     except Exception:
         log.exception("camera %s: reader crashed", cam.name)
         code = 1

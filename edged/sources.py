@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -27,30 +26,6 @@ if TYPE_CHECKING:
     from edged.config import CameraConfig
 
 log = logging.getLogger(__name__)
-
-
-def _to_gray(frame: np.ndarray, out: np.ndarray | None) -> np.ndarray:
-    """``frame`` (BGR, or grey already) as grey, written into ``out`` when its shape fits."""
-    import cv2
-
-    fits = out is not None and out.shape == frame.shape[:2] and out.dtype == frame.dtype
-    if frame.ndim == 2:
-        if fits:
-            np.copyto(out, frame)  # type: ignore[arg-type]
-            return out  # type: ignore[return-value]
-        return frame.copy()
-    return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=out if fits else None)
-
-
-def _opencv_log_level() -> tuple[Callable[[], int], Callable[[int], Any], int]:
-    """OpenCV's log level getter, setter and ERROR level (``cv2.utils.logging`` from 5.0)."""
-    import cv2
-
-    api = getattr(cv2.utils, "logging", None)
-    if api is not None:
-        return api.getLogLevel, api.setLogLevel, api.LOG_LEVEL_ERROR
-    # 4.x: cv2.getLogLevel / cv2.setLogLevel, and cv::utils::logging::LOG_LEVEL_ERROR
-    return getattr(cv2, "getLogLevel"), getattr(cv2, "setLogLevel"), 2  # noqa: B009
 
 
 class Source:
@@ -93,13 +68,6 @@ class Source:
             return out
         return frame
 
-    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
-        """Like :meth:`retrieve`, as an HxW grey image (for a ``"gray"`` processor).
-
-        This converts the BGR frame; a source that has grey for free overrides it.
-        """
-        return _to_gray(self.retrieve(None), out)
-
     def close(self) -> None:
         """Release the source; called once, also after a failed open."""
 
@@ -107,27 +75,6 @@ class Source:
     def nominal_fps(self) -> float | None:
         """The frame rate the source announces, if any."""
         return None
-
-
-# FFmpeg pixel formats (as OpenCV's CAP_PROP_CODEC_PIXEL_FORMAT names them) whose first
-# plane is the 8-bit luma: the 4:2:0, 4:2:2 and 4:4:4 planar and semi-planar YUVs, grey.
-_LUMA_FIRST = frozenset(
-    {
-        "I420",
-        "IYUV",
-        "YV12",
-        "J420",
-        "NV12",
-        "NV21",
-        "Y42B",
-        "422P",
-        "444P",
-        "Y444",
-        "Y800",
-        "GREY",
-        "Y8  ",
-    }
-)
 
 
 class OpenCVSource(Source):
@@ -141,8 +88,6 @@ class OpenCVSource(Source):
         self._cap: Any = None
         self._fps: float | None = None
         self._next_due = 0.0
-        self._luma: bool | None = None  # retrieve_gray: None until the first frame tells
-        self._colour: np.ndarray | None = None  # its BGR frame when converting, reused
 
     def _ffmpeg_options(self) -> str:
         opts: dict[str, str] = {}
@@ -190,7 +135,6 @@ class OpenCVSource(Source):
             cap.release()
             raise SourceError(f"cannot open {cam.display_source}")
         self._cap = cap
-        self._luma = None
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = cam.fps or (fps if 0 < fps <= 240 else None)
         self._next_due = time.monotonic()
@@ -226,70 +170,6 @@ class OpenCVSource(Source):
         if not ok or frame is None:
             raise SourceError(f"cannot decode a frame from {self.cam.display_source}")
         return frame  # type: ignore[no-any-return]
-
-    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
-        if self._luma is None:
-            return self._start_luma(out)
-        if not self._luma:
-            self._colour = self.retrieve(self._colour)
-            return _to_gray(self._colour, out)
-        return self._retrieve_luma(out)
-
-    def _retrieve_luma(self, out: np.ndarray | None) -> np.ndarray:
-        # OpenCV calls the raw-plane path unsupported and warns on every frame.
-        get_level, set_level, error = _opencv_log_level()
-        level = get_level()
-        set_level(error)
-        try:
-            return self.retrieve(out)
-        finally:
-            set_level(level)
-
-    def _start_luma(self, out: np.ndarray | None) -> np.ndarray:
-        """The first grey frame: from the decoder's luma plane if this stream has one.
-
-        With ``CAP_PROP_CONVERT_RGB`` off, OpenCV's FFmpeg backend passes the
-        decoded picture through sws_scale unchanged (a plain copy, no colour
-        conversion) and returns its first plane as HxW uint8: for planar YUV
-        that is the luma, byte for byte. OpenCV does not promise this for
-        multi-planar formats, so only formats whose first plane is the 8-bit
-        luma are tried, and the first frame's shape is checked. The choice is
-        made before any BGR frame is retrieved and never changed on an open
-        capture: OpenCV keeps the first conversion context it made, and
-        switching afterwards returns garbage (BGR -> raw) or raises (raw -> BGR).
-        """
-        import cv2
-
-        code = int(self._cap.get(cv2.CAP_PROP_CODEC_PIXEL_FORMAT) or 0)
-        fourcc = code.to_bytes(4, "little").decode("latin-1")
-        self._luma = False
-        if self.kind == "v4l2" or fourcc not in _LUMA_FIRST:
-            log.info("camera %s: pixel format %r: grey by conversion", self.camera, fourcc)
-            return self.retrieve_gray(out)
-        self._cap.set(cv2.CAP_PROP_CONVERT_RGB, 0)
-        frame = self._retrieve_luma(out)
-        width = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))
-        height = int(self._cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
-        if frame.dtype == np.uint8 and frame.shape == (height, width):
-            log.info("camera %s: grey straight from the decoder (%s luma)", self.camera, fourcc)
-            self._luma = True
-            return frame
-        log.warning(
-            "camera %s: OpenCV gave a %s %s array for the %s luma plane, not %dx%d: "
-            "converting to grey instead (reopening the source)",
-            self.camera,
-            frame.dtype,
-            frame.shape,
-            fourcc,
-            width,
-            height,
-        )
-        self.close()
-        self.open()
-        self._luma = False
-        if not self.grab():
-            raise SourceError(f"lost {self.cam.display_source}: no frame after reopening")
-        return self.retrieve_gray(out)
 
     def close(self) -> None:
         if self._cap is not None:

@@ -295,13 +295,7 @@ class Supervisor:
     def spawn_reader(self, cam: CameraRuntime) -> BaseProcess:
         return self.ctx.Process(
             target=reader_main,
-            args=(
-                cam.cfg,
-                cam.slot.name,
-                cam.slot.doorbell_w,
-                self.log_settings,
-                cam.cfg.processor.pixel_format,
-            ),
+            args=(cam.cfg, cam.slot.name, cam.slot.doorbell_w, self.log_settings),
             name=f"edged-reader-{cam.name}",
         )
 

@@ -38,18 +38,6 @@ class SlowProcessor(Processor):
         yield Event("frame", data)
 
 
-class SlowGrayProcessor(SlowProcessor):
-    """``SlowProcessor`` that asks for grey frames."""
-
-    pixel_format = "gray"
-
-
-class CmykProcessor(Processor):
-    """Asks for a pixel format edged does not have."""
-
-    pixel_format = "cmyk"  # type: ignore[assignment]
-
-
 class SolidSource(Source):
     """Frames that are each one uniform value (index % 256), as fast as it can."""
 

@@ -54,13 +54,6 @@ def test_the_first_read_after_a_slow_start_is_a_new_frame():
         assert age < 0.5, age  # one interval is 0.2 s
 
 
-def test_gray_true_returns_grey_frames():
-    with LatestFrameCapture("synthetic", width=320, height=180, gray=True) as cap:
-        ok, image = cap.read()
-        assert ok and image.shape == (180, 320) and image.dtype == np.uint8
-        assert image.std() > 0
-
-
 def test_copy_false_returns_a_read_only_view():
     with LatestFrameCapture("synthetic", width=320, height=180, copy=False) as cap:
         ok, image = cap.read()

@@ -184,14 +184,6 @@ def test_unknown_processor_type_suggests_a_name(tmp_path: Path) -> None:
     assert got == "edged.toml:3: cameras.cam1.processor.type: required key is missing"
 
 
-def test_a_processor_asking_for_an_unknown_pixel_format_is_named(tmp_path: Path) -> None:
-    (got,) = problems(tmp_path, CAM + '[cameras.cam1.processor]\ntype = "plugins:CmykProcessor"\n')
-    assert got == (
-        "edged.toml:4: cameras.cam1.processor.type: 'plugins:CmykProcessor': "
-        "pixel_format 'cmyk' is not one of: bgr, gray"
-    )
-
-
 def test_processor_options_are_validated_by_the_processor(tmp_path: Path) -> None:
     text = CAM + f'[cameras.cam1.processor]\ntype = "{COUNTER}"\nmin_area = 0\nmin_aera = 5\n'
     assert problems(tmp_path, text) == [

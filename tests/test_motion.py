@@ -6,7 +6,6 @@ import itertools
 from collections.abc import Iterator
 from typing import Any
 
-import cv2
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -137,30 +136,6 @@ def test_one_start_and_end_per_crossing(width: int, height: int, seed: int) -> N
         assert end.data["duration_s"] == pytest.approx(c.leave_s - c.enter_s, abs=0.6)
         assert end.data["max_area"] >= start.data["area"]
         assert end.data["frames"] >= 0.8 * (c.leave_s - c.enter_s) * FPS
-
-
-def grey_frames(frames: Iterator[Frame], video_range: bool) -> Iterator[Frame]:
-    # What the reader hands a "gray" processor: converted from BGR, or an
-    # H.264 camera's luma plane, which is in the video range 16-235.
-    for f in frames:
-        grey = cv2.cvtColor(f.image, cv2.COLOR_BGR2GRAY)
-        if video_range:
-            grey = (16 + grey.astype(np.float32) * 219 / 255).round().astype(np.uint8)
-        yield make_frame(grey, f.seq - 1)
-
-
-@pytest.mark.parametrize("video_range", [False, True])
-def test_grey_frames_give_the_same_episodes_as_bgr(video_range: bool) -> None:
-    assert MotionProcessor.pixel_format == "gray"
-    scene = SyntheticScene(640, 360, FPS, seed=2)
-    stop = round((scene.crossing(4).enter_s - 0.1) * FPS)
-    bgr = run(motion(), scene_frames(scene, 0, stop))
-    grey = run(motion(), grey_frames(scene_frames(scene, 0, stop), video_range))
-    assert types_of(grey) == types_of(bgr) == ["motion.start", "motion.end"] * 4
-    for (t1, e1), (t2, e2) in zip(bgr, grey, strict=True):
-        assert t2 == pytest.approx(t1, abs=0.2)
-        if e1.type == "motion.start":
-            assert e2.data["area"] == pytest.approx(e1.data["area"], rel=0.3)
 
 
 def test_skipped_frames_give_the_same_episodes() -> None:

@@ -1,9 +1,7 @@
 """The ``motion`` processor: background subtraction with start/end hysteresis.
 
-Each frame arrives grey (``pixel_format = "gray"``: for H.264/H.265 cameras
-the decoder's luma plane, with no colour conversion in the reader at all), is
-shrunk to ``scale_width`` pixels wide and blurred, then compared with a
-running-average background. Changed pixels are
+Each frame is shrunk to ``scale_width`` pixels wide, turned grey and blurred,
+then compared with a running-average background. Changed pixels are
 thresholded, dilated so the pieces of one object merge, and grouped into
 contours; contours smaller than ``min_area`` are ignored. A run of
 ``start_frames`` frames with motion starts an episode (``motion.start``), and
@@ -43,7 +41,6 @@ class MotionProcessor(Processor):
     """
 
     event_types = ("motion.start", "motion.end")
-    pixel_format = "gray"
 
     class Options(BaseModel):
         """The ``[cameras.NAME.processor]`` table of ``type = "motion"``."""
@@ -205,8 +202,7 @@ class MotionProcessor(Processor):
         small = image
         for size in self._resize_steps:
             small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-        # Grey from the reader; BGR when someone calls process() directly.
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         return cv2.GaussianBlur(grey, (5, 5), 0)
 
     def _detect(
