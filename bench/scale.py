@@ -1,6 +1,6 @@
 """How many live 720p25 streams does edged keep up with on this machine, next to bare FFmpeg?
 
-    .venv/bin/python bench/scale.py [--seconds 30] [--designs edged ffmpeg ffmpeg_bgr]
+    .venv/bin/python bench/scale.py [--seconds 30] [--designs edged ffmpeg ffmpeg_bgr ...]
                                     [--counts 1 2 4 8 ...] [--max 96] [--processor probe|null]
                                     [--results bench/results] [--publish]
 
@@ -26,6 +26,12 @@ The designs, each on its own:
   The bare decode: the reference of issue 7's goal (edged >= 90% of its streams).
 * ``ffmpeg_bgr``: the same with ``-pix_fmt bgr24``: decode and convert to BGR, the
   work any OpenCV reader does (``read()`` returns BGR), with nothing else around it.
+* ``opencv`` / ``opencv_bgr``: N processes of ``bench/plain_reader.py``, a plain
+  OpenCV loop with edged's capture settings that only ``grab()``s every frame
+  (the decode) or also ``retrieve()``s it into one preallocated BGR array (decode
+  and conversion): edged's reader minus edged. Together they split the gap
+  between edged and the bare decode into OpenCV's decode, OpenCV's conversion
+  and edged's own cost (processes, handoff, worker wake-ups, supervisor).
 
 A trial starts the N clients, waits until every stream delivers frames, lets
 them settle for ``--warmup`` seconds (the first frames after connecting are
@@ -40,7 +46,8 @@ frames, it gets later and later. The lag:
   and its p95; frames decoded per second from edged's own
   ``edged_frames_decoded_total`` (``/metrics``);
 * ffmpeg: wall-clock time minus the stream time FFmpeg has reached (``out_time``
-  in its progress reports), its growth over the window; frames from ``frame=``.
+  in its progress reports), its growth over the window; frames from ``frame=``
+  (``plain_reader.py`` reports the same way).
 
 Without ``--counts``, N doubles from ``--start`` (4) until a trial fails, then bisects between
 the last N sustained and the first that was not.
@@ -91,7 +98,7 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr")
+DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr", "opencv", "opencv_bgr")
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
 DELIVERED = 0.95  # of the source's frames
@@ -120,6 +127,8 @@ def _role(p: psutil.Process) -> str:
         return "?"
     if name == "ffmpeg" or "ffmpeg" in cmd.split(" ", 1)[0]:
         return "ffmpeg"
+    if "plain_reader.py" in cmd:
+        return "opencv"
     if " -m edged " in f" {cmd} ":
         return "supervisor"
     if "resource_tracker" in cmd:
@@ -462,22 +471,31 @@ class Progress:
                 self._block = {}
 
 
-def trial_ffmpeg(
-    url: str, n: int, seconds: float, warmup: float, workdir: Path, bgr: bool = False
-) -> Trial:
-    trial = Trial("ffmpeg_bgr" if bgr else "ffmpeg", n)
-    cmd = [
+def _plain_cmd(design: str, url: str) -> list[str]:
+    if design.startswith("opencv"):
+        mode = "bgr" if design == "opencv_bgr" else "grab"
+        return [sys.executable, str(BENCH / "plain_reader.py"), url, mode]
+    return [
         "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
         "-rtsp_transport", "tcp", "-i", url,
-        *(["-pix_fmt", "bgr24"] if bgr else []),
+        *(["-pix_fmt", "bgr24"] if design == "ffmpeg_bgr" else []),
         "-f", "null", "-",
         "-progress", "pipe:1", "-stats_period", "0.5",
     ]  # fmt: skip
+
+
+def trial_ffmpeg(
+    url: str, n: int, seconds: float, warmup: float, workdir: Path, design: str = "ffmpeg"
+) -> Trial:
+    """N client processes that report like ``ffmpeg -progress``: FFmpeg or ``plain_reader.py``."""
+    trial = Trial(design, n)
+    cmd = _plain_cmd(design, url)
+    what = "plain_reader" if design.startswith("opencv") else "ffmpeg"
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
         for i in range(n):
-            log = open(workdir / f"ffmpeg-{n}-{i}.log", "wb")  # noqa: SIM115 - closed below
+            log = open(workdir / f"{design}-{n}-{i}.log", "wb")  # noqa: SIM115 - closed below
             logs.append(log)
             procs.append(
                 subprocess.Popen(
@@ -492,7 +510,7 @@ def trial_ffmpeg(
 
         def dead() -> str | None:
             gone = [p.returncode for p in procs if p.poll() is not None]
-            return f"{len(gone)} ffmpeg processes exited (status {gone[0]})" if gone else None
+            return f"{len(gone)} {what} processes exited (status {gone[0]})" if gone else None
 
         deadline = time.monotonic() + READY_TIMEOUT
         while not all(p.latest and p.latest[1] > 0 for p in progress):
@@ -500,7 +518,7 @@ def trial_ffmpeg(
                 trial.error = str(dead())
                 return trial
             if time.monotonic() > deadline:
-                trial.error = f"not every ffmpeg decoded a frame within {READY_TIMEOUT:.0f} s"
+                trial.error = f"not every {what} decoded a frame within {READY_TIMEOUT:.0f} s"
                 return trial
             time.sleep(0.5)
         time.sleep(warmup)
@@ -604,7 +622,7 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         if design.startswith("edged"):
             t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, capped)
         else:
-            t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design == "ffmpeg_bgr")
+            t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design)
         if not server.running:
             t.error = t.error or "the RTSP server died"
     finally:
@@ -724,12 +742,15 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
         ("edged", "ffmpeg", "bare decode"),
         ("edged_capped", "ffmpeg", "bare decode"),
         ("edged", "ffmpeg_bgr", "decode to BGR"),
+        ("opencv", "ffmpeg", "bare decode"),
+        ("opencv_bgr", "ffmpeg", "bare decode"),
+        ("edged", "opencv_bgr", "a plain OpenCV loop converting every frame"),
     )
     for mine, ref, what in pairs:
         e, f = b.get(mine), b.get(ref)
         if e is None or f is None:
             continue
-        goal = " (goal >= 90%)" if ref == "ffmpeg" else ""
+        goal = " (goal >= 90%)" if ref == "ffmpeg" and mine.startswith("edged") else ""
         lines.append(
             f"- {mine} / {what}: {e.n} / {f.n} = **{e.n / f.n:.0%}**{goal}; CPU per "
             f"stream {e.clients_cpu / e.n:.1f}% / {f.clients_cpu / f.n:.1f}% = "
@@ -863,6 +884,8 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
         "edged_capped": "#ff9896",
         "ffmpeg": "#1f77b4",
         "ffmpeg_bgr": "#2ca02c",
+        "opencv": "#9467bd",
+        "opencv_bgr": "#8c564b",
     }
     for design, trials in results.items():
         ts = [t for t in trials if not t.error and t.fps]
