@@ -14,13 +14,18 @@ copied) with the designs it replaces, for 720p, 1080p and 4K uint8 BGR frames:
 * ``pipe``: ``Connection.send_bytes`` of a flat byte view / ``recv_bytes``;
 * ``wake``: no frame at all, one byte down a pipe to a consumer asleep in
   ``poll()``: the operating system's own cost of waking another process, the
-  floor under any handoff to a sleeping consumer (edged's doorbell is this).
+  floor under any handoff to a sleeping consumer (edged's doorbell is this);
+* ``ready``: edged's slot when the consumer was busy (a slow processor) and the
+  newest frame is already there when it asks: ``publish()`` in the producer plus
+  ``acquire()`` in the consumer, no one asleep, so no wake-up in it.
 
-Every frame is handed over while the consumer is already waiting for it (the
-realistic case for a latest-frame reader): the consumer tells the producer it is
-about to wait, the producer waits ``--gap`` ms more and then hands the frame over.
+Every other frame is handed over while the consumer is already waiting for it
+(the case of a processor faster than the camera): the consumer tells the
+producer it is about to wait, the producer waits ``--gap`` ms more and then
+hands the frame over.
 Latency is ``time.monotonic()`` just before the handoff in the producer to just
-after the frame arrives in the consumer (CLOCK_MONOTONIC is system-wide). CPU is
+after the frame arrives in the consumer (CLOCK_MONOTONIC is system-wide); for
+``ready``, the time spent in ``publish()`` plus the time spent in ``acquire()``. CPU is
 the time the handoff calls spend on a CPU in both processes (``thread_time``
 around the calls; plus the producer's helper threads for ``queue``, and the
 manager's server process for ``manager``); waiting is not counted, except that
@@ -61,7 +66,7 @@ RESOLUTIONS: dict[str, tuple[int, int, int]] = {
 }
 # The pickling designs are slow at 4K: at most this many frames each.
 SLOW_CAPS: dict[str, int] = {"720p": 100, "1080p": 60, "4K": 20}
-METHODS = ("wake", "edged", "manager", "queue", "pipe")
+METHODS = ("wake", "edged", "ready", "manager", "queue", "pipe")
 CTX = multiprocessing.get_context("spawn")
 COLD_BYTES = 256 << 20  # working set of the cold copy: several times the last-level cache
 TIMEOUT = 60.0  # seconds any one step may take before the run is declared stuck
@@ -118,9 +123,11 @@ def producer_main(
     try:
         src = make_frame(shape)
         t0s: list[float] = []
+        durations: list[float] = []
         fills: list[float] = []
         call_cpu = 0.0
-        writer = SlotWriter(chan[0], chan[1].fileno()) if method == "edged" else None
+        slot = method in ("edged", "ready")
+        writer = SlotWriter(chan[0], chan[1].fileno()) if slot else None
         proc0, main0 = time.process_time(), time.thread_time()
         for i in range(n):
             _wait(ack, "ready from the consumer")
@@ -132,6 +139,16 @@ def producer_main(
                 fills.append((time.monotonic() - f0) * 1000)
             else:
                 src[0, 0, 0] = i % 256
+            if method == "ready":
+                # The consumer is busy; it asks only once the frame is published.
+                c0 = time.thread_time()
+                t0 = time.monotonic()
+                writer.publish(time.time(), t0, shape)
+                durations.append(time.monotonic() - t0)
+                call_cpu += time.thread_time() - c0
+                t0s.append(t0)
+                ack.send("published")
+                continue
             time.sleep(gap)
             if writer is not None:  # make sure the consumer sleeps in acquire()
                 deadline = time.monotonic() + TIMEOUT
@@ -158,7 +175,9 @@ def producer_main(
         if method == "queue":
             chan.close()
             chan.join_thread()
-        results.send({"t0": t0s, "cpu": call_cpu + max(0.0, helpers), "fill": fills})
+        results.send(
+            {"t0": t0s, "dur": durations, "cpu": call_cpu + max(0.0, helpers), "fill": fills}
+        )
         if writer is not None:
             # Wait for the consumer to let go of the last frame before unlinking.
             _wait(ack, "consumer done")
@@ -177,9 +196,11 @@ def consumer_main(
 ) -> None:
     try:
         t1s: list[float] = []
+        durations: list[float] = []
         cpu = 0.0
         poll_cpu = 0.0
-        reader = SlotReader(chan[0], chan[1].fileno()) if method == "edged" else None
+        slot = method in ("edged", "ready")
+        reader = SlotReader(chan[0], chan[1].fileno()) if slot else None
         poller = select.poll()
         if method == "wake":
             poller.register(chan.fileno(), select.POLLIN)
@@ -188,9 +209,13 @@ def consumer_main(
             ack.send(i)
             image: np.ndarray
             if reader is not None:
+                if method == "ready":
+                    _wait(ack, "the frame published")
                 c0 = time.thread_time()
+                a0 = time.monotonic()
                 got = reader.acquire(last, TIMEOUT)
                 t1 = time.monotonic()
+                durations.append(t1 - a0)
                 c1 = time.thread_time()
                 if got is None:
                     raise Stuck("acquire() timed out")
@@ -236,7 +261,7 @@ def consumer_main(
             if not ok:
                 raise RuntimeError(f"{method}: frame {i} arrived with the wrong content")
             t1s.append(t1)
-        results.send({"t1": t1s, "cpu": cpu, "poll": poll_cpu})
+        results.send({"t1": t1s, "dur": durations, "cpu": cpu, "poll": poll_cpu})
         ack.send("done")
         if reader is not None:
             reader.close()
@@ -294,7 +319,7 @@ def run_pair(method: str, res: str, n: int, gap: float, warmup: int) -> Result:
     try:
         chan_p: Any
         chan_c: Any
-        if method == "edged":
+        if method in ("edged", "ready"):
             owner = SlotOwner("bench")
             cleanups.append(owner.close)
             chan_p, chan_c = (owner.name, owner.doorbell_w), (owner.name, owner.doorbell_r)
@@ -343,7 +368,10 @@ def run_pair(method: str, res: str, n: int, gap: float, warmup: int) -> Result:
         for p in procs:
             p.join(TIMEOUT)
         prod, cons = got[res_r.fileno()], got[res2_r.fileno()]
-        lat = [(t1 - t0) * 1000 for t0, t1 in zip(prod["t0"], cons["t1"], strict=True)]
+        if method == "ready":
+            lat = [(a + b) * 1000 for a, b in zip(prod["dur"], cons["dur"], strict=True)]
+        else:
+            lat = [(t1 - t0) * 1000 for t0, t1 in zip(prod["t0"], cons["t1"], strict=True)]
         cpu_ms = (prod["cpu"] + cons["cpu"] + server_cpu) * 1000 / n
         return Result(
             method,
@@ -380,6 +408,7 @@ def ratio(v: float, ref: float) -> str:
 NAMES = {
     "wake": "wake-up only",
     "edged": "edged slot",
+    "ready": "edged, frame ready",
     "manager": "Manager().list()",
     "queue": "mp.Queue",
     "pipe": "Pipe.send_bytes",
@@ -395,7 +424,9 @@ def report(results: dict[tuple[str, str], Result], resolutions: list[str]) -> st
     methods = [m for m in METHODS if any((m, r) in results for r in resolutions)]
     lines = [
         "Handoff latency, producer process -> waiting consumer process, ms per frame",
-        "(p50 / p95; x copy = p50 / the p50 of one np.copyto of the frame, cache-hot)",
+        "(p50 / p95; x copy = p50 / the p50 of one np.copyto of the frame, cache-hot;",
+        "edged, frame ready: publish() + acquire() when the consumer was busy and asks",
+        "once the frame is there, so nobody is woken)",
         "",
     ]
     head = ["resolution", "copy hot / cold"]
@@ -488,7 +519,7 @@ def main(argv: list[str] | None = None) -> int:
             results[("copy", res)], results[("copy_cold", res)] = run_copy(res, args.frames)
             for m in args.methods:
                 n = args.frames
-                if m not in ("edged", "wake"):
+                if m not in ("edged", "ready", "wake"):
                     n = args.slow_frames or min(args.frames, SLOW_CAPS[res])
                 warmup = max(1, n // 10)
                 t = time.monotonic()
