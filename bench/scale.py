@@ -32,6 +32,9 @@ The designs, each on its own:
   and conversion): edged's reader minus edged. Together they split the gap
   between edged and the bare decode into OpenCV's decode, OpenCV's conversion
   and edged's own cost (processes, handoff, worker wake-ups, supervisor).
+* ``pyav_gray``: the same loop on PyAV (the ``bench`` extra), copying each
+  frame's Y plane out: a grey path without colour conversion, which OpenCV 5.0
+  lacks and edged does not have (bench/README.md says why it might).
 
 A trial starts the N clients, waits until every stream delivers frames, lets
 them settle for ``--warmup`` seconds (the first frames after connecting are
@@ -98,7 +101,8 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr", "opencv", "opencv_bgr")
+DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr", "opencv", "opencv_bgr", "pyav_gray")
+PLAIN = {"opencv": "grab", "opencv_bgr": "bgr", "pyav_gray": "pyav_gray"}  # plain_reader.py
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
 DELIVERED = 0.95  # of the source's frames
@@ -128,7 +132,7 @@ def _role(p: psutil.Process) -> str:
     if name == "ffmpeg" or "ffmpeg" in cmd.split(" ", 1)[0]:
         return "ffmpeg"
     if "plain_reader.py" in cmd:
-        return "opencv"
+        return "plain loop"
     if " -m edged " in f" {cmd} ":
         return "supervisor"
     if "resource_tracker" in cmd:
@@ -472,9 +476,8 @@ class Progress:
 
 
 def _plain_cmd(design: str, url: str) -> list[str]:
-    if design.startswith("opencv"):
-        mode = "bgr" if design == "opencv_bgr" else "grab"
-        return [sys.executable, str(BENCH / "plain_reader.py"), url, mode]
+    if design in PLAIN:
+        return [sys.executable, str(BENCH / "plain_reader.py"), url, PLAIN[design]]
     return [
         "ffmpeg", "-hide_banner", "-nostdin", "-loglevel", "error",
         "-rtsp_transport", "tcp", "-i", url,
@@ -490,7 +493,7 @@ def trial_ffmpeg(
     """N client processes that report like ``ffmpeg -progress``: FFmpeg or ``plain_reader.py``."""
     trial = Trial(design, n)
     cmd = _plain_cmd(design, url)
-    what = "plain_reader" if design.startswith("opencv") else "ffmpeg"
+    what = "plain_reader" if design in PLAIN else "ffmpeg"
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
     try:
@@ -744,6 +747,7 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
         ("edged", "ffmpeg_bgr", "decode to BGR"),
         ("opencv", "ffmpeg", "bare decode"),
         ("opencv_bgr", "ffmpeg", "bare decode"),
+        ("pyav_gray", "ffmpeg", "bare decode"),
         ("edged", "opencv_bgr", "a plain OpenCV loop converting every frame"),
     )
     for mine, ref, what in pairs:
@@ -886,6 +890,7 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
         "ffmpeg_bgr": "#2ca02c",
         "opencv": "#9467bd",
         "opencv_bgr": "#8c564b",
+        "pyav_gray": "#e377c2",
     }
     for design, trials in results.items():
         ts = [t for t in trials if not t.error and t.fps]
