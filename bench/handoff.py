@@ -67,6 +67,7 @@ RESOLUTIONS: dict[str, tuple[int, int, int]] = {
 # The pickling designs are slow at 4K: at most this many frames each.
 SLOW_CAPS: dict[str, int] = {"720p": 100, "1080p": 60, "4K": 20}
 METHODS = ("wake", "edged", "ready", "manager", "queue", "pipe")
+SLOT_METHODS = ("edged", "ready")  # edged's slot, the consumer asleep / busy
 CTX = multiprocessing.get_context("spawn")
 COLD_BYTES = 256 << 20  # working set of the cold copy: several times the last-level cache
 TIMEOUT = 60.0  # seconds any one step may take before the run is declared stuck
@@ -126,8 +127,7 @@ def producer_main(
         durations: list[float] = []
         fills: list[float] = []
         call_cpu = 0.0
-        slot = method in ("edged", "ready")
-        writer = SlotWriter(chan[0], chan[1].fileno()) if slot else None
+        writer = SlotWriter(chan[0], chan[1].fileno()) if method in SLOT_METHODS else None
         proc0, main0 = time.process_time(), time.thread_time()
         for i in range(n):
             _wait(ack, "ready from the consumer")
@@ -139,23 +139,15 @@ def producer_main(
                 fills.append((time.monotonic() - f0) * 1000)
             else:
                 src[0, 0, 0] = i % 256
-            if method == "ready":
-                # The consumer is busy; it asks only once the frame is published.
-                c0 = time.thread_time()
-                t0 = time.monotonic()
-                writer.publish(time.time(), t0, shape)
-                durations.append(time.monotonic() - t0)
-                call_cpu += time.thread_time() - c0
-                t0s.append(t0)
-                ack.send("published")
-                continue
-            time.sleep(gap)
-            if writer is not None:  # make sure the consumer sleeps in acquire()
-                deadline = time.monotonic() + TIMEOUT
-                while not writer.consumer_waiting:
-                    if time.monotonic() > deadline:
-                        raise Stuck("consumer never waited")
-                    time.sleep(0.0001)
+            # "ready": the consumer is busy and asks only once the frame is published.
+            if method != "ready":
+                time.sleep(gap)
+                if writer is not None:  # make sure the consumer sleeps in acquire()
+                    deadline = time.monotonic() + TIMEOUT
+                    while not writer.consumer_waiting:
+                        if time.monotonic() > deadline:
+                            raise Stuck("consumer never waited")
+                        time.sleep(0.0001)
             c0 = time.thread_time()
             t0 = time.monotonic()
             if writer is not None:
@@ -168,8 +160,11 @@ def producer_main(
                 os.write(chan.fileno(), b"\0")
             else:
                 chan.send_bytes(memoryview(src).cast("B"))  # flat: see library-facts.md
+            durations.append(time.monotonic() - t0)
             call_cpu += time.thread_time() - c0
             t0s.append(t0)
+            if method == "ready":
+                ack.send("published")
         # Other threads of this process (the Queue's feeder thread).
         helpers = (time.process_time() - proc0) - (time.thread_time() - main0)
         if method == "queue":
@@ -199,8 +194,7 @@ def consumer_main(
         durations: list[float] = []
         cpu = 0.0
         poll_cpu = 0.0
-        slot = method in ("edged", "ready")
-        reader = SlotReader(chan[0], chan[1].fileno()) if slot else None
+        reader = SlotReader(chan[0], chan[1].fileno()) if method in SLOT_METHODS else None
         poller = select.poll()
         if method == "wake":
             poller.register(chan.fileno(), select.POLLIN)
@@ -319,7 +313,7 @@ def run_pair(method: str, res: str, n: int, gap: float, warmup: int) -> Result:
     try:
         chan_p: Any
         chan_c: Any
-        if method in ("edged", "ready"):
+        if method in SLOT_METHODS:
             owner = SlotOwner("bench")
             cleanups.append(owner.close)
             chan_p, chan_c = (owner.name, owner.doorbell_w), (owner.name, owner.doorbell_r)
@@ -519,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
             results[("copy", res)], results[("copy_cold", res)] = run_copy(res, args.frames)
             for m in args.methods:
                 n = args.frames
-                if m not in ("edged", "ready", "wake"):
+                if m not in (*SLOT_METHODS, "wake"):
                     n = args.slow_frames or min(args.frames, SLOW_CAPS[res])
                 warmup = max(1, n // 10)
                 t = time.monotonic()
