@@ -2,7 +2,8 @@
 
     python bench/plain_reader.py URL grab|bgr|pyav_gray
 
-It opens ``URL`` the way edged's reader does (TCP, no stream probing, one
+It opens ``URL`` with the FFmpeg options and decoder threads edged's reader
+uses for it by default (taken from edged: for RTSP, TCP, no stream probing, one
 decoder thread) and then, for every frame:
 
 * ``grab``: OpenCV's ``grab()`` only: the decode, as edged's reader pays it for
@@ -34,16 +35,24 @@ from collections.abc import Callable, Iterator
 import numpy as np
 
 MODES = ("grab", "bgr", "pyav_gray")
-# As edged's OpenCVSource sets them for an RTSP camera with its defaults.
-OPTIONS = {"rtsp_transport": "tcp", "probesize": "32", "analyzeduration": "0"}
+
+
+def edged_settings(url: str) -> tuple[str, int]:
+    """FFmpeg options and decoder threads as edged's reader opens ``url`` with its defaults."""
+    from edged.config import camera_from_dict
+    from edged.sources import OpenCVSource
+
+    cam = camera_from_dict("bench", {"source": url})
+    return OpenCVSource(cam)._ffmpeg_options(), cam.decoder_threads
 
 
 def opencv_frames(url: str, convert: bool) -> Iterator[float]:
     """Stream time in ms of every frame, after decoding (and converting) it."""
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join(f"{k};{v}" for k, v in OPTIONS.items())
+    options, threads = edged_settings(url)
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = options
     import cv2
 
-    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, 1])
+    cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
     ok, first = cap.read()
     if not ok:
         raise SystemExit(f"cannot read {url}")
@@ -57,9 +66,10 @@ def opencv_frames(url: str, convert: bool) -> Iterator[float]:
 def pyav_gray_frames(url: str) -> Iterator[float]:
     import av
 
-    container = av.open(url, options=OPTIONS)
+    options, threads = edged_settings(url)
+    container = av.open(url, options=dict(kv.split(";", 1) for kv in options.split("|")))
     stream = container.streams.video[0]
-    stream.thread_count = 1
+    stream.thread_count = threads
     buf: np.ndarray | None = None
     for frame in container.decode(stream):
         plane = frame.planes[0]

@@ -475,7 +475,7 @@ class Progress:
                 self._block = {}
 
 
-def _plain_cmd(design: str, url: str) -> list[str]:
+def _client_cmd(design: str, url: str) -> list[str]:
     if design in PLAIN:
         return [sys.executable, str(BENCH / "plain_reader.py"), url, PLAIN[design]]
     return [
@@ -492,7 +492,7 @@ def trial_ffmpeg(
 ) -> Trial:
     """N client processes that report like ``ffmpeg -progress``: FFmpeg or ``plain_reader.py``."""
     trial = Trial(design, n)
-    cmd = _plain_cmd(design, url)
+    cmd = _client_cmd(design, url)
     what = "plain_reader" if design in PLAIN else "ffmpeg"
     procs: list[subprocess.Popen[bytes]] = []
     logs = []
