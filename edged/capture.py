@@ -65,7 +65,10 @@ class LatestFrameCapture:
 
     ``read()`` waits up to ``timeout`` seconds for a frame newer than the last
     one returned. With ``copy=False`` the returned image is a read-only view
-    of shared memory, valid until the next ``read()``: no copy at all.
+    of shared memory, valid until the next ``read()``: no copy at all. With
+    ``gray=True`` images are HxW grey: for RTSP, URL and file sources the
+    decoder's luma plane (usually in the video range 16-235), with no colour
+    conversion at all.
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class LatestFrameCapture:
         *,
         timeout: float = 10.0,
         copy: bool = True,
+        gray: bool = False,
         name: str = "capture",
         log_level: str = "warning",
         **options: Any,
@@ -82,7 +86,9 @@ class LatestFrameCapture:
 
         self.timeout = timeout
         self.copy = copy
-        self.cfg: CameraConfig = camera_from_dict(name, {"source": str(source), **options})
+        self.cfg: CameraConfig = camera_from_dict(
+            name, {"source": str(source), "pixel_format": "gray" if gray else "bgr", **options}
+        )
         self._owner: SlotOwner | None = SlotOwner(name)
         self._slot = SlotReader(self._owner.name, self._owner.doorbell_r.fileno())
         self._last_seq = 0

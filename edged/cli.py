@@ -88,7 +88,8 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     config = _load(args.config)
     print(f"{args.config}: OK, {len(config.cameras)} camera(s)")
     for cam in config.cameras.values():
-        print(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}")
+        grey = ", grey frames" if cam.frame_format == "gray" else ""
+        print(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
     return EX_OK
 
 

@@ -45,7 +45,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edged.config_report import key_lines, problems, syntax_problem
 from edged.errors import ConfigError, PluginError
-from edged.processor import resolve_processor
+from edged.processor import PixelFormat, resolve_processor
 from edged.redact import redact_url, scrub
 from edged.units import ByteSize, Duration, parse_byte_size, parse_duration
 
@@ -311,6 +311,11 @@ class ProcessorConfig(_Model):
         """The options as an instance of the processor's ``Options`` model."""
         return resolve_processor(self.type).Options.model_validate(self.options)
 
+    @property
+    def pixel_format(self) -> str:
+        """What the processor takes: ``"bgr"``, ``"gray"`` or ``"any"``."""
+        return resolve_processor(self.type).pixel_format
+
 
 def _null_processor() -> ProcessorConfig:
     return ProcessorConfig(type="null")
@@ -480,7 +485,14 @@ class _CameraSettings(_Password):
         1, ge=0, le=16, description="FFmpeg decoder threads; 0 lets FFmpeg choose."
     )
     ffmpeg_options: dict[str, Annotated[str, BeforeValidator(_scalar_to_str)]] = Field(
-        default_factory=dict, description="Extra FFmpeg demuxer options (OpenCV's FFmpeg backend)."
+        default_factory=dict, description="Extra FFmpeg demuxer options (OpenCV's or PyAV's)."
+    )
+    pixel_format: Literal["auto", "bgr", "gray"] = Field(
+        "auto",
+        description="What the reader delivers: 'auto' is grey when the processor asks for grey "
+        "and the camera takes no snapshots (colour JPEGs), else BGR. Grey frames from RTSP, "
+        "URL and file sources are the decoder's luma plane, with no colour conversion; a "
+        "processor asking for grey and given BGR gets it converted.",
     )
     width: int | None = Field(
         None, ge=16, le=7680, description="Frame width: synthetic size, V4L2 requested mode."
@@ -609,6 +621,10 @@ class CameraConfig(_CameraSettings):
             problems.append((missing, "give both width and height, or neither"))
         if self.restart_max_delay < self.restart_delay:
             problems.append(("restart_max_delay", "must not be less than restart_delay"))
+        if self.pixel_format == "gray" and self.processor.pixel_format == "bgr":
+            problems.append(
+                ("pixel_format", f"processor {self.processor.type!r} takes BGR frames, not grey")
+            )
         if problems:
             raise _invalid(problems, type(self).__name__)
         if user is not None:
@@ -625,6 +641,16 @@ class CameraConfig(_CameraSettings):
         """``synthetic``, ``rtsp``, ``url`` (other FFmpeg URLs), ``v4l2``, ``plugin`` or
         ``file``."""
         return source_kind(self.source)
+
+    @property
+    def frame_format(self) -> PixelFormat:
+        """What the reader delivers: ``pixel_format`` with ``"auto"`` resolved. A
+        processor that takes grey and gets BGR has it converted by its worker."""
+        if self.pixel_format != "auto":
+            return self.pixel_format
+        if self.processor.pixel_format == "gray" and not self.snapshots.enabled:
+            return "gray"
+        return "bgr"
 
     @property
     def display_source(self) -> str:

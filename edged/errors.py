@@ -31,7 +31,15 @@ class ConfigError(EdgedError):
 
 
 class SourceError(EdgedError):
-    """A video source could not be opened or read."""
+    """A video source could not be opened or read.
+
+    ``cause`` names why in a few words when the source knows (``"authentication
+    failed (check user and password)"``); otherwise the reader guesses it from
+    FFmpeg's last messages."""
+
+    def __init__(self, message: str, cause: str | None = None) -> None:
+        super().__init__(message)
+        self.cause = cause
 
 
 class PluginError(EdgedError):

@@ -16,7 +16,7 @@ import importlib
 import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
@@ -24,6 +24,8 @@ from pydantic import BaseModel, ConfigDict
 from edged.errors import PluginError
 
 ENTRY_POINT_GROUP = "edged.processors"
+PixelFormat = Literal["bgr", "gray"]
+PIXEL_FORMATS: tuple[str, ...] = ("bgr", "gray", "any")
 BUILTINS: dict[str, str] = {
     "motion": "edged.processors.motion:MotionProcessor",
     "null": "edged.processors.null:NullProcessor",
@@ -40,7 +42,8 @@ class Frame:
     """
 
     image: np.ndarray
-    """HxWx3 BGR uint8 pixels."""
+    """HxWx3 BGR uint8 pixels; HxW grey for a processor whose
+    :attr:`Processor.pixel_format` is ``"gray"``."""
     seq: int
     """Sequence number from the reader, 1 for the first frame; gaps are frames skipped."""
     timestamp: float
@@ -81,6 +84,16 @@ class Processor:
     event_types: ClassVar[tuple[str, ...]] = ()
     """The event types ``process`` may report, if known (Home Assistant's event entity
     lists them; a ``motion.start`` among them also gets a motion binary sensor)."""
+    pixel_format: ClassVar[Literal["bgr", "gray", "any"]] = "bgr"
+    """What ``frame.image`` holds: ``"bgr"`` (HxWx3) or ``"gray"`` (HxW). Declare
+    ``"gray"`` when the algorithm works on grey anyway: for RTSP, URL and file
+    sources the reader then hands over the decoder's luma plane (the Y of YUV,
+    in the range the camera encoded, usually 16-235) and skips the colour
+    conversion, the largest cost of a reader after decoding. Where the reader
+    delivers BGR (other sources, a camera taking colour snapshots, or
+    ``pixel_format = "bgr"``) the frame is converted to grey for you. ``"any"``:
+    the processor takes either (the camera's ``pixel_format`` decides, BGR by
+    default)."""
 
     def __init__(self, options: BaseModel, camera: str) -> None:
         self.options = options
@@ -140,4 +153,8 @@ def resolve_processor(type_name: str) -> type[Processor]:
     cls = _import_class(spec)
     if not issubclass(cls, Processor):
         raise PluginError(f"{spec!r} is not a subclass of edged.Processor")
+    if cls.pixel_format not in PIXEL_FORMATS:
+        raise PluginError(
+            f"{spec!r}: pixel_format {cls.pixel_format!r} is not one of: {', '.join(PIXEL_FORMATS)}"
+        )
     return cls

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.errors import EdgedError
+from edged.errors import EdgedError, SourceError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
@@ -96,6 +96,7 @@ class Reader:
         native: NativeStderr | None = None,
     ) -> None:
         self.cam = cam
+        self.gray = cam.frame_format == "gray"
         self.native = native
         self.writer = writer
         self.status = writer.status
@@ -141,7 +142,8 @@ class Reader:
                 self.backoff.succeeded(time.monotonic() - started)
                 delay = self.backoff.next_delay()
                 lines = self.native.recent() if self.native else []
-                cause = classify(lines)
+                known = exc.cause if isinstance(exc, SourceError) else None
+                cause = known or classify(lines)
                 if cause in SLOW_RETRY_CAUSES:
                     # Retrying a wrong password quickly only fills the camera's
                     # log (and may lock the account): use the slow end of the schedule.
@@ -185,11 +187,12 @@ class Reader:
     ) -> tuple[int, ...]:
         """Decode the grabbed frame into a free slot buffer and publish it; its shape."""
         writer, status = self.writer, self.status
+        retrieve = source.retrieve_gray if self.gray else source.retrieve
         if shape is None:
-            frame = source.retrieve(None)
+            frame = retrieve(None)
         else:
             buf = writer.buffer(shape)
-            frame = source.retrieve(buf)
+            frame = retrieve(buf)
             if frame is not buf and not np.shares_memory(frame, buf):
                 shape = None  # the size changed; OpenCV decoded into a new array
         if shape is None:

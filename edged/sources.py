@@ -16,11 +16,14 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from edged.errors import PluginError, SourceError
+from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, classify
+from edged.redact import scrub
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -41,6 +44,7 @@ class Source:
         self.options = dict(options or {})
         self.camera = camera
         self._pending: np.ndarray | None = None
+        self._bgr: np.ndarray | None = None  # retrieve_gray()'s BGR buffer
 
     def open(self) -> None:
         """Connect to the source; raise :class:`~edged.errors.SourceError` if it fails."""
@@ -68,6 +72,27 @@ class Source:
             return out
         return frame
 
+    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
+        """The frame from the last :meth:`grab` as HxW grey, written into ``out`` when it fits.
+
+        This default converts what :meth:`retrieve` gives (BGR) to grey; a source
+        that has the luma plane at hand overrides it and skips the conversion.
+        """
+        import cv2
+
+        frame = self.retrieve(getattr(self, "_bgr", None))
+        if frame.ndim == 2:
+            gray = frame
+        else:
+            self._bgr = frame  # decode into the same buffer next time
+            if out is not None and out.shape == frame.shape[:2] and out.dtype == frame.dtype:
+                return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=out)
+            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
+        if out is not None and out.shape == gray.shape and out.dtype == gray.dtype:
+            np.copyto(out, gray)
+            return out
+        return gray
+
     def close(self) -> None:
         """Release the source; called once, also after a failed open."""
 
@@ -75,6 +100,36 @@ class Source:
     def nominal_fps(self) -> float | None:
         """The frame rate the source announces, if any."""
         return None
+
+
+def ffmpeg_options(cam: CameraConfig) -> dict[str, str]:
+    """The FFmpeg demuxer options a camera's reader opens its source with."""
+    opts: dict[str, str] = {}
+    if cam.source_kind == "rtsp":
+        opts["rtsp_transport"] = cam.transport
+        # The SDP already describes an RTSP stream: without probing, the
+        # first frame arrives ~0.35 s after open and ~70 ms old, instead
+        # of ~1.4 s and ~1.1 s old (measured on the test server). A camera
+        # whose SDP lacks its parameters needs the defaults back:
+        # ffmpeg_options = { probesize = "5000000", analyzeduration = "5000000" }
+        opts["probesize"] = "32"
+        opts["analyzeduration"] = "0"
+    opts.update(cam.ffmpeg_options)
+    return opts
+
+
+class _Pacer:
+    """Paces a file like a camera: one frame per interval, no catching up in bursts
+    after a stall."""
+
+    def __init__(self) -> None:
+        self.next_due = time.monotonic()
+
+    def wait(self, fps: float) -> None:
+        now = time.monotonic()
+        if self.next_due > now:
+            time.sleep(self.next_due - now)
+        self.next_due = max(self.next_due + 1.0 / fps, time.monotonic() - 0.5)
 
 
 class OpenCVSource(Source):
@@ -87,21 +142,10 @@ class OpenCVSource(Source):
         self.live = self.kind != "file"
         self._cap: Any = None
         self._fps: float | None = None
-        self._next_due = 0.0
+        self._pacer = _Pacer()
 
     def _ffmpeg_options(self) -> str:
-        opts: dict[str, str] = {}
-        if self.kind == "rtsp":
-            opts["rtsp_transport"] = self.cam.transport
-            # The SDP already describes an RTSP stream: without probing, the
-            # first frame arrives ~0.35 s after open and ~70 ms old, instead
-            # of ~1.4 s and ~1.1 s old (measured on the test server). A camera
-            # whose SDP lacks its parameters needs the defaults back:
-            # ffmpeg_options = { probesize = "5000000", analyzeduration = "5000000" }
-            opts["probesize"] = "32"
-            opts["analyzeduration"] = "0"
-        opts.update(self.cam.ffmpeg_options)
-        return "|".join(f"{k};{v}" for k, v in opts.items())
+        return "|".join(f"{k};{v}" for k, v in ffmpeg_options(self.cam).items())
 
     def open(self) -> None:
         import cv2
@@ -137,18 +181,13 @@ class OpenCVSource(Source):
         self._cap = cap
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = cam.fps or (fps if 0 < fps <= 240 else None)
-        self._next_due = time.monotonic()
+        self._pacer = _Pacer()
 
     def grab(self) -> bool:
         if self._cap is None:
             raise SourceError("source is not open")
         if self.kind == "file" and self.cam.realtime and self._fps:
-            # Pace a file like a camera: one frame per interval, no catching up
-            # in bursts after a stall.
-            now = time.monotonic()
-            if self._next_due > now:
-                time.sleep(self._next_due - now)
-            self._next_due = max(self._next_due + 1.0 / self._fps, time.monotonic() - 0.5)
+            self._pacer.wait(self._fps)
         started = time.monotonic()
         if self._cap.grab():
             return True
@@ -175,6 +214,206 @@ class OpenCVSource(Source):
         if self._cap is not None:
             self._cap.release()
             self._cap = None
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return self._fps
+
+
+# 8-bit pixel formats whose first plane is the luma, one byte per pixel.
+_LUMA_FIRST = frozenset(
+    [
+        "gray",
+        "yuv420p",
+        "yuvj420p",
+        "yuv422p",
+        "yuvj422p",
+        "yuv444p",
+        "yuvj444p",
+        "yuv440p",
+        "yuvj440p",
+        "yuv411p",
+        "yuv410p",
+        "yuva420p",
+        "nv12",
+        "nv21",
+        "nv16",
+        "nv24",
+    ]
+)
+_BAD_PACKETS_IN_A_ROW = 250  # ten seconds of 25 fps that decode to nothing: the stream is junk
+_log_routed = False
+
+
+def _route_ffmpeg_log() -> None:
+    """Let FFmpeg print its warnings and errors to fd 2 itself, as OpenCV's FFmpeg does.
+
+    PyAV silences FFmpeg by default, or hands each message to Python's logging
+    through a callback that takes the GIL from FFmpeg's threads (PyAV issues
+    751 and 2276: deadlocks, lock contention). FFmpeg's own callback just writes
+    to fd 2, which in a reader is the native-message pipe (:mod:`edged.nativelog`):
+    the lines are scrubbed of passwords, kept for the reader's status note and
+    the cause of a failure, and logged at debug level only.
+    """
+    global _log_routed
+    if not _log_routed:
+        import av.logging
+
+        av.logging.set_level(av.logging.WARNING)
+        av.logging.restore_default_callback()
+        _log_routed = True
+
+
+class PyAVSource(Source):
+    """FFmpeg through PyAV, for grey frames: the decoder's luma plane, unconverted.
+
+    OpenCV's FFmpeg backend only hands out BGR (its unconverted output is not
+    the plane as it is in OpenCV 5), and the BGR conversion is the largest cost
+    of a reader after decoding. PyAV gives the decoded picture's planes: for
+    the usual 8-bit YUV formats the first one is the Y (luma) plane, which is
+    copied into the slot; other formats (10-bit, RGB) are converted to grey.
+    RTSP, URL and file sources only; the options, timeouts and file pacing are
+    those of :class:`OpenCVSource`.
+    """
+
+    def __init__(self, cam: CameraConfig) -> None:
+        super().__init__(camera=cam.name)
+        self.cam = cam
+        self.kind = cam.source_kind
+        self.live = self.kind != "file"
+        self._container: Any = None
+        self._stream: Any = None
+        self._frames: Iterator[Any] | None = None
+        self._frame: Any = None
+        self._fps: float | None = None
+        self._pacer = _Pacer()
+        self.bad_packets = 0
+
+    def open(self) -> None:
+        import av
+
+        _route_ffmpeg_log()
+        cam = self.cam
+        if self.kind == "file":
+            target, timeout, limit = cam.source, None, 0.0
+        else:
+            target = cam.source_url(with_credentials=True)
+            timeout, limit = (cam.open_timeout, cam.read_timeout), cam.open_timeout
+        started = time.monotonic()
+        try:
+            container = av.open(target, container_options=ffmpeg_options(cam), timeout=timeout)
+        except (av.FFmpegError, OSError) as exc:
+            raise self._error("cannot open", exc, started, limit) from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError(f"cannot open {cam.display_source}: it has no video stream")
+        stream = container.streams.video[0]
+        if cam.decoder_threads:
+            stream.thread_count = cam.decoder_threads
+        else:
+            stream.thread_type = "AUTO"  # FFmpeg chooses, frame threads included
+        self._container, self._stream = container, stream
+        self._frames = self._decode()
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else 0.0
+        self._fps = cam.fps or (fps if 0 < fps <= 240 else None)
+        self._pacer = _Pacer()
+
+    def _decode(self) -> Iterator[Any]:
+        import av
+
+        bad = 0
+        for packet in self._container.demux(self._stream):
+            try:
+                frames = packet.decode()
+            except av.InvalidDataError:
+                # A damaged packet costs its frame, not the connection (as in
+                # OpenCV); a stream of nothing but damage is an error.
+                self.bad_packets += 1
+                bad += 1
+                if bad >= _BAD_PACKETS_IN_A_ROW:
+                    raise SourceError(
+                        f"lost {self.cam.display_source}: {bad} packets in a row did not decode",
+                        "unreadable stream",
+                    ) from None
+                continue
+            bad = 0
+            yield from frames
+
+    def grab(self) -> bool:
+        import av
+
+        if self._frames is None:
+            raise SourceError("source is not open")
+        if self.kind == "file" and self.cam.realtime and self._fps:
+            self._pacer.wait(self._fps)
+        for attempt in range(2):
+            started = time.monotonic()
+            try:
+                self._frame = next(self._frames)
+                return True
+            except StopIteration:
+                pass
+            except (av.FFmpegError, OSError) as exc:
+                raise self._error("lost", exc, started, self.cam.read_timeout) from None
+            if self.kind != "file":
+                raise SourceError(f"lost {self.cam.display_source}: the stream ended")
+            if not self.cam.loop or attempt:
+                return False
+            self._container.seek(0)
+            self._frames = self._decode()
+        return False
+
+    def _error(self, action: str, exc: Exception, started: float, limit: float) -> SourceError:
+        """A :class:`SourceError` naming the cause; FFmpeg's text without the URL."""
+        import av
+
+        elapsed = time.monotonic() - started
+        # strerror is FFmpeg's message alone; str(exc) appends the URL, password included.
+        text = scrub(getattr(exc, "strerror", None) or type(exc).__name__)
+        cause: str | None
+        if isinstance(exc, av.HTTPUnauthorizedError):
+            cause = AUTH_FAILED
+        elif isinstance(exc, av.HTTPForbiddenError):
+            cause = FORBIDDEN
+        elif isinstance(exc, (av.HTTPNotFoundError, FileNotFoundError)):
+            cause = NOT_FOUND
+        elif isinstance(exc, av.ExitError) or (limit and elapsed >= 0.9 * limit):
+            # PyAV's timeout interrupts FFmpeg, which then reports "Immediate exit".
+            cause, text = "timed out", f"nothing within {limit if limit else elapsed:.1f}s"
+        else:
+            cause = classify([text])
+        return SourceError(f"{action} {self.cam.display_source}: {text}", cause)
+
+    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
+        frame = self._frame
+        if frame is None:
+            raise SourceError("retrieve() without a grabbed frame")
+        if frame.format.name not in _LUMA_FIRST:
+            frame = frame.reformat(format="gray")
+        plane = frame.planes[0]
+        # Rows are line_size bytes apart (padded for SIMD); the image is the first width.
+        rows = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size]
+        luma = rows.reshape(plane.height, plane.line_size)[:, : plane.width]
+        if out is None or out.shape != luma.shape or out.dtype != luma.dtype:
+            return luma.copy()
+        np.copyto(out, luma)
+        return out
+
+    def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
+        if self._frame is None:
+            raise SourceError("retrieve() without a grabbed frame")
+        bgr: np.ndarray = self._frame.to_ndarray(format="bgr24")
+        if out is None or out.shape != bgr.shape or out.dtype != bgr.dtype:
+            return bgr
+        np.copyto(out, bgr)
+        return out
+
+    def close(self) -> None:
+        self._frames = self._frame = None
+        if self._container is not None:
+            self._container.close()
+            self._container = None
 
     @property
     def nominal_fps(self) -> float | None:
@@ -223,8 +462,14 @@ class SyntheticSource(Source):
 
 
 def open_source(cam: CameraConfig) -> Source:
-    """Build (not yet open) the source a camera's config names."""
+    """Build (not yet open) the source a camera's config names.
+
+    Grey frames from an FFmpeg source come from :class:`PyAVSource`; every other
+    source delivers BGR, converted to grey (:meth:`Source.retrieve_gray`) if asked.
+    """
     kind = cam.source_kind
+    if cam.frame_format == "gray" and kind in ("rtsp", "url", "file"):
+        return PyAVSource(cam)
     if kind == "synthetic":
         return SyntheticSource(cam)
     if kind == "plugin":

@@ -32,6 +32,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import cv2
+
 from edged.errors import EX_CONFIG, EdgedError
 from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
@@ -129,6 +131,9 @@ class Worker:
         self._timings: list[list[float]] = []
         self._oldest = 0.0  # time.monotonic() when the oldest of _timings was taken
         self._interval = 1.0 / cam.process_fps if cam.process_fps else 0.0
+        # A processor that asks for grey gets grey, also when the reader
+        # delivers BGR (for colour snapshots, or pixel_format = "bgr").
+        self._to_gray = processor.pixel_format == "gray" and cam.frame_format == "bgr"
         self._next_due = 0.0  # with process_fps: no frame is taken before this
 
     def run(self) -> None:
@@ -164,9 +169,12 @@ class Worker:
             if last_seq:
                 status.add("skipped", max(0, seq - last_seq - 1))
             last_seq = seq
-            frame = Frame(image=image, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
             start = time.monotonic()
             status["busy_since"] = start
+            pixels = image
+            if self._to_gray and image.ndim == 3:
+                pixels = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+            frame = Frame(image=pixels, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
             if self._interval:
                 # On the schedule, not start + interval: waiting for the next
                 # frame (0 to one frame interval) would otherwise slow the rate;

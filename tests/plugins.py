@@ -22,9 +22,10 @@ class SlowOptions(BaseModel):
 
 
 class SlowProcessor(Processor):
-    """Takes ``delay`` seconds per frame and reports every frame it saw."""
+    """Takes ``delay`` seconds per frame and reports every frame it saw (BGR or grey)."""
 
     Options = SlowOptions
+    pixel_format = "any"
 
     def process(self, frame: Frame) -> Iterator[Event]:
         data: dict[str, object] = {"shape": list(frame.image.shape)}

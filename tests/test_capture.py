@@ -89,6 +89,16 @@ def test_rtsp_slow_consumer_gets_the_newest_frame(rtsp_server):
 
 
 @pytest.mark.slow
+def test_rtsp_grey_frames_are_fresh_luma(rtsp_server):
+    with LatestFrameCapture(rtsp_server.url, gray=True) as cap:
+        for _ in range(3):
+            frame = cap.read_frame(timeout=15)
+            assert frame is not None and frame.image.shape == (360, 640)
+            made = decode_timestamp(frame.image)
+            assert made is not None and 0 < time.time() - made < 1.0
+
+
+@pytest.mark.slow
 def test_rtsp_reconnects_after_the_server_restarts(rtsp_server):
     with LatestFrameCapture(rtsp_server.url, restart_delay="0.2s", read_timeout="2s") as cap:
         assert cap.read(timeout=15)[0]

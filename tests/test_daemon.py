@@ -214,6 +214,28 @@ def test_check_config_accepts_the_shipped_default():
     assert "demo: synthetic -> motion" in r.stdout
 
 
+def test_motion_on_an_rtsp_camera_decodes_grey_through_pyav(tmp_path, daemons, rtsp_server):
+    camera = f'source = "{rtsp_server.url}"\n[cameras.cam1.processor]\ntype = "motion"'
+    (tmp_path / "check.toml").write_text(_toml(camera))
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", "check-config", str(tmp_path / "check.toml")],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"cam1: {rtsp_server.url} -> motion, grey frames" in r.stdout
+    d = start_daemon(daemons, tmp_path, _toml(camera))
+    start = d.wait_events(1, "motion.start", timeout=20)[0]
+    assert start["camera"] == "cam1" and start["frame_age_ms"] < 1000
+    (reader,) = d.children("reader")
+    libs = {os.path.basename(m.path).split("-")[0] for m in reader.memory_maps()
+            if "/av.libs/" in m.path}  # fmt: skip
+    assert "libavcodec" in libs  # PyAV's own FFmpeg decodes
+    assert d.stop() == 0
+
+
+@pytest.mark.parametrize("pixels", ["bgr", "gray"])  # OpenCV's and PyAV's errors
 @pytest.mark.parametrize(
     ("credentials", "path", "cause"),
     [
@@ -222,11 +244,12 @@ def test_check_config_accepts_the_shipped_default():
     ],
 )
 def test_camera_failures_name_their_cause_and_never_show_the_password(
-    tmp_path, daemons, rtsp_server_factory, credentials, path, cause
+    tmp_path, daemons, rtsp_server_factory, credentials, path, cause, pixels
 ):
     server = rtsp_server_factory(user="edged", password="right-Pa55word")
     url = f"rtsp://{credentials}@127.0.0.1:{server.port}{path}"
-    d = start_daemon(daemons, tmp_path, _toml(f'source = "{url}"\nopen_timeout = "3s"'))
+    camera = f'source = "{url}"\nopen_timeout = "3s"\npixel_format = "{pixels}"'
+    d = start_daemon(daemons, tmp_path, _toml(camera))
     d.wait_log(cause, timeout=20)
     d.wait_log("camera cam1: reconnecting")
     assert d.stop() == 0

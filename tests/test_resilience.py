@@ -23,15 +23,20 @@ def _toml(cameras: dict[str, str]) -> str:
     return "\n".join(out)
 
 
-def _frames(url: str, extra: str = "") -> str:
+def _frames(url: str, extra: str = "", pixels: str = "bgr") -> str:
     return (
-        f'source = "{url}"\n{extra}\n'
+        f'source = "{url}"\npixel_format = "{pixels}"\n{extra}\n'
         '[cameras.CAM.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.05\n'
     )
 
 
-def _camera(name: str, url: str, extra: str = "") -> dict[str, str]:
-    return {name: _frames(url, extra).replace("CAM", name)}
+def _camera(name: str, url: str, extra: str = "", pixels: str = "bgr") -> dict[str, str]:
+    return {name: _frames(url, extra, pixels).replace("CAM", name)}
+
+
+# The faults that reach a source are tried against both decoders: OpenCV (BGR
+# frames) and PyAV (grey frames).
+both_decoders = pytest.mark.parametrize("pixels", ["bgr", "gray"])
 
 
 def _assert_events_intact(d: Daemon, before: list[dict]) -> None:
@@ -75,7 +80,8 @@ class SilentServer:
         self.sock.close()
 
 
-def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server):
+@both_decoders
+def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server, pixels):
     d = start_daemon(
         daemons,
         tmp_path,
@@ -85,6 +91,7 @@ def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server):
                 rtsp_server.url,
                 'stale_after = "2s"\nread_timeout = "2s"\n'
                 'restart_delay = "0.5s"\nrestart_max_delay = "4s"',
+                pixels,
             )
         ),
     )
@@ -112,14 +119,15 @@ def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server):
     _assert_events_intact(d, before)
 
 
-def test_silent_server_is_detected_and_retried(tmp_path, daemons):
+@both_decoders
+def test_silent_server_is_detected_and_retried(tmp_path, daemons, pixels):
     silent = SilentServer()
     try:
         url = f"rtsp://127.0.0.1:{silent.port}/stream"
         d = start_daemon(
             daemons,
             tmp_path,
-            _toml(_camera("cam1", url, 'open_timeout = "2s"\nstale_after = "2s"')),
+            _toml(_camera("cam1", url, 'open_timeout = "2s"\nstale_after = "2s"', pixels)),
         )
         d.wait_log("timed out", timeout=15)
         wait_for("a second connection", lambda: len(silent.conns) >= 2, timeout=15)
@@ -129,11 +137,12 @@ def test_silent_server_is_detected_and_retried(tmp_path, daemons):
         silent.close()
 
 
-def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_server):
+@both_decoders
+def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_server, pixels):
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(_camera("cam1", rtsp_server.url, 'stale_after = "1s"\nread_timeout = "3s"')),
+        _toml(_camera("cam1", rtsp_server.url, 'stale_after = "1s"\nread_timeout = "3s"', pixels)),
     )
     d.wait_events(10, "frame", timeout=20)
     before = d.events()
@@ -153,13 +162,16 @@ def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_s
     _assert_events_intact(d, before)
 
 
-def test_wrong_credentials_retry_slowly_without_flooding(tmp_path, daemons, rtsp_server_factory):
+@both_decoders
+def test_wrong_credentials_retry_slowly_without_flooding(
+    tmp_path, daemons, rtsp_server_factory, pixels
+):
     server = rtsp_server_factory(user="edged", password="right")
     url = f"rtsp://edged:wrong@127.0.0.1:{server.port}/stream"
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(_camera("cam1", url, 'restart_delay = "0.1s"\nrestart_max_delay = "4s"')),
+        _toml(_camera("cam1", url, 'restart_delay = "0.1s"\nrestart_max_delay = "4s"', pixels)),
     )
     d.wait_log("authentication failed", timeout=15)
     time.sleep(6)  # let it retry for a while: then count
@@ -184,20 +196,22 @@ def test_processor_failing_every_frame_restarts_the_worker(tmp_path, daemons):
     assert d.stop() == 0
 
 
-def test_resolution_change_across_reconnect(tmp_path, daemons, rtsp_server_factory):
+@both_decoders
+def test_resolution_change_across_reconnect(tmp_path, daemons, rtsp_server_factory, pixels):
     port = free_port()
     server = rtsp_server_factory(width=640, height=360, port=port)
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(_camera("cam1", server.url, 'restart_delay = "0.2s"\nread_timeout = "2s"')),
+        _toml(_camera("cam1", server.url, 'restart_delay = "0.2s"\nread_timeout = "2s"', pixels)),
     )
     d.wait_events(5, "frame", timeout=20)
     server.stop()
     rtsp_server_factory(width=1280, height=720, port=port)
+    shape = [720, 1280, 3] if pixels == "bgr" else [720, 1280]
     wait_for(
         "frames at the new size",
-        lambda: any(e["data"]["shape"] == [720, 1280, 3] for e in d.events("frame")),
+        lambda: any(e["data"]["shape"] == shape for e in d.events("frame")),
         timeout=30,
     )
     assert "frame size changed to 1280x720" in d.log

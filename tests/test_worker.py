@@ -36,6 +36,13 @@ class Marker(Processor):
             yield Event("marked", {"seq": frame.seq})
 
 
+class GreyMarker(Processor):
+    pixel_format = "gray"
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        yield Event("seen", {"shape": list(frame.image.shape), "value": int(frame.image[0, 0])})
+
+
 class CountingConn:
     """The supervisor's end of the events pipe, counting the messages it hands out."""
 
@@ -81,7 +88,9 @@ class Rig:
 
 @contextmanager
 def running_worker(
-    tmp_path: Path, before: Callable[[SlotWriter], None] | None = None
+    tmp_path: Path,
+    before: Callable[[SlotWriter], None] | None = None,
+    processor: type[Processor] = Marker,
 ) -> Iterator[Rig]:
     """A real Supervisor and a Worker thread on a real slot, joined by the events pipe.
 
@@ -99,7 +108,7 @@ def running_worker(
     if before:
         before(writer)
     stop = threading.Event()
-    worker = Worker(cfg, Marker(NoOptions(), "cam1"), reader, cam.events_w, stop)
+    worker = Worker(cfg, processor(NoOptions(), "cam1"), reader, cam.events_w, stop)
     thread = threading.Thread(target=worker.run, daemon=True)
     r = Rig(sup, cam, writer, conn, stop, thread)
     sup.on_frame.append(lambda name, age, took: r.timings.append((age, took)))
@@ -134,6 +143,20 @@ def test_frame_timings_arrive_batched(rig: Rig) -> None:
     assert rig.conn.messages < 20
     assert all(age >= 0 and 0 <= took < 10 for age, took in rig.timings)
     assert rig.events == []
+
+
+def test_a_processor_asking_for_grey_gets_grey_when_the_reader_delivers_bgr(
+    tmp_path: Path,
+) -> None:
+    # The camera's reader delivers BGR (as for colour snapshots): the worker
+    # converts, the processor never sees three channels.
+    with running_worker(tmp_path, processor=GreyMarker) as rig:
+        assert rig.cam.cfg.frame_format == "bgr"
+        buf = rig.writer.buffer((4, 6, 3))
+        buf[...] = (255, 0, 0)  # pure blue: grey 0.114 * 255
+        rig.writer.publish(time.time(), time.monotonic())
+        rig.until(lambda: len(rig.events) == 1)
+    assert rig.events[0]["data"] == {"shape": [4, 6], "value": 29}
 
 
 def test_a_frame_from_before_the_worker_started_is_not_processed(tmp_path: Path) -> None:

@@ -1,12 +1,14 @@
 """The ``motion`` processor: background subtraction with start/end hysteresis.
 
-Each frame is shrunk to ``scale_width`` pixels wide, turned grey and blurred,
-then compared with a running-average background. Changed pixels are
-thresholded, dilated so the pieces of one object merge, and grouped into
-contours; contours smaller than ``min_area`` are ignored. A run of
-``start_frames`` frames with motion starts an episode (``motion.start``), and
-``end_after`` seconds with none ends it (``motion.end``): one object crossing
-the view gives one pair of events, not one event per frame.
+Each frame arrives grey (``pixel_format = "gray"``: for RTSP, URL and file
+sources the decoder's luma plane, with no colour conversion in the reader),
+is shrunk to ``scale_width`` pixels wide and blurred, then compared with a
+running-average background. Changed pixels are thresholded, dilated so the
+pieces of one object merge, and grouped into contours; contours smaller than
+``min_area`` are ignored. A run of ``start_frames`` frames with motion starts
+an episode (``motion.start``), and ``end_after`` seconds with none ends it
+(``motion.end``): one object crossing the view gives one pair of events, not
+one event per frame.
 
 Times come from the frames (``Frame.monotonic``), never from the clock, so the
 events depend on what the camera saw and not on how fast this worker ran.
@@ -41,6 +43,7 @@ class MotionProcessor(Processor):
     """
 
     event_types = ("motion.start", "motion.end")
+    pixel_format = "gray"
 
     class Options(BaseModel):
         """The ``[cameras.NAME.processor]`` table of ``type = "motion"``."""
@@ -202,7 +205,8 @@ class MotionProcessor(Processor):
         small = image
         for size in self._resize_steps:
             small = cv2.resize(small, size, interpolation=cv2.INTER_AREA)
-        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
+        # Grey from the worker; BGR when someone calls process() directly.
+        grey = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY) if small.ndim == 3 else small
         return cv2.GaussianBlur(grey, (5, 5), 0)
 
     def _detect(

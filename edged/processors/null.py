@@ -14,5 +14,7 @@ from edged.processor import Event, Frame, Processor
 class NullProcessor(Processor):
     """Returns no events for any frame. Takes no options."""
 
+    pixel_format = "any"
+
     def process(self, frame: Frame) -> Iterable[Event]:
         return ()
