@@ -61,6 +61,7 @@ class AgeProbe(Processor):
     """
 
     Options = ProbeOptions
+    pixel_format = "any"  # scale.py's edged_gray hands it grey frames
 
     def setup(self) -> None:
         self._next = 0.0

@@ -10,9 +10,9 @@ decoder thread) and then, for every frame:
   a frame nobody will process;
 * ``bgr``: ``grab()`` and ``retrieve()`` into one preallocated BGR array: decode
   and conversion, as edged's reader pays it for a frame its processor takes;
-* ``pyav_gray``: PyAV (``pip install av``) decodes, and the frame's Y plane is
-  copied into one preallocated array: what a grey path that skips the colour
-  conversion would cost (OpenCV 5.0 has none; see bench/README.md).
+* ``pyav_gray``: PyAV decodes, and the frame's Y plane is copied into one
+  preallocated array: what edged's grey reader (``pixel_format = "gray"``)
+  pays, without edged around it.
 
 No processes, shared memory or processor around it: the difference between
 ``bgr`` and edged is edged's own cost, the difference between ``grab`` and
@@ -37,19 +37,19 @@ import numpy as np
 MODES = ("grab", "bgr", "pyav_gray")
 
 
-def edged_settings(url: str) -> tuple[str, int]:
+def edged_settings(url: str) -> tuple[dict[str, str], int]:
     """FFmpeg options and decoder threads as edged's reader opens ``url`` with its defaults."""
     from edged.config import camera_from_dict
-    from edged.sources import OpenCVSource
+    from edged.sources import ffmpeg_options
 
     cam = camera_from_dict("bench", {"source": url})
-    return OpenCVSource(cam)._ffmpeg_options(), cam.decoder_threads
+    return ffmpeg_options(cam), cam.decoder_threads
 
 
 def opencv_frames(url: str, convert: bool) -> Iterator[float]:
     """Stream time in ms of every frame, after decoding (and converting) it."""
     options, threads = edged_settings(url)
-    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = options
+    os.environ["OPENCV_FFMPEG_CAPTURE_OPTIONS"] = "|".join(f"{k};{v}" for k, v in options.items())
     import cv2
 
     cap = cv2.VideoCapture(url, cv2.CAP_FFMPEG, [cv2.CAP_PROP_N_THREADS, threads])
@@ -67,7 +67,7 @@ def pyav_gray_frames(url: str) -> Iterator[float]:
     import av
 
     options, threads = edged_settings(url)
-    container = av.open(url, options=dict(kv.split(";", 1) for kv in options.split("|")))
+    container = av.open(url, container_options=options)
     stream = container.streams.video[0]
     stream.thread_count = threads
     buf: np.ndarray | None = None

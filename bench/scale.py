@@ -20,6 +20,10 @@ The designs, each on its own:
 * ``edged_capped``: the same with ``process_fps = --capped-fps`` (5) on every
   camera, as Frigate users set ``detect.fps``: the processor takes 5 frames a
   second, each the newest, and the reader converts only those to BGR.
+* ``edged_gray``: ``edged`` with ``pixel_format = "gray"`` on every camera, as for
+  a processor that declares grey (the built-in ``motion`` does): the reader
+  decodes through PyAV and copies each frame's Y plane into shared memory, with
+  no colour conversion at all.
 * ``ffmpeg``: N processes ``ffmpeg -rtsp_transport tcp -i URL -f null -`` (FFmpeg's
   defaults: automatic decoder threads, no colour conversion: the null muxer takes
   the decoded YUV frames as they are), plus ``-progress pipe:1`` to count frames.
@@ -32,9 +36,8 @@ The designs, each on its own:
   and conversion): edged's reader minus edged. Together they split the gap
   between edged and the bare decode into OpenCV's decode, OpenCV's conversion
   and edged's own cost (processes, handoff, worker wake-ups, supervisor).
-* ``pyav_gray``: the same loop on PyAV (the ``bench`` extra), copying each
-  frame's Y plane out: a grey path without colour conversion, which OpenCV 5.0
-  lacks and edged does not have (bench/README.md says why it might).
+* ``pyav_gray``: the same loop on PyAV, copying each frame's Y plane out:
+  ``edged_gray``'s reader minus edged.
 
 A trial starts the N clients, waits until every stream delivers frames, lets
 them settle for ``--warmup`` seconds (the first frames after connecting are
@@ -101,7 +104,16 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
 
-DESIGNS = ("edged", "edged_capped", "ffmpeg", "ffmpeg_bgr", "opencv", "opencv_bgr", "pyav_gray")
+DESIGNS = (
+    "edged",
+    "edged_capped",
+    "edged_gray",
+    "ffmpeg",
+    "ffmpeg_bgr",
+    "opencv",
+    "opencv_bgr",
+    "pyav_gray",
+)
 PLAIN = {"opencv": "grab", "opencv_bgr": "bgr", "pyav_gray": "pyav_gray"}  # plain_reader.py
 READY_TIMEOUT = 180.0  # 2N Python processes importing OpenCV take a while
 STOP_GRACE = 15.0
@@ -294,10 +306,11 @@ def _finish_cpu(trial: Trial, meter: CpuMeter, wall: float, busy0: float) -> Non
 
 
 def _edged_config(
-    tmp: Path, url: str, n: int, port: int, processor: str, process_fps: float = 0.0
+    tmp: Path, url: str, n: int, port: int, processor: str, process_fps: float, gray: bool
 ) -> Path:
     proc = 'type = "bench_plugins:AgeProbe"' if processor == "probe" else 'type = "null"'
     cap = f"process_fps = {process_fps}\n" if process_fps else ""
+    cap += f'pixel_format = "{"gray" if gray else "bgr"}"\n'
     cams = "".join(
         f'\n[cameras.cam{i}]\nsource = "{url}"\n{cap}\n[cameras.cam{i}.processor]\n{proc}\n'
         for i in range(n)
@@ -346,9 +359,10 @@ def trial_edged(
     warmup: float,
     processor: str,
     workdir: Path,
+    design: str,
     process_fps: float = 0.0,
 ) -> Trial:
-    trial = Trial("edged_capped" if process_fps else "edged", n)
+    trial = Trial(design, n)
     tmp = Path(tempfile.mkdtemp(prefix=f"edged-{n}-", dir=workdir))
     port = free_port()
     env = dict(os.environ)
@@ -362,7 +376,7 @@ def trial_edged(
         "edged",
         "run",
         "--config",
-        str(_edged_config(tmp, url, n, port, processor, process_fps)),
+        str(_edged_config(tmp, url, n, port, processor, process_fps, design == "edged_gray")),
     ]
     log = open(tmp / "stderr.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
@@ -623,7 +637,9 @@ def run_trial(design: str, n: int, args: argparse.Namespace, workdir: Path) -> T
         _renice_server()
         url = server.url
         if design.startswith("edged"):
-            t = trial_edged(url, n, args.seconds, args.warmup, args.processor, workdir, capped)
+            t = trial_edged(
+                url, n, args.seconds, args.warmup, args.processor, workdir, design, capped
+            )
         else:
             t = trial_ffmpeg(url, n, args.seconds, args.warmup, workdir, design)
         if not server.running:
@@ -744,11 +760,13 @@ def report(results: dict[str, list[Trial]], args: argparse.Namespace, started: d
     pairs = (
         ("edged", "ffmpeg", "bare decode"),
         ("edged_capped", "ffmpeg", "bare decode"),
+        ("edged_gray", "ffmpeg", "bare decode"),
         ("edged", "ffmpeg_bgr", "decode to BGR"),
         ("opencv", "ffmpeg", "bare decode"),
         ("opencv_bgr", "ffmpeg", "bare decode"),
         ("pyav_gray", "ffmpeg", "bare decode"),
         ("edged", "opencv_bgr", "a plain OpenCV loop converting every frame"),
+        ("edged_gray", "pyav_gray", "a plain PyAV loop taking every Y plane"),
     )
     for mine, ref, what in pairs:
         e, f = b.get(mine), b.get(ref)
@@ -886,6 +904,7 @@ def plot(results: dict[str, list[Trial]], path: Path, title: str, fps: float = 2
     colors = {
         "edged": "#d62728",
         "edged_capped": "#ff9896",
+        "edged_gray": "#ff7f0e",
         "ffmpeg": "#1f77b4",
         "ffmpeg_bgr": "#2ca02c",
         "opencv": "#9467bd",
