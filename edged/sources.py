@@ -287,7 +287,6 @@ class PyAVSource(Source):
         self._frame: Any = None
         self._fps: float | None = None
         self._pacer = _Pacer()
-        self.bad_packets = 0
 
     def open(self) -> None:
         import av
@@ -329,7 +328,6 @@ class PyAVSource(Source):
             except av.InvalidDataError:
                 # A damaged packet costs its frame, not the connection (as in
                 # OpenCV); a stream of nothing but damage is an error.
-                self.bad_packets += 1
                 bad += 1
                 if bad >= _BAD_PACKETS_IN_A_ROW:
                     raise SourceError(
@@ -358,11 +356,20 @@ class PyAVSource(Source):
                 raise self._error("lost", exc, started, self.cam.read_timeout) from None
             if self.kind != "file":
                 raise SourceError(f"lost {self.cam.display_source}: the stream ended")
-            if not self.cam.loop or attempt:
+            if not self.cam.loop or attempt or not self._rewind():
                 return False
-            self._container.seek(0)
-            self._frames = self._decode()
         return False
+
+    def _rewind(self) -> bool:
+        import av
+
+        try:
+            self._container.seek(0)
+        except (av.FFmpegError, OSError) as exc:
+            log.warning("camera %s: cannot rewind %s: %s", self.camera, self.cam.source, exc)
+            return False
+        self._frames = self._decode()
+        return True
 
     def _error(self, action: str, exc: Exception, started: float, limit: float) -> SourceError:
         """A :class:`SourceError` naming the cause; FFmpeg's text without the URL."""

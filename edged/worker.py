@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import cv2
+import numpy as np
 
 from edged.errors import EX_CONFIG, EdgedError
 from edged.frames import SlotReader
@@ -134,6 +135,7 @@ class Worker:
         # A processor that asks for grey gets grey, also when the reader
         # delivers BGR (for colour snapshots, or pixel_format = "bgr").
         self._to_gray = processor.pixel_format == "gray" and cam.frame_format == "bgr"
+        self._gray: np.ndarray | None = None
         self._next_due = 0.0  # with process_fps: no frame is taken before this
 
     def run(self) -> None:
@@ -173,7 +175,9 @@ class Worker:
             status["busy_since"] = start
             pixels = image
             if self._to_gray and image.ndim == 3:
-                pixels = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
+                if self._gray is None or self._gray.shape != image.shape[:2]:
+                    self._gray = np.empty(image.shape[:2], np.uint8)
+                pixels = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY, dst=self._gray)
             frame = Frame(image=pixels, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
             if self._interval:
                 # On the schedule, not start + interval: waiting for the next
