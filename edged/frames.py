@@ -479,8 +479,8 @@ class SlotReader:
         ctl = self._ctl
         q, d = ctl.q, ctl.d
         deadline = time.monotonic() + timeout
+        drained = False
         while True:
-            self._drain()
             if q[_I_LATEST_SEQ] > after_seq and q[_I_LATEST_IDX] >= 0:
                 seq = h = w = c = 0
                 wall = mono = 0.0
@@ -509,11 +509,20 @@ class SlotReader:
             remaining = min(deadline - time.monotonic(), wait)
             if remaining <= 0:
                 return None
+            if not drained:
+                # Rings of frames taken without sleeping are still in the pipe:
+                # empty it only now that we are about to sleep (a frame that is
+                # there costs no read), then look again before sleeping, so the
+                # ring of a frame published meanwhile is not slept through.
+                self._drain()
+                drained = True
+                continue
             q[_I_WAITING] = 1
             try:
                 self._poll.poll(max(1, int(remaining * 1000)))
             finally:
                 q[_I_WAITING] = 0
+            drained = False
 
     def release(self) -> None:
         self._ctl.q[_I_READING_IDX] = -1

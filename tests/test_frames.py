@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import threading
 import time
 
 import pytest
@@ -87,6 +88,30 @@ def test_acquire_sleeps_until_a_publish(slot):
     start = time.monotonic()
     assert reader.acquire(0, timeout=0.2) is None
     assert time.monotonic() - start >= 0.19
+
+
+def test_rings_of_frames_taken_at_once_neither_end_nor_spin_a_later_wait(slot):
+    owner, writer, reader = slot
+    seq = 0
+    for v in range(100):  # a busy consumer: each frame is there when it asks
+        _publish(writer, v)
+        got = reader.acquire(seq, timeout=1)
+        assert got is not None
+        seq = got[1]
+        reader.release()
+    # 100 rings were never read: the next wait drains them and sleeps in poll()
+    cpu, start = time.thread_time(), time.monotonic()
+    assert reader.acquire(seq, timeout=0.3) is None
+    assert time.monotonic() - start >= 0.29
+    assert time.thread_time() - cpu < 0.1  # a spinning wait would use ~0.3 s
+    # and a frame published while it sleeps wakes it
+    timer = threading.Timer(0.1, _publish, (writer, 1))
+    timer.start()
+    start = time.monotonic()
+    got = reader.acquire(seq, timeout=10)
+    timer.join()
+    assert got is not None and got[1] == seq + 1
+    assert time.monotonic() - start < 5
 
 
 def test_reap_writer_removes_its_data_segment(slot):
