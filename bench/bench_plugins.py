@@ -33,6 +33,7 @@ class BusyProcessor(Processor):
     """Like ``SlowProcessor``, but the ``delay`` is spent computing, not sleeping."""
 
     Options = SlowOptions
+    pixel_format = "any"
 
     def process(self, frame: Frame) -> Iterator[Event]:
         data: dict[str, object] = {"shape": list(frame.image.shape)}

@@ -7,6 +7,9 @@ runs for ``--seconds`` in each of these designs, one after the other, in one run
 * ``edged``: the real daemon (``python -m edged run``) with ``plugins:SlowProcessor``
   from ``tests/plugins.py``; its events give edged's own ``frame_age_ms`` (from the
   grab) and the true age from the burned-in timestamp;
+* ``edged_gray``: the same with ``pixel_format = "gray"``, as for a processor
+  that declares grey (the built-in ``motion``): frames decoded by PyAV, the luma
+  plane handed over with no colour conversion;
 * ``naive``: one process, ``cv2.VideoCapture.read()`` then the 300 ms of work in
   the same loop; frames queue up behind the slow loop;
 * ``threaded``: a thread reads continuously and keeps only the newest frame, the
@@ -75,9 +78,19 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, decode_timestamp  # noqa: E402
 
-MODES = ("edged", "naive", "threaded", "threaded1", "blog", "camgear", "camgear_latest")
+MODES = (
+    "edged",
+    "edged_gray",
+    "naive",
+    "threaded",
+    "threaded1",
+    "blog",
+    "camgear",
+    "camgear_latest",
+)
 TITLES = {
     "edged": "edged",
+    "edged_gray": "edged, grey frames",
     "naive": "naive loop",
     "threaded": "threaded reader",
     "threaded1": "threaded, 1 decoder thread",
@@ -494,7 +507,7 @@ class Run:
         return float(np.polyfit(x - x[0], y, 1)[0])
 
 
-def edged_config(tmp: Path, url: str, delay: float, work: str) -> Path:
+def edged_config(tmp: Path, url: str, delay: float, work: str, gray: bool = False) -> Path:
     toml = f"""
 [events]
 path = "{tmp / "events.jsonl"}"
@@ -512,6 +525,7 @@ state_dir = "{tmp / "state"}"
 [cameras.bench]
 source = "{url}"
 transport = "tcp"
+pixel_format = "{"gray" if gray else "bgr"}"
 
 [cameras.bench.processor]
 type = "{"bench_plugins:BusyProcessor" if work == "busy" else "plugins:SlowProcessor"}"
@@ -564,14 +578,14 @@ def run_mode(
         filter(None, [str(TESTS), str(BENCH), env.get("PYTHONPATH")])
     )
     env.pop("NOTIFY_SOCKET", None)
-    if mode == "edged":
+    if mode.startswith("edged"):
         cmd = [
             sys.executable,
             "-m",
             "edged",
             "run",
             "--config",
-            str(edged_config(tmp, url, delay, work)),
+            str(edged_config(tmp, url, delay, work, mode == "edged_gray")),
         ]
         records_path = tmp / "events.jsonl"
     else:
@@ -595,7 +609,7 @@ def run_mode(
             _measure(proc, records_path, seconds, result, started)
         finally:
             _stop_tree(proc)
-            if mode == "edged":
+            if mode.startswith("edged"):
                 result.leaked_shm = _shm_of(proc.pid)
                 for name in result.leaked_shm:
                     with contextlib.suppress(FileNotFoundError):
@@ -613,7 +627,7 @@ def _machine_busy() -> float:
 
 def _age_and_wall(mode: str, r: dict[str, Any]) -> tuple[float | None, float]:
     """(true age ms or None, wall clock when processing started) of one record."""
-    if mode == "edged":
+    if mode.startswith("edged"):
         age = r.get("data", {}).get("true_age_ms")
         # the frame's grab time; its processing started frame_age_ms later
         wall_t = datetime.fromisoformat(r["time"].replace("Z", "+00:00")).timestamp()
@@ -666,7 +680,7 @@ def _measure(
     result.pss_first, result.pss_last = meter.pss[0], meter.pss[-1]
     result.pss_by_process = meter.pss_by_process
     for r in records:
-        if result.mode == "edged":
+        if result.mode.startswith("edged"):
             result.edged_age.append(float(r["frame_age_ms"]))
         age, wall_t = _age_and_wall(result.mode, r)
         if age is None:
