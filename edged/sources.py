@@ -31,6 +31,14 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def _into(out: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
+    """``frame`` copied into ``out`` when its shape and dtype fit; else ``frame`` itself."""
+    if out is not None and out.shape == frame.shape and out.dtype == frame.dtype:
+        np.copyto(out, frame)
+        return out
+    return frame
+
+
 class Source:
     """Base class for video sources: implement :meth:`read` (and optionally ``open``/``close``).
 
@@ -67,10 +75,7 @@ class Source:
         frame = self._pending
         if frame is None:
             raise SourceError("retrieve() without a grabbed frame")
-        if out is not None and out.shape == frame.shape and out.dtype == frame.dtype:
-            np.copyto(out, frame)
-            return out
-        return frame
+        return _into(out, frame)
 
     def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
         """The frame from the last :meth:`grab` as HxW grey, written into ``out`` when it fits.
@@ -88,10 +93,7 @@ class Source:
             if out is not None and out.shape == frame.shape[:2] and out.dtype == frame.dtype:
                 return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=out)
             gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        if out is not None and out.shape == gray.shape and out.dtype == gray.dtype:
-            np.copyto(out, gray)
-            return out
-        return gray
+        return _into(out, gray)
 
     def close(self) -> None:
         """Release the source; called once, also after a failed open."""
@@ -401,20 +403,13 @@ class PyAVSource(Source):
         plane = frame.planes[0]
         # Rows are line_size bytes apart (padded for SIMD); the image is the first width.
         rows = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size]
-        luma = rows.reshape(plane.height, plane.line_size)[:, : plane.width]
-        if out is None or out.shape != luma.shape or out.dtype != luma.dtype:
-            return luma.copy()
-        np.copyto(out, luma)
-        return out
+        # Without a buffer that fits, the view itself: it keeps the frame alive.
+        return _into(out, rows.reshape(plane.height, plane.line_size)[:, : plane.width])
 
     def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
         if self._frame is None:
             raise SourceError("retrieve() without a grabbed frame")
-        bgr: np.ndarray = self._frame.to_ndarray(format="bgr24")
-        if out is None or out.shape != bgr.shape or out.dtype != bgr.dtype:
-            return bgr
-        np.copyto(out, bgr)
-        return out
+        return _into(out, self._frame.to_ndarray(format="bgr24"))
 
     def close(self) -> None:
         self._frames = self._frame = None
