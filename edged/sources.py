@@ -248,20 +248,22 @@ _log_routed = False
 
 
 def _route_ffmpeg_log() -> None:
-    """Let FFmpeg print its warnings and errors to fd 2 itself, as OpenCV's FFmpeg does.
+    """Let FFmpeg print its errors to fd 2 itself, as OpenCV's FFmpeg does.
 
     PyAV silences FFmpeg by default, or hands each message to Python's logging
     through a callback that takes the GIL from FFmpeg's threads (PyAV issues
     751 and 2276: deadlocks, lock contention). FFmpeg's own callback just writes
     to fd 2, which in a reader is the native-message pipe (:mod:`edged.nativelog`):
     the lines are scrubbed of passwords, kept for the reader's status note and
-    the cause of a failure, and logged at debug level only.
+    the cause of a failure, and logged at debug level only. Errors, not
+    warnings: with probing off FFmpeg warns on every RTSP open ("not enough
+    frames to estimate rate"), which would read as a cause in a hung reader's note.
     """
     global _log_routed
     if not _log_routed:
         import av.logging
 
-        av.logging.set_level(av.logging.WARNING)
+        av.logging.set_libav_level(av.logging.ERROR)  # FFmpeg's own threshold
         av.logging.restore_default_callback()
         _log_routed = True
 

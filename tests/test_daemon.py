@@ -256,6 +256,9 @@ def test_camera_failures_name_their_cause_and_never_show_the_password(
     log = d.log
     assert "Pa55word" not in log
     assert f"rtsp://edged:***@127.0.0.1:{server.port}{path}" in log
+    # FFmpeg's own words come along once, scrubbed: through fd 2 for both decoders
+    expected = "DESCRIBE failed: 401" if "wrong" in credentials else "DESCRIBE failed: 404"
+    assert log.count("FFmpeg said:") == 1 and expected in log
     # one line for the failure, not one per retry
     assert log.count(cause) == 1
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -145,6 +147,34 @@ def test_wrong_password_names_the_cause_and_never_the_password(rtsp_server_facto
 
 
 @pytest.mark.slow
+@pytest.mark.slow
+def test_ffmpeg_prints_its_errors_but_not_its_warnings(rtsp_server_factory):
+    # In a reader, fd 2 is the scrubbed native-message pipe: FFmpeg's errors go
+    # there for the cause and the hung-reader note; its warnings (one on every
+    # RTSP open without probing) would only mislead.
+    server = rtsp_server_factory(user="edged", password="right-Pa55word")
+    urls = [server.url_with_credentials(), server.url_with_credentials(password="wrong")]
+    code = textwrap.dedent(
+        f"""
+        from edged.config import camera_from_dict
+        from edged.sources import open_source
+        for url in {urls!r}:
+            src = open_source(camera_from_dict("c", {{"source": url, "pixel_format": "gray"}}))
+            try:
+                src.open()
+                print("grabbed", src.grab())
+            except Exception as exc:
+                print("error", type(exc).__name__)
+            finally:
+                src.close()
+        """
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.split() == ["grabbed", "True", "error", "SourceError"], r.stderr
+    assert "method DESCRIBE failed: 401" in r.stderr
+    assert "estimate rate" not in r.stderr and "Pa55word" not in r.stderr
+
+
 def test_open_failures_name_their_cause(rtsp_server):
     err, _ = _open_error(_grey_source(rtsp_server.url.replace("/stream", "/nope")))
     assert err.cause == NOT_FOUND
