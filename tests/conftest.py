@@ -10,7 +10,10 @@ Keep fixtures grouped by component, one section each.
 from __future__ import annotations
 
 import functools
+import shutil
+import subprocess
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -129,3 +132,28 @@ def subscribers() -> Iterator[list[Any]]:
     yield made
     for sub in made:
         sub.close()
+
+
+# ======================================================================================
+# Video files (FFmpeg's test pattern)
+# ======================================================================================
+
+
+@pytest.fixture
+def make_clip(tmp_path: Path) -> Callable[[float], Path]:
+    """``make_clip(seconds)`` -> an H.264 MP4 of FFmpeg's test pattern, 320x240 @ 25 fps."""
+
+    def make(seconds: float) -> Path:
+        path = tmp_path / f"clip-{seconds:g}s.mp4"
+        pattern = f"testsrc=duration={seconds:g}:size=320x240:rate=25"
+        subprocess.run(
+            [
+                *(shutil.which("ffmpeg") or "ffmpeg", "-loglevel", "error", "-f", "lavfi"),
+                *("-i", pattern, "-pix_fmt", "yuv420p", str(path)),
+            ],
+            check=True,
+            timeout=60,
+        )
+        return path
+
+    return make

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -110,17 +109,8 @@ def test_rtsp_reconnects_after_the_server_restarts(rtsp_server):
 
 
 @pytest.fixture
-def clip(tmp_path):
-    path = tmp_path / "clip.mp4"
-    subprocess.run(
-        [
-            *(shutil.which("ffmpeg") or "ffmpeg", "-loglevel", "error", "-f", "lavfi"),
-            *("-i", "testsrc=duration=2:size=320x240:rate=25", "-pix_fmt", "yuv420p", str(path)),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
+def clip(make_clip):
+    return make_clip(2)
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import socket
 import subprocess
 import sys
@@ -45,17 +44,8 @@ def _open_error(src: PyAVSource) -> tuple[SourceError, float]:
 
 
 @pytest.fixture
-def clip(tmp_path: Path) -> Path:
-    path = tmp_path / "clip.mp4"
-    subprocess.run(
-        [
-            *(shutil.which("ffmpeg") or "ffmpeg", "-loglevel", "error", "-f", "lavfi"),
-            *("-i", "testsrc=duration=1:size=320x240:rate=25", "-pix_fmt", "yuv420p", str(path)),
-        ],
-        check=True,
-        timeout=60,
-    )
-    return path
+def clip(make_clip):
+    return make_clip(1)
 
 
 def test_the_pixel_format_follows_the_processor_unless_snapshots_want_colour():
