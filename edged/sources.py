@@ -39,6 +39,15 @@ def _into(out: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+def bgr_to_gray(bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """HxWx3 BGR as HxW grey, written into ``out`` when it fits, else a new array."""
+    import cv2
+
+    if out is not None and out.shape == bgr.shape[:2] and out.dtype == bgr.dtype:
+        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY, dst=out)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
+
+
 class Source:
     """Base class for video sources: implement :meth:`read` (and optionally ``open``/``close``).
 
@@ -83,17 +92,11 @@ class Source:
         This default converts what :meth:`retrieve` gives (BGR) to grey; a source
         that has the luma plane at hand overrides it and skips the conversion.
         """
-        import cv2
-
         frame = self.retrieve(getattr(self, "_bgr", None))
         if frame.ndim == 2:
-            gray = frame
-        else:
-            self._bgr = frame  # decode into the same buffer next time
-            if out is not None and out.shape == frame.shape[:2] and out.dtype == frame.dtype:
-                return cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY, dst=out)
-            gray = cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY)
-        return _into(out, gray)
+            return _into(out, frame)
+        self._bgr = frame  # decode into the same buffer next time
+        return bgr_to_gray(frame, out)
 
     def close(self) -> None:
         """Release the source; called once, also after a failed open."""

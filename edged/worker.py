@@ -32,7 +32,6 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 from edged.errors import EX_CONFIG, EdgedError
@@ -41,6 +40,7 @@ from edged.logs import LogSettings, setup_logging
 from edged.processor import Event, Frame, Processor, resolve_processor
 from edged.reader import prepare_child
 from edged.snapshots import SnapshotWriter
+from edged.sources import bgr_to_gray
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -175,9 +175,8 @@ class Worker:
             status["busy_since"] = start
             pixels = image
             if self._to_gray and image.ndim == 3:
-                if self._gray is None or self._gray.shape != image.shape[:2]:
-                    self._gray = np.empty(image.shape[:2], np.uint8)
-                pixels = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY, dst=self._gray)
+                # Into the same buffer each time; a new one only when the size changes.
+                pixels = self._gray = bgr_to_gray(image, self._gray)
             frame = Frame(image=pixels, seq=seq, timestamp=wall, monotonic=mono, camera=cam.name)
             if self._interval:
                 # On the schedule, not start + interval: waiting for the next
