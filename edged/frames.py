@@ -16,33 +16,37 @@ Two shared-memory segments per slot:
   knows the frame size, and replaced by a new *generation* when a frame no
   longer fits (a camera came back at another resolution).
 
-The handshake fields are only changed under an ``flock`` on the control
-segment: the kernel drops the lock when its holder dies, so a reader killed at
-any instant cannot wedge the worker. The consumer sleeps on a pipe (the
-doorbell) that the writer pokes after each publish: no busy-waiting.
+The handshake fields are only changed under a lock in the control segment,
+robust (:mod:`edged.shmlock`): a reader killed at any instant, even holding it,
+cannot wedge the worker, and taking it costs no system call. The consumer
+sleeps on a pipe (the doorbell) after saying so under that lock, and the writer
+rings it after a publish only when it finds the consumer asleep, so a busy
+consumer's handoff makes no system call at all, and no busy-waiting.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
 import mmap
 import multiprocessing
 import os
 import secrets
 import select
+import struct
 import time
 from collections.abc import Iterator
 from multiprocessing import resource_tracker
 
 import numpy as np
 
+from edged import shmlock
+
 SHM_DIR = "/dev/shm"
 PREFIX = "edged"
 NBUF = 3
 _MAGIC = 0x45444745_44534C54  # "EDGEDSLT"
-_VERSION = 1
+_VERSION = 2  # 2: the robust mutex replaced flock
 
 # int64 fields of the control segment
 _I_MAGIC, _I_VERSION, _I_GEN, _I_CAPACITY, _I_LATEST_SEQ, _I_LATEST_IDX = range(6)
@@ -56,7 +60,8 @@ _F_WORKER = 40
 _N_F64 = 64
 _NOTE_OFFSET = 8 * (_N_I64 + _N_F64)
 NOTE_SIZE = 2048  # the reader's last native (FFmpeg) messages, scrubbed, NUL-terminated
-CONTROL_SIZE = _NOTE_OFFSET + NOTE_SIZE
+_LOCK_OFFSET = _NOTE_OFFSET + NOTE_SIZE
+CONTROL_SIZE = _LOCK_OFFSET + shmlock.SIZE
 
 # Status records: float64 fields written by one child, read by the supervisor.
 # Aligned 8-byte stores are atomic on the platforms we run on, so no lock.
@@ -171,7 +176,7 @@ class _Control:
     numpy scalars, which matters at a handoff budget of tens of microseconds.
     """
 
-    def __init__(self, name: str, mm: mmap.mmap) -> None:
+    def __init__(self, name: str, mm: mmap.mmap, create: bool = False) -> None:
         self.name = name
         self.mm = mm
         self.i64 = np.frombuffer(mm, dtype=np.int64, count=_N_I64, offset=0)
@@ -179,14 +184,13 @@ class _Control:
         self._raw = memoryview(mm)
         self.q = self._raw[: 8 * _N_I64].cast("q")
         self.d = self._raw[8 * _N_I64 : 8 * (_N_I64 + _N_F64)].cast("d")
-        # Our own open file description, so flock excludes the other processes.
-        self.lock_fd = os.open(segment_path(name), os.O_RDWR | os.O_CLOEXEC)
-
-    def lock(self) -> None:
-        fcntl.flock(self.lock_fd, fcntl.LOCK_EX)
-
-    def unlock(self) -> None:
-        fcntl.flock(self.lock_fd, fcntl.LOCK_UN)
+        if create:
+            self._mutex = shmlock.SharedLock.create(mm, _LOCK_OFFSET)
+        else:
+            self._mutex = shmlock.SharedLock(mm, _LOCK_OFFSET)
+        # Bound once: the handoff calls them twice a frame.
+        self.lock = self._mutex.acquire
+        self.unlock = self._mutex.release
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -205,12 +209,26 @@ class _Control:
         self.mm[_NOTE_OFFSET : _NOTE_OFFSET + len(data)] = data
 
     def close(self) -> None:
-        os.close(self.lock_fd)
+        del self.lock, self.unlock
+        self._mutex.close()
         del self.i64, self.f64
         for view in (self.q, self.d, self._raw):
             view.release()
         with contextlib.suppress(BufferError):
             self.mm.close()
+
+
+def _attach_control(name: str) -> _Control:
+    mm = _attach_segment(name)
+    magic, version = struct.unpack_from("=qq", mm) if len(mm) >= 16 else (0, 0)
+    if magic != _MAGIC or version != _VERSION or len(mm) != CONTROL_SIZE:
+        mm.close()
+        # A child started from an upgraded install beside an older supervisor.
+        raise RuntimeError(
+            f"shared memory {name!r} is not an edged slot of this version "
+            f"(layout {version}, this edged uses {_VERSION}): restart edged"
+        )
+    return _Control(name, mm)
 
 
 class StatusRecord:
@@ -247,7 +265,7 @@ class SlotOwner:
     def __init__(self, camera: str) -> None:
         self.name = new_slot_name(camera)
         mm = _create_segment(self.name, CONTROL_SIZE)
-        self._ctl = _Control(self.name, mm)
+        self._ctl = _Control(self.name, mm, create=True)
         self._ctl.i64[_I_MAGIC] = _MAGIC
         self._ctl.i64[_I_VERSION] = _VERSION
         self._ctl.i64[_I_LATEST_IDX] = -1
@@ -305,18 +323,18 @@ class _DataSegment:
         self.flat = np.frombuffer(mm, dtype=np.uint8)
         self.writeable = writeable
         # Views by (buffer, shape): made once, so a handoff builds no array.
-        self._views: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        self.views: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
 
     def view(self, idx: int, shape: tuple[int, ...]) -> np.ndarray:
         key = (idx, shape)
-        view = self._views.get(key)
+        view = self.views.get(key)
         if view is None:
             start = idx * self.capacity
             view = self.flat[start : start + math.prod(shape)].reshape(shape)
             view.flags.writeable = self.writeable
-            if len(self._views) >= 4 * NBUF:  # a source that keeps changing size
-                self._views.clear()
-            self._views[key] = view
+            if len(self.views) >= 4 * NBUF:  # a source that keeps changing size
+                self.views.clear()
+            self.views[key] = view
         return view
 
 
@@ -324,9 +342,7 @@ class SlotWriter:
     """The reader's side: pick a free buffer, fill it, publish it."""
 
     def __init__(self, name: str, doorbell_w: int) -> None:
-        self._ctl = _Control(name, _attach_segment(name))
-        if int(self._ctl.i64[_I_MAGIC]) != _MAGIC:
-            raise RuntimeError(f"shared memory {name!r} is not an edged slot")
+        self._ctl = _attach_control(name)
         self._doorbell = doorbell_w
         self._data: _DataSegment | None = None
         self._idx = -1
@@ -414,14 +430,18 @@ class SlotWriter:
             d[_F_BUF + 2 * idx + 1] = mono
             q[_I_LATEST_IDX] = idx
             q[_I_LATEST_SEQ] = seq
+            # The consumer says it will sleep under this lock, after looking at
+            # LATEST_SEQ: either it saw this frame, or we see it waiting.
+            ring = q[_I_WAITING]
         finally:
             ctl.unlock()
-        # A plain try (not contextlib.suppress, a microsecond dearer): a full
-        # pipe is rings nobody read yet, so one more is moot.
-        try:  # noqa: SIM105
-            os.write(self._doorbell, b"\0")
-        except BlockingIOError:
-            pass
+        if ring:
+            # A plain try (not contextlib.suppress, a microsecond dearer): a
+            # full pipe is rings nobody read yet, so one more is moot.
+            try:  # noqa: SIM105
+                os.write(self._doorbell, b"\0")
+            except BlockingIOError:
+                pass
         self._idx = -1
         return seq
 
@@ -438,9 +458,7 @@ class SlotReader:
     """The worker's side: sleep until a newer frame exists, hold it, release it."""
 
     def __init__(self, name: str, doorbell_r: int) -> None:
-        self._ctl = _Control(name, _attach_segment(name))
-        if int(self._ctl.i64[_I_MAGIC]) != _MAGIC:
-            raise RuntimeError(f"shared memory {name!r} is not an edged slot")
+        self._ctl = _attach_control(name)
         self._doorbell = doorbell_r
         os.set_blocking(doorbell_r, False)
         self._poll = select.poll()
@@ -478,12 +496,12 @@ class SlotReader:
         """
         ctl = self._ctl
         q, d = ctl.q, ctl.d
-        deadline = time.monotonic() + timeout
+        deadline = 0.0
         drained = False
         while True:
+            # The path of a busy worker, whose frame is already there: every
+            # line of it runs on caches the processor has just flushed.
             if q[_I_LATEST_SEQ] > after_seq and q[_I_LATEST_IDX] >= 0:
-                seq = h = w = c = 0
-                wall = mono = 0.0
                 ctl.lock()
                 try:
                     idx = q[_I_LATEST_IDX]
@@ -497,31 +515,48 @@ class SlotReader:
                         mono = d[_F_BUF + 2 * idx + 1]
                 finally:
                     ctl.unlock()
-                if idx >= 0 and self._attach(gen):
-                    assert self._data is not None
-                    image = self._data.view(idx, (h, w, c) if c > 1 else (h, w))
+                data = self._data
+                if idx >= 0 and ((data is not None and data.gen == gen) or self._attach(gen)):
+                    data = self._data
+                    assert data is not None
+                    key = (idx, (h, w, c) if c > 1 else (h, w))
+                    image = data.views.get(key)
+                    if image is None:
+                        image = data.view(*key)
                     return image, seq, wall, mono
                 # The segment was replaced or its writer died: the next publish
                 # or the supervisor's clean-up settles it; look again shortly.
-                wait = 0.05
+                broken, wait = True, 0.05
             else:
-                wait = timeout
+                broken, wait = False, timeout
+            if not deadline:
+                deadline = time.monotonic() + timeout
             remaining = min(deadline - time.monotonic(), wait)
             if remaining <= 0:
                 return None
             if not drained:
-                # Rings of frames taken without sleeping are still in the pipe:
-                # empty it only now that we are about to sleep (a frame that is
-                # there costs no read), then look again before sleeping, so the
-                # ring of a frame published meanwhile is not slept through.
+                # A ring that came after an earlier wait ended (a timeout) may
+                # still be in the pipe: empty it only now that we are about to
+                # sleep, so a frame that is there costs no read.
                 self._drain()
                 drained = True
+            # Say we sleep under the lock, and only if there is still no newer
+            # frame: publish() reads WAITING under the same lock, so either it
+            # published before (we see its frame and go round again) or it
+            # sees WAITING and rings.
+            ctl.lock()
+            try:
+                sleep = broken or q[_I_LATEST_SEQ] <= after_seq or q[_I_LATEST_IDX] < 0
+                if sleep:
+                    q[_I_WAITING] = 1
+            finally:
+                ctl.unlock()
+            if not sleep:
                 continue
-            q[_I_WAITING] = 1
             try:
                 self._poll.poll(max(1, int(remaining * 1000)))
             finally:
-                q[_I_WAITING] = 0
+                q[_I_WAITING] = 0  # a ring after this is harmless: the next drain takes it
             drained = False
 
     def release(self) -> None:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import select
+import signal
 import threading
 import time
 
 import pytest
 
+from edged import frames
 from edged.frames import SHM_DIR, SlotOwner, SlotReader, SlotWriter, segment_path
 
 
@@ -90,7 +93,11 @@ def test_acquire_sleeps_until_a_publish(slot):
     assert time.monotonic() - start >= 0.19
 
 
-def test_rings_of_frames_taken_at_once_neither_end_nor_spin_a_later_wait(slot):
+def _doorbell_rung(owner: SlotOwner) -> bool:
+    return bool(select.select([owner.doorbell_r.fileno()], [], [], 0)[0])
+
+
+def test_a_busy_consumer_is_not_rung_and_stale_rings_do_not_spin_a_wait(slot):
     owner, writer, reader = slot
     seq = 0
     for v in range(100):  # a busy consumer: each frame is there when it asks
@@ -99,7 +106,10 @@ def test_rings_of_frames_taken_at_once_neither_end_nor_spin_a_later_wait(slot):
         assert got is not None
         seq = got[1]
         reader.release()
-    # 100 rings were never read: the next wait drains them and sleeps in poll()
+    assert not _doorbell_rung(owner)  # nobody was asleep: no system call to wake anyone
+    # Rings that outlived the wait they were for (it timed out as the frame
+    # came): the next wait drains them and sleeps in poll()
+    os.write(owner.doorbell_w.fileno(), b"\0" * 100)
     cpu, start = time.thread_time(), time.monotonic()
     assert reader.acquire(seq, timeout=0.3) is None
     assert time.monotonic() - start >= 0.29
@@ -166,3 +176,62 @@ def test_no_torn_frames_across_processes():
         reader.close()
         owner.close()
     assert not [x for x in os.listdir(SHM_DIR) if x.startswith(owner.name)]
+
+
+def _die_holding_the_lock(name: str, fd_conn, held) -> None:
+    writer = SlotWriter(name, fd_conn.fileno())
+    writer._ctl.lock()  # as if killed in the middle of publish()
+    held.set()
+    signal.pause()
+
+
+def _publish_one(name: str, fd_conn, done) -> None:
+    writer = SlotWriter(name, fd_conn.fileno())
+    _publish(writer, 9, (8, 8, 3))
+    done.wait(30)  # keep the data segment until the worker has looked
+    writer.close()
+
+
+def _acquire_one(name: str, fd_conn, result) -> None:
+    reader = SlotReader(name, fd_conn.fileno())
+    got = reader.acquire(0, timeout=10)
+    result.send(None if got is None else (got[1], bool((got[0] == 9).all())))
+    reader.close()
+
+
+def test_a_reader_killed_holding_the_lock_wedges_neither_the_worker_nor_its_successor():
+    owner = SlotOwner("killed")
+    ctx = multiprocessing.get_context("spawn")
+    held, done = ctx.Event(), ctx.Event()
+    result_r, result_w = ctx.Pipe(duplex=False)
+    dying = ctx.Process(target=_die_holding_the_lock, args=(owner.name, owner.doorbell_w, held))
+    # Children all: a lock left held hangs them, and fails the test, not the run.
+    successor = ctx.Process(target=_publish_one, args=(owner.name, owner.doorbell_w, done))
+    worker = ctx.Process(target=_acquire_one, args=(owner.name, owner.doorbell_r, result_w))
+    try:
+        dying.start()
+        assert held.wait(30)
+        dying.kill()
+        dying.join(10)
+        successor.start()
+        worker.start()
+        assert result_r.poll(30), "the worker hung: the dead reader's lock was never freed"
+        assert result_r.recv() == (1, True)
+        done.set()
+        successor.join(10)
+        assert successor.exitcode == 0, "the new reader hung in publish()"
+        assert owner.frame_shape == (8, 8, 3)
+    finally:
+        for p in (dying, successor, worker):
+            if p.is_alive():
+                p.kill()
+            p.join(10)
+        owner.close()
+
+
+def test_a_slot_of_another_layout_is_refused_with_what_to_do(slot):
+    owner, writer, reader = slot
+    owner._ctl.i64[1] = frames._VERSION - 1  # made by an older edged still running
+    with pytest.raises(RuntimeError, match=r"not an edged slot of this version.*restart edged"):
+        SlotReader(owner.name, owner.doorbell_r.fileno())
+    owner._ctl.i64[1] = frames._VERSION
