@@ -193,7 +193,11 @@ def goal_lines(results: list[dict[str, Any]]) -> list[str]:
         if "x_copy" in g:
             detail = f"{g['handoff_ms']:.3f} ms, {g['x_copy']:.2f}x a {g['copy_ms']:.3f} ms copy"
             if g.get("wake_x_copy") is not None:
-                detail += f" (waking a sleeping process alone: {g['wake_x_copy']:.2f}x)"
+                wake = g["wake_x_copy"]
+                detail += (
+                    f" (waking a sleeping process alone: {wake:.2f}x; "
+                    f"edged's part above it: {g['x_copy'] - wake:.2f}x)"
+                )
         elif any(v is None for k, v in g.items() if k.endswith("_ms")):
             detail = "not measured"
         elif "lead_ms" in g:
