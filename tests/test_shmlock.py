@@ -7,6 +7,7 @@ import multiprocessing
 import os
 import signal
 import struct
+import time
 
 import pytest
 
@@ -104,3 +105,36 @@ def test_refuses_an_offset_without_room(shm):
     path, mm, lock = shm
     with pytest.raises(ValueError, match="no room for a lock"):
         SharedLock(mm, 16)
+
+
+def _wchan(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/wchan") as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def test_a_taker_asleep_on_it_wakes_when_the_holder_is_killed(shm):
+    path, mm, lock = shm
+    held = CTX.Event()
+    holder = CTX.Process(target=_hold, args=(path, held))
+    taker = CTX.Process(target=_count, args=(path, 10))
+    try:
+        holder.start()
+        assert held.wait(30), "the child never took the lock"
+        taker.start()
+        deadline = time.monotonic() + 30
+        while "futex" not in _wchan(taker.pid):  # asleep in the kernel on the lock
+            assert time.monotonic() < deadline, "the taker never blocked on the lock"
+            assert taker.is_alive(), "the taker got a lock that was held"
+            time.sleep(0.01)
+        holder.kill()
+        taker.join(30)
+        assert taker.exitcode == 0, "the taker stayed asleep after the holder was killed"
+        assert struct.unpack_from("q", mm, _COUNTER) == (10,)
+    finally:
+        for p in (holder, taker):
+            if p.is_alive():
+                p.kill()
+            p.join(10)
