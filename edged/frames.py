@@ -323,18 +323,18 @@ class _DataSegment:
         self.flat = np.frombuffer(mm, dtype=np.uint8)
         self.writeable = writeable
         # Views by (buffer, shape): made once, so a handoff builds no array.
-        self.views: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
+        self._views: dict[tuple[int, tuple[int, ...]], np.ndarray] = {}
 
     def view(self, idx: int, shape: tuple[int, ...]) -> np.ndarray:
         key = (idx, shape)
-        view = self.views.get(key)
+        view = self._views.get(key)
         if view is None:
             start = idx * self.capacity
             view = self.flat[start : start + math.prod(shape)].reshape(shape)
             view.flags.writeable = self.writeable
-            if len(self.views) >= 4 * NBUF:  # a source that keeps changing size
-                self.views.clear()
-            self.views[key] = view
+            if len(self._views) >= 4 * NBUF:  # a source that keeps changing size
+                self._views.clear()
+            self._views[key] = view
         return view
 
 
@@ -499,8 +499,8 @@ class SlotReader:
         deadline = 0.0
         drained = False
         while True:
-            # The path of a busy worker, whose frame is already there: every
-            # line of it runs on caches the processor has just flushed.
+            # The path of a busy worker, whose frame is already there: no clock
+            # read and no system call before it has the frame.
             if q[_I_LATEST_SEQ] > after_seq and q[_I_LATEST_IDX] >= 0:
                 ctl.lock()
                 try:
@@ -515,14 +515,9 @@ class SlotReader:
                         mono = d[_F_BUF + 2 * idx + 1]
                 finally:
                     ctl.unlock()
-                data = self._data
-                if idx >= 0 and ((data is not None and data.gen == gen) or self._attach(gen)):
-                    data = self._data
-                    assert data is not None
-                    key = (idx, (h, w, c) if c > 1 else (h, w))
-                    image = data.views.get(key)
-                    if image is None:
-                        image = data.view(*key)
+                if idx >= 0 and self._attach(gen):
+                    assert self._data is not None
+                    image = self._data.view(idx, (h, w, c) if c > 1 else (h, w))
                     return image, seq, wall, mono
                 # The segment was replaced or its writer died: the next publish
                 # or the supervisor's clean-up settles it; look again shortly.
