@@ -399,10 +399,13 @@ class PyAVSource(Source):
             cause = classify([text])
         return SourceError(f"{action} {self.cam.display_source}: {text}", cause)
 
-    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
-        frame = self._frame
-        if frame is None:
+    def _grabbed(self) -> Any:
+        if self._frame is None:
             raise SourceError("retrieve() without a grabbed frame")
+        return self._frame
+
+    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
+        frame = self._grabbed()
         if frame.format.name not in _LUMA_FIRST:
             frame = frame.reformat(format="gray")
         plane = frame.planes[0]
@@ -412,9 +415,7 @@ class PyAVSource(Source):
         return _into(out, rows.reshape(plane.height, plane.line_size)[:, : plane.width])
 
     def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
-        if self._frame is None:
-            raise SourceError("retrieve() without a grabbed frame")
-        return _into(out, self._frame.to_ndarray(format="bgr24"))
+        return _into(out, self._grabbed().to_ndarray(format="bgr24"))
 
     def close(self) -> None:
         self._frames = self._frame = None
