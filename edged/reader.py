@@ -77,7 +77,9 @@ class Backoff:
 
     def next_delay(self) -> float:
         base = min(self.maximum, self.initial * 2.0**self.attempt)
-        self.attempt += 1
+        # Capped: 2.0**1024 overflows, and a camera down for a weekend (or a
+        # worker that cannot set up, retried every 30 s) gets that far.
+        self.attempt = min(self.attempt + 1, 64)
         # Jitter in [base/2, base]: never a hot loop, and a fleet of cameras
         # that dropped together does not reconnect in lockstep.
         return base / 2 + random.random() * base / 2
