@@ -261,11 +261,18 @@ class _Tail:
 
     def drain(self) -> None:
         """Print every complete line written since the last call."""
-        if os.fstat(self.fd).st_size < self.pos:
+        size = os.fstat(self.fd).st_size
+        if size < self.buf_at:
             self.printer.note(f"{self.path}: file truncated; reading from its start")
             self.pos = self.buf_at = 0
             self.buf = b""
             self.skipping = False
+        elif size < self.pos:
+            # Only the unfinished last line was taken back (the writer undoes
+            # a write that the disk could not finish): every line printed is
+            # still there, so go on from where that line started.
+            self.pos = size
+            self.buf = self.buf[: size - self.buf_at]
         while True:
             chunk = os.pread(self.fd, _CHUNK, self.pos)
             if not chunk:

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -440,6 +441,47 @@ def test_follow_reports_garbage_once(tmp_path: Path) -> None:
     notes = err.lines()
     assert len(notes) == 2
     assert f"{path}:1:" in notes[0] and f"{path}:3:" in notes[1]
+
+
+def test_follow_goes_on_when_only_an_unfinished_line_is_taken_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # JsonlWriter truncates a write that hit a full disk back off the file: the
+    # follower has read the fragment, and must neither repeat the file nor lose it.
+    path = tmp_path / "events.jsonl"
+    path.write_text("".join(json.dumps(event(i)) + "\n" for i in range(3)))
+    fragment = (json.dumps(event(3)) + "\n").encode()[:25]
+    read_it, saw_undo = threading.Event(), threading.Event()
+    size = path.stat().st_size
+    pread, fstat = edged.eventlog.os.pread, edged.eventlog.os.fstat
+
+    def watching_pread(fd: int, n: int, offset: int) -> bytes:
+        data = pread(fd, n, offset)
+        if fragment in data:
+            read_it.set()
+        return data
+
+    def watching_fstat(fd: int) -> os.stat_result:
+        st = fstat(fd)
+        if read_it.is_set() and st.st_size == size:
+            saw_undo.set()  # the follower's next drain starts from the smaller size
+        return st
+
+    monkeypatch.setattr(edged.eventlog.os, "pread", watching_pread)
+    monkeypatch.setattr(edged.eventlog.os, "fstat", watching_fstat)
+    with following(path) as (out, err), open(path, "ab", buffering=0) as f:
+        wait_for(lambda: len(out.lines()) >= 3, "the first events")
+        f.write(fragment)
+        assert read_it.wait(DEADLINE), "the follower never read the fragment"
+        f.truncate(size)
+        assert saw_undo.wait(DEADLINE), "the follower never looked at the file again"
+        f.seek(size)
+        f.write((json.dumps(event(3)) + "\n" + json.dumps(event(4)) + "\n").encode())
+        wait_for(lambda: len(out.lines()) >= 5, "the events written after the undo")
+        f.write((json.dumps(event(5)) + "\n").encode())
+        wait_for(lambda: len(out.lines()) >= 6, "one more event")
+    assert seqs_of(out.lines()) == [0, 1, 2, 3, 4, 5]
+    assert err.lines() == []
 
 
 def test_follow_file_truncated(tmp_path: Path) -> None:
