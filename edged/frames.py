@@ -296,17 +296,19 @@ class SlotOwner:
         return self._ctl.read_note()
 
     def reap_writer(self) -> None:
-        """After the writer died: remove its data segment (the consumer keeps its mapping)."""
+        """After the writer died: remove its data segments (the consumer keeps its mapping)."""
         with self._ctl.locked():
             gen = int(self._ctl.i64[_I_GEN])
             self._ctl.i64[_I_LATEST_IDX] = -1
-        if gen:
-            unlink_segment(data_segment_name(self.name, gen))
+        # GEN + 1 too: a writer killed while replacing its generation leaves
+        # the new segment created but never published.
+        for g in range(max(1, gen), gen + 2):
+            unlink_segment(data_segment_name(self.name, g))
 
     def close(self) -> None:
         """Remove everything; call after both children are gone."""
         gen = int(self._ctl.i64[_I_GEN])
-        for g in range(max(1, gen - 1), gen + 1):
+        for g in range(max(1, gen - 1), gen + 2):
             unlink_segment(data_segment_name(self.name, g))
         self.doorbell_r.close()
         self.doorbell_w.close()
@@ -365,7 +367,15 @@ class SlotWriter:
     def _new_generation(self, capacity: int) -> None:
         ctl = self._ctl
         gen = int(ctl.i64[_I_GEN]) + 1
-        mm = _create_segment(data_segment_name(ctl.name, gen), NBUF * capacity)
+        name = data_segment_name(ctl.name, gen)
+        # A writer killed between creating this segment and publishing its
+        # generation left it behind, and O_EXCL would fail every successor. Safe to
+        # drop: only the writer creates data segments, and an unpublished
+        # generation has no consumer. Untracked, since the dead writer may
+        # have died before registering it; _create_segment registers the name
+        # again, and the tracker keeps a set, so it is known once either way.
+        unlink_segment(name, tracked=False)
+        mm = _create_segment(name, NBUF * capacity)
         old = self._data
         self._data = _DataSegment(gen, mm, capacity, writeable=True)
         with ctl.locked():

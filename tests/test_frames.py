@@ -132,6 +132,64 @@ def test_reap_writer_removes_its_data_segment(slot):
     assert len(_segments(owner)) == 1
 
 
+def _killed_replacing_its_generation(name: str, fd_conn) -> None:
+    writer = SlotWriter(name, fd_conn.fileno())
+    _publish(writer, 1, (4, 4, 3))
+
+    def killed(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    # The instant between creating the segment of GEN + 1 and publishing GEN + 1
+    frames._DataSegment = killed
+    writer.buffer((480, 640, 3))
+
+
+def _kill_a_writer_mid_generation(owner: SlotOwner) -> str:
+    """Leaves generation 1 published and generation 2 created but never published."""
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_killed_replacing_its_generation, args=(owner.name, owner.doorbell_w))
+    proc.start()
+    proc.join(30)
+    assert proc.exitcode == -signal.SIGKILL
+    stale = frames.data_segment_name(owner.name, 2)
+    assert os.path.exists(segment_path(stale))
+    return stale
+
+
+def test_a_generation_left_unpublished_by_a_killed_writer_does_not_fail_its_successor():
+    owner = SlotOwner("stale")
+    reader = SlotReader(owner.name, owner.doorbell_r.fileno())
+    try:
+        _kill_a_writer_mid_generation(owner)
+        held = reader.acquire(0, timeout=1)[0]  # the dead writer's last frame, generation 1
+        # Not even reap_writer() first: the successor alone copes with the leftover.
+        successor = SlotWriter(owner.name, owner.doorbell_w.fileno())
+        _publish(successor, 5, (4, 4, 3))
+        image, seq, _, _ = reader.acquire(1, timeout=1)
+        assert seq == 2 and (image == 5).all()
+        assert (held == 1).all()  # the consumer's old mapping survives the unlinks
+        successor.close()
+        owner.reap_writer()
+    finally:
+        reader.close()
+        owner.close()
+    assert not [x for x in os.listdir(SHM_DIR) if x.startswith(owner.name)]
+
+
+@pytest.mark.parametrize("reap", [True, False], ids=["reap_writer", "close_only"])
+def test_owner_removes_a_generation_left_unpublished_by_a_killed_writer(reap):
+    owner = SlotOwner("stale")
+    try:
+        _kill_a_writer_mid_generation(owner)
+        if reap:
+            owner.reap_writer()
+            assert _segments(owner) == [owner.name]
+    finally:
+        owner.close()
+    assert not [x for x in os.listdir(SHM_DIR) if x.startswith(owner.name)]
+    assert not [x for x in frames.leftover_segments() if x.startswith(owner.name)]
+
+
 def _solid_writer(name: str, fd_conn, n: int, shape) -> None:
     writer = SlotWriter(name, fd_conn.fileno())
     for i in range(1, n + 1):
