@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sqlite3
+import struct
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,63 @@ def test_full_disk_holds_new_events_in_memory_and_delivery_goes_on(
     again = make(tmp_path / "o.sqlite3")
     assert ids(again.fetch(0, 100)) == [3, 5, 6]
     again.close()
+
+
+def damage_the_oldest_page(box: Outbox, path: Path) -> None:
+    """Overwrite the leaf page of the oldest rows while the outbox runs, as a failing disk might."""
+    box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    size = box._db.execute("PRAGMA page_size").fetchone()[0]
+    root = box._db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    with open(path, "r+b") as f:
+        f.seek((root - 1) * size)
+        page = f.read(size)
+        assert page[0] == 5  # an interior table page: the rows span more than one leaf
+        (cell,) = struct.unpack_from(">H", page, 12)  # the first cell, the leftmost child
+        (leaf,) = struct.unpack_from(">I", page, cell)
+        f.seek((leaf - 1) * size)
+        f.write(b"\xff" * size)
+    box._db.execute("PRAGMA shrink_memory")  # drop the cached copy: the next read sees the damage
+
+
+def test_a_page_damaged_while_running_neither_escapes_put_nor_loses_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, "edged.sinks.outbox")
+    path = tmp_path / "o.sqlite3"
+    box = make(path, max_bytes=40 * len(payload(0)))
+    for i in range(40):  # at the bound: the next put has to find the oldest to drop
+        box.put("cam1", payload(i))
+    damage_the_oldest_page(box, path)
+    assert [box.put("cam1", payload(i)) for i in range(40, 45)] == [41, 42, 43, 44, 45]
+    box.maintain()  # expiry reads the same page
+    assert caplog.text.count("cannot read") == 1, caplog.text  # once, not per event
+    assert "malformed" in caplog.text
+    assert "cannot write" not in caplog.text and "takes writes again" not in caplog.text
+    assert ids(box.fetch(40, 100)) == [41, 42, 43, 44, 45]  # stored, beyond the damage
+    assert box.fetch(0, 100) == []  # what cannot be read is not skipped either
+    assert box.stats()["dropped_total"] == 0
+    box.close()
+    again = make(path)  # the next start salvages what can still be read
+    assert "is damaged" in caplog.text
+    assert ids(again.fetch(0, 100))[-5:] == [41, 42, 43, 44, 45]
+    again.close()
+
+
+def test_held_events_wait_behind_stored_rows_that_cannot_be_read(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    box = make(path)
+    for i in range(40):
+        box.put("cam1", payload(i))
+    damage_the_oldest_page(box, path)
+    pages = box._db.execute("PRAGMA page_count").fetchone()[0]
+    box._db.execute(f"PRAGMA max_page_count={pages}")  # and the disk is full
+    for i in range(40, 43):
+        box.put("cam1", payload(i, 3000))
+    assert box.stats()["held_in_memory"] == 3
+    # Handing out 41.. now would move the delivery cursor past 1..40 for good.
+    assert box.fetch(0, 100) == []
+    assert ids(box.fetch(40, 100)) == [41, 42, 43]  # past the stored rows they still go
+    box.close()
 
 
 def test_a_second_process_on_the_same_outbox_falls_back_to_memory(

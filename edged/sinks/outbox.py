@@ -33,6 +33,10 @@ pages are returned to the file system once the outbox is empty.
 Failures: when the file cannot be written (disk full, read-only, I/O error)
 new events are held in memory, in order (bounded by ``max_bytes`` too), and
 are still delivered; rows already stored keep being delivered and deleted.
+When the file cannot be read (an I/O error, a page damaged while running), new
+events are still stored if it takes writes, and the stored ones wait there
+(the size bound waits too): none is skipped, and a damaged file is salvaged at
+the next start.
 A file that is corrupt or truncated at start is salvaged: every row that can
 still be read is kept, the damaged file is renamed aside with a timestamp
 suffix (``outbox.sqlite3.corrupt-20260102T030405``), and that is logged; it
@@ -106,6 +110,10 @@ class Outbox:
         self._held: deque[tuple[int, str, float, bytes]] = deque()
         self._held_bytes = 0
         self._failing: str | None = None  # why writes fail, while they do
+        # Why reads fail, by what was reading: damage may fail one query and not
+        # another, and a success of one must not log a recovery the next undoes.
+        self._unreadable: dict[str, str] = {}
+        self._stored_top = 0  # the highest id ever inserted into the database
         self.dropped_total = 0
         self.dropped_by: dict[str, int] = {"size": 0, "age": 0, "memory": 0, "rejected": 0}
         self._unlogged: dict[str, int] = {}
@@ -137,7 +145,6 @@ class Outbox:
     def fetch(self, after: int, limit: int) -> list[Row]:
         """Up to ``limit`` rows with an id above ``after``, oldest first."""
         with self._lock:
-            rows: list[Row] = []
             try:
                 cur = self._db.execute(
                     "SELECT id, camera, payload FROM events WHERE id > ? ORDER BY id LIMIT ?",
@@ -145,7 +152,15 @@ class Outbox:
                 )
                 rows = [(int(i), str(c), bytes(p)) for i, c, p in cur]
             except sqlite3.Error as exc:
-                self._write_failed(exc)
+                self._read_failed("fetch", exc)
+                if after < self._stored_top:
+                    # Held events come after every stored row: handing them out
+                    # now would move the delivery cursor past stored rows it
+                    # has not sent yet, and they would never be sent.
+                    return []
+                rows = []
+            else:
+                self._read_ok("fetch")
             if len(rows) < limit:
                 rows += [(i, c, p) for i, c, _, p in self._held if i > after][: limit - len(rows)]
             return rows
@@ -303,6 +318,7 @@ class Outbox:
             "SELECT count(*), coalesce(sum(length(payload)), 0), coalesce(max(id), 0) FROM events"
         ).fetchone()
         self._depth, self._bytes = int(depth), int(size)
+        self._stored_top = int(top)
         self._next_id = max(int(top), max((r[0] for r in self._held), default=0)) + 1
         if self._depth:
             log.info(
@@ -354,6 +370,7 @@ class Outbox:
         except sqlite3.Error as exc:
             self._write_failed(exc)
             return False
+        self._stored_top = max(self._stored_top, max(r[0] for r in rows))
         if self._failing is not None:
             log.info("outbox: %s takes writes again", self._where())
             self._failing = None
@@ -379,6 +396,20 @@ class Outbox:
                 reason,
             )
             self._failing = reason
+
+    def _read_failed(self, what: str, exc: sqlite3.Error) -> None:
+        reason = str(exc)
+        if reason not in self._unreadable.values():
+            log.error(
+                "outbox: cannot read %s (%s); the events stored there wait until it can",
+                self._where(),
+                reason,
+            )
+        self._unreadable[what] = reason
+
+    def _read_ok(self, what: str) -> None:
+        if self._unreadable.pop(what, None) is not None and not self._unreadable:
+            log.info("outbox: %s can be read again", self._where())
 
     def _where(self) -> str:
         return str(self.path) if self.path is not None else "the in-memory outbox"
@@ -424,9 +455,16 @@ class Outbox:
         excess = self._bytes - self.max_bytes
         while excess > 0 and self._depth > 1:
             upto, n, size = 0, 0, 0
-            cur = self._db.execute(
-                "SELECT id, length(payload) FROM events ORDER BY id LIMIT 256"
-            ).fetchall()
+            try:
+                cur = self._db.execute(
+                    "SELECT id, length(payload) FROM events ORDER BY id LIMIT 256"
+                ).fetchall()
+            except sqlite3.Error as exc:
+                # The event just stored stays stored: over the bound until the
+                # oldest can be read (and dropped) again, not lost.
+                self._read_failed("size", exc)
+                return
+            self._read_ok("size")
             # Keep the newest row whatever its size: it is the one just stored.
             for rid, length in cur[: max(1, min(len(cur), self._depth - 1))]:
                 if size >= excess:
@@ -448,8 +486,9 @@ class Outbox:
                     "SELECT id, created, length(payload) FROM events ORDER BY id LIMIT 512"
                 ).fetchall()
             except sqlite3.Error as exc:
-                self._write_failed(exc)
+                self._read_failed("age", exc)
                 return
+            self._read_ok("age")
             upto, n, size = 0, 0, 0
             for rid, created, length in cur:
                 if created >= cutoff:
