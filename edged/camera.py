@@ -9,11 +9,14 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import time
+from multiprocessing.connection import Connection
 from multiprocessing.process import BaseProcess
 
 from edged.config import CameraConfig
 from edged.frames import SlotOwner
 from edged.reader import Backoff
+
+_CTX = multiprocessing.get_context("spawn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +62,11 @@ class CameraRuntime:
     def __init__(self, cfg: CameraConfig) -> None:
         self.cfg = cfg
         self.slot = SlotOwner(cfg.name)
-        ctx = multiprocessing.get_context("spawn")
-        self.events_r, self.events_w = ctx.Pipe(duplex=False)
+        self.events_r: Connection | None
+        self.events_w: Connection | None
+        self.events_r, self.events_w = _CTX.Pipe(duplex=False)
+        # Pipes of workers that are gone, read to their end before they are closed.
+        self.retired_events: list[Connection] = []
         backoff = (cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
         self.reader = Child("reader", Backoff(*backoff))
         self.worker = Child("worker", Backoff(*backoff))
@@ -131,3 +137,47 @@ class CameraRuntime:
 
     def children(self) -> tuple[Child, Child]:
         return (self.reader, self.worker)
+
+    # -- the worker's event pipe ---------------------------------------------
+
+    def new_events_pipe(self) -> Connection:
+        """A pipe of its own for the next worker: the write end to hand it.
+
+        A worker killed in the middle of a message leaves that message torn.
+        On a pipe shared with its successor, the supervisor would wait forever
+        for the rest; on its own pipe, once the supervisor has closed its copy
+        of the write end (:meth:`handed_over`), a torn message reads as EOF.
+        """
+        if self.events_r is not None:
+            self.retired_events.append(self.events_r)
+        if self.events_w is not None:
+            self.events_w.close()
+        self.events_r, self.events_w = _CTX.Pipe(duplex=False)
+        return self.events_w
+
+    def handed_over(self) -> None:
+        """The worker has the write end: drop ours, so its death reads as EOF."""
+        if self.events_w is not None:
+            self.events_w.close()
+            self.events_w = None
+
+    def event_pipes(self) -> list[Connection]:
+        """Every pipe with events still to read, oldest worker first."""
+        live = [] if self.events_r is None else [self.events_r]
+        return [*self.retired_events, *live]
+
+    def pipe_ended(self, conn: Connection) -> None:
+        conn.close()
+        if conn is self.events_r:
+            self.events_r = None
+        else:
+            self.retired_events.remove(conn)
+
+    def close(self) -> None:
+        """Free the slot and the pipes; call after both children are gone and read."""
+        for conn in self.event_pipes():
+            conn.close()
+        self.retired_events.clear()
+        self.events_r = None
+        self.handed_over()
+        self.slot.close()

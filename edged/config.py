@@ -537,6 +537,13 @@ class _CameraSettings(_Password):
         le=1_000_000,
         description="Restart the worker after this many failed frames in a row (0: never).",
     )
+    process_timeout: Duration = Field(
+        60.0,
+        ge=1,
+        le=86400,
+        description="A processor still in process() after this long is stuck: its worker is "
+        "killed and restarted, and the camera reports it.",
+    )
     processor: ProcessorConfig = Field(
         default_factory=_null_processor,
         description="The processor: 'type' plus its options; replaced as a whole, not merged.",

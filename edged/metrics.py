@@ -201,7 +201,8 @@ class SupervisorCollector(Collector):
         reasons = counter(
             "edged_child_restart_reasons_total",
             "Child restarts by cause: crash, killed (by a signal), hung (killed by edged "
-            "for a silent heartbeat), setup (the processor could not be set up).",
+            "for a silent heartbeat, or a process() call over process_timeout), setup (the "
+            "processor could not be set up).",
             ["camera", "reason"],
         )
         for name, snap in snaps.items():
@@ -386,7 +387,8 @@ class Metrics:
                 "fps": round(snap.fps, 2),
                 "last_error": snap.last_error,
             }
-        ready = alive and all(c["ready"] for c in cameras.values())
+        # No camera at all (a reload took the last one away) is nothing working.
+        ready = alive and bool(cameras) and all(c["ready"] for c in cameras.values())
         return {"ready": ready, "alive": alive, "cameras": cameras}
 
     def render(self) -> bytes:

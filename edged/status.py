@@ -181,7 +181,11 @@ def collect_status(url: str, camera: str | None = None) -> dict[str, Any]:
         if camera is not None and name != camera:
             continue
         cameras[name] = {**info, **numbers.get(name, {})}
-    healthy = bool(ready.get("alive", True)) and all(c.get("ready") for c in cameras.values())
+    healthy = (
+        bool(ready.get("alive", True))
+        and bool(cameras)
+        and all(c.get("ready") for c in cameras.values())
+    )
     if camera is not None and camera not in cameras:
         healthy = False
     return {"url": base, "ready": healthy, "alive": ready.get("alive", True), "cameras": cameras}

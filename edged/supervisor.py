@@ -18,12 +18,12 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import wait
+from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from edged.camera import CameraRuntime, CameraSnapshot, Child
-from edged.config import Config, load_config
+from edged.config import Config, EventsConfig, load_config
 from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError
 from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, setup_logging
@@ -40,6 +40,9 @@ __all__ = ["CameraRuntime", "CameraSnapshot", "Child", "Supervisor"]
 
 TICK = 0.25
 HANG_MARGIN = 3.0  # seconds beyond a reader's own timeouts before it counts as hung
+# A worker beats at least every 0.5 s outside process() (edged/worker.py):
+# silent this long there, it is stuck (process() itself has process_timeout).
+WORKER_SILENCE = 10.0
 CRASH_LOOP = 5  # restarts of one child within CRASH_WINDOW: the camera is failed
 CRASH_WINDOW = 300.0
 MAX_PENDING = 100_000  # events held in memory while the event file cannot be written
@@ -64,6 +67,7 @@ class Supervisor:
         self.dropped = 0
         self.sink_failing = False
         self.events_total = 0
+        self._failing_hooks: set[str] = set()
         # Hooks for the sinks and metrics that live beside the JSONL file:
         # on_event(record) for every accepted event, on_frame(camera, age, took)
         # for every processed frame (workers batch these: up to 0.25 s late),
@@ -75,8 +79,8 @@ class Supervisor:
         self.mqtt: MqttSink | None = None
         self.writer = self._open_writer()
 
-    def _open_writer(self) -> JsonlWriter:
-        ev = self.config.events
+    def _open_writer(self, ev: EventsConfig | None = None) -> JsonlWriter:
+        ev = ev or self.config.events
         return JsonlWriter(
             ev.path,
             max_bytes=ev.max_bytes,
@@ -164,7 +168,7 @@ class Supervisor:
     def tick(self) -> None:
         handles: list[Any] = [self._wake_r]
         for cam in self.cams.values():
-            handles.append(cam.events_r)
+            handles += cam.event_pipes()
             handles += [c.process.sentinel for c in cam.children() if c.process]
         ready = wait(handles, timeout=TICK)
         if self._wake_r in ready:
@@ -209,22 +213,33 @@ class Supervisor:
         self.notifier.reloading()
         path = self.config.path
         log.info("received SIGHUP: reloading %s", path)
+        writer = None
         try:
             new = load_config(path)
+            if new.events != self.config.events:
+                # Opened before anything changes: a reload that cannot write
+                # its event file changes nothing, rather than stopping edged.
+                writer = self._open_writer(new.events)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload failed: %s", problem)
             n = len(exc.problems)
             log.error("reload failed: %d error(s); still running the previous configuration", n)
             self._status_prefix = f"reload failed: {n} error(s), see journal; "
+        except SinkError as exc:
+            log.error("reload failed: %s; still running the previous configuration", exc)
+            self._status_prefix = "reload failed: cannot open the event file, see journal; "
         else:
             self._status_prefix = ""
-            self.apply(new)
+            self.apply(new, writer)
         self._status_due = 0.0
         self.notifier.ready(self._status_prefix + format_status(self.snapshot()))
 
-    def apply(self, new: Config) -> None:
-        """Move to a new configuration; cameras whose settings did not change keep streaming."""
+    def apply(self, new: Config, writer: JsonlWriter | None = None) -> None:
+        """Move to a new configuration; cameras whose settings did not change keep streaming.
+
+        ``writer``: the new configuration's event file, already open (when its
+        ``[events]`` differ)."""
         wanted = [n for n in (self.requested or new.cameras) if n in new.cameras]
         for name in self.requested or []:
             if name not in new.cameras:
@@ -235,7 +250,7 @@ class Supervisor:
         going = [self.cams.pop(n) for n in removed + changed]
         self.stop_cameras(going)
         for cam in going:
-            cam.slot.close()
+            cam.close()
         for name in removed:
             self.unlock_camera(name)
         old, self.config = self.config, new
@@ -243,8 +258,18 @@ class Supervisor:
             setup_logging(LogSettings(new.logging.level, new.logging.format))
             self.log_settings = LogSettings(new.logging.level, new.logging.format)
         if new.events != old.events:
+            writer = writer or self._open_writer(new.events)
             self.writer.close()
-            self.writer = self._open_writer()
+            self.writer = writer
+        # What a reload does not apply (the listener, the broker session, where
+        # state lives) it says, rather than claim it reloaded.
+        later = [f"[{s}]" for s in ("metrics", "mqtt") if getattr(new, s) != getattr(old, s)]
+        if new.daemon.state_dir != old.daemon.state_dir:
+            later.append("daemon.state_dir")
+        for what in later:
+            log.warning("reload: %s changed; it takes effect when edged restarts", what)
+        if not wanted:
+            log.warning("reload: no camera left to run; edged idles until its next reload")
         for name in changed + added:
             if name in added:
                 try:
@@ -306,7 +331,7 @@ class Supervisor:
                 cam.cfg,
                 cam.slot.name,
                 cam.slot.doorbell_r,
-                cam.events_w,
+                cam.new_events_pipe(),
                 self.log_settings,
                 self.config.daemon.state_dir,
             ),
@@ -319,6 +344,8 @@ class Supervisor:
                 cam.bank_counters(child.role)
                 proc = self.spawn_reader(cam) if child.role == "reader" else self.spawn_worker(cam)
                 proc.start()
+                if child.role == "worker":
+                    cam.handed_over()
                 child.process, child.started, child.due = proc, now, None
                 log.debug("camera %s: %s started (pid %s)", cam.name, child.role, proc.pid)
 
@@ -401,6 +428,7 @@ class Supervisor:
                 )
                 cam.reader.hung = True
                 proc.kill()
+        self._check_worker(cam, now)
         state, reason = self._camera_state(cam, now)
         if state != cam.state:
             level = logging.INFO if state in ("streaming", "starting", "ended") else logging.WARNING
@@ -420,6 +448,35 @@ class Supervisor:
             for hook in self.on_state:
                 hook(snap)
 
+    def _check_worker(self, cam: CameraRuntime, now: float) -> None:
+        ws = cam.slot.worker
+        proc = cam.worker.process
+        if proc is None or not ws["pid"] or cam.worker.hung:
+            return  # not started, still setting up its processor, or being killed
+        busy = ws["busy_since"]  # before the heartbeat: see edged/worker.py
+        if busy:
+            if now - busy > cam.cfg.process_timeout:
+                log.error(
+                    "camera %s: processor %s stuck in process() for %.0fs "
+                    "(process_timeout %gs): killing the worker (pid %d)",
+                    cam.name,
+                    cam.cfg.processor.type,
+                    now - busy,
+                    cam.cfg.process_timeout,
+                    int(ws["pid"]),
+                )
+                cam.worker.hung = True
+                proc.kill()
+        elif now - ws["heartbeat"] > WORKER_SILENCE:
+            log.error(
+                "camera %s: worker (pid %d) silent for %.0fs outside process(): killing it",
+                cam.name,
+                int(ws["pid"]),
+                now - ws["heartbeat"],
+            )
+            cam.worker.hung = True
+            proc.kill()
+
     def _camera_state(self, cam: CameraRuntime, now: float) -> tuple[str, str]:
         if cam.ended:
             return "ended", "end of file"
@@ -431,12 +488,19 @@ class Supervisor:
                 child.recent.clear()
         if cam.reader.process is None:
             return "restarting", f"reader {cam.reader.last_exit}"
+        # Frames that nobody processes make no events: not up either.
+        if cam.worker.process is None:
+            return "restarting", f"worker {cam.worker.last_exit}"
+        if cam.worker.hung:
+            return "restarting", "worker stuck: killed"
         rs = cam.slot.reader
         code = int(rs["state"])
         if code == ReaderState.STREAMING:
             last = rs["last_frame"]
             if last and now - last > cam.cfg.stale_after:
                 return "stalled", f"no frame for {now - last:.1f}s"
+            if not cam.slot.worker["pid"]:
+                return "starting", "processor setting up"
             return "streaming", ""
         if code == ReaderState.RECONNECTING:
             return "reconnecting", ""
@@ -446,28 +510,47 @@ class Supervisor:
 
     # -- events --------------------------------------------------------------
 
-    def collect_events(self) -> None:
-        for cam in self.cams.values():
-            conn = cam.events_r
-            while conn.poll():
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    break
-                # {"timings": [[age, took], ...], "events": [record, ...]}: the
-                # timings of the frames processed since the worker's last
-                # message, oldest first, and the events of the newest of them
-                # (edged/worker.py batches timings, never events).
-                for age, took in msg["timings"]:
-                    for hook in self.on_frame:
-                        hook(cam.name, age, took)
-                for record in msg["events"]:
-                    self.accept(record)
+    def collect_events(self, cams: list[CameraRuntime] | None = None) -> None:
+        """Accept what the workers sent: of ``cams``, or of every running camera."""
+        for cam in list(self.cams.values()) if cams is None else cams:
+            for conn in cam.event_pipes():
+                self._read_events(cam, conn)
+
+    def _read_events(self, cam: CameraRuntime, conn: Connection) -> None:
+        while conn.poll():
+            try:
+                msg = conn.recv()
+            except (EOFError, OSError):
+                # Its worker is gone and everything it sent is read; a message
+                # it was killed in the middle of ends here too.
+                cam.pipe_ended(conn)
+                return
+            except Exception as exc:
+                # Its bytes are consumed, so the next message is intact.
+                log.error("camera %s: unreadable message from the worker: %r", cam.name, exc)
+                continue
+            # {"timings": [[age, took], ...], "events": [record, ...]}: the
+            # timings of the frames processed since the worker's last message,
+            # oldest first, and the events of the newest of them
+            # (edged/worker.py batches timings, never events).
+            for age, took in msg["timings"]:
+                for hook in self.on_frame:
+                    hook(cam.name, age, took)
+            for record in msg["events"]:
+                self.accept(record)
 
     def accept(self, record: dict[str, Any]) -> None:
         self.events_total += 1
         for hook in self.on_event:
-            hook(record)
+            try:
+                hook(record)
+            except Exception:
+                # A sink that breaks (MQTT's outbox on a failing disk) must not
+                # keep the event from the file, nor stop the supervisor.
+                self._hook_failed(hook)
+            else:
+                if self._failing_hooks:
+                    self._hook_recovered(hook)
         if self.pending:
             self._hold(record)
             return
@@ -490,6 +573,18 @@ class Supervisor:
             if self.dropped in (1, 100) or self.dropped % 10_000 == 0:
                 log.error("event file unwritable: dropped %d oldest events", self.dropped)
         self.pending.append(record)
+
+    def _hook_failed(self, hook: Callable[..., None]) -> None:
+        name = getattr(hook, "__qualname__", repr(hook))
+        if name not in self._failing_hooks:
+            self._failing_hooks.add(name)
+            log.exception("event sink %s failed; the event file still gets every event", name)
+
+    def _hook_recovered(self, hook: Callable[..., None]) -> None:
+        name = getattr(hook, "__qualname__", repr(hook))
+        if name in self._failing_hooks:
+            self._failing_hooks.discard(name)
+            log.info("event sink %s works again", name)
 
     def _sink_failed(self, exc: Exception) -> None:
         if not self.sink_failing:
@@ -520,9 +615,10 @@ class Supervisor:
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
             live: list[Any] = [p.sentinel for p in procs if p.is_alive()]
-            conns = [cam.events_r for cam in cams]
+            conns = [conn for cam in cams for conn in cam.event_pipes()]
             wait(live + conns, timeout=min(TICK, max(0.0, deadline - time.monotonic())))
-            self.collect_events()
+            # These cameras, not self.cams: a reload has already taken them out.
+            self.collect_events(cams)
             if self.notifier.watchdog_due(time.monotonic()):
                 self.notifier.ping()
         for proc in procs:
@@ -533,7 +629,7 @@ class Supervisor:
         for cam in cams:
             self.reap(cam, now)
         # A worker's last events are in the pipe even if it was killed.
-        self.collect_events()
+        self.collect_events(cams)
 
     def shutdown(self) -> None:
         self.notifier.stopping()
@@ -567,7 +663,7 @@ class Supervisor:
                 if child.process is not None and child.process.is_alive():
                     child.process.kill()
                     child.process.join()
-            cam.slot.close()
+            cam.close()
         for name in list(self.locks):
             self.unlock_camera(name)
         self.writer.close()

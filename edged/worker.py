@@ -196,6 +196,10 @@ class Worker:
                 # Frames published while we were busy are already old: wait
                 # for the next one (the reader did not convert the others).
                 last_seq = max(last_seq, slot.latest_seq)
+            # A heartbeat before busy_since is cleared: the supervisor, which
+            # reads busy_since first, never sees an idle worker with the
+            # heartbeat of before this frame.
+            status["heartbeat"] = time.monotonic()
             status["busy_since"] = 0.0
             status["last_age"] = start - mono
             status["last_processing"] = took
@@ -294,6 +298,10 @@ def worker_main(
 
     ``state_dir``: where snapshots go, if the camera takes them."""
     prepare_child("worker", cam.name)
+    # The processor's own subprocesses must not keep the events pipe open: the
+    # supervisor learns this worker is gone (and a message torn by its death)
+    # from EOF, which comes only when every copy of the write end is closed.
+    os.set_inheritable(out.fileno(), False)
     setup_logging(log_settings)
     stop = threading.Event()
 

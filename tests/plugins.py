@@ -6,6 +6,7 @@ these as ``type = "plugins:SlowProcessor"`` or ``source = "plugins:SolidSource"`
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 
@@ -112,3 +113,62 @@ class RepeatingSource(Source):
     @property
     def nominal_fps(self) -> float | None:
         return 5.0
+
+
+class StuckOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    after: int = Field(1, ge=0, description="frames processed normally before process() hangs")
+
+
+class StuckProcessor(Processor):
+    """Processes ``after`` frames, then never returns from process() (a wedged model)."""
+
+    Options = StuckOptions
+
+    def __init__(self, options: BaseModel, camera: str) -> None:
+        super().__init__(options, camera)
+        self.seen = 0
+
+    def process(self, frame: Frame) -> list[Event]:
+        self.seen += 1
+        if self.seen > self.options.after:  # type: ignore[attr-defined]
+            time.sleep(3600)
+        return [Event("frame", {})]
+
+
+class BrokenSetupProcessor(Processor):
+    """A processor whose setup() fails (a model file that is not there)."""
+
+    def setup(self) -> None:
+        raise RuntimeError("model file /nonexistent/model.onnx is missing")
+
+    def process(self, frame: Frame) -> list[Event]:
+        return []
+
+
+class CountingOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    log: str = Field(description="file to which each process() call appends 'PID N start|end'")
+    delay: float = Field(0.0, ge=0, description="seconds each frame takes")
+
+
+class CountingProcessor(Processor):
+    """Numbers its frames and notes each call in a file, so a test can tell
+    every event a worker produced from the events that reached the sinks."""
+
+    Options = CountingOptions
+
+    def __init__(self, options: BaseModel, camera: str) -> None:
+        super().__init__(options, camera)
+        self.n = 0
+
+    def _note(self, what: str) -> None:
+        with open(self.options.log, "a") as f:  # type: ignore[attr-defined]
+            f.write(f"{os.getpid()} {self.n} {what}\n")
+
+    def process(self, frame: Frame) -> list[Event]:
+        self.n += 1
+        self._note("start")
+        time.sleep(self.options.delay)  # type: ignore[attr-defined]
+        self._note("end")
+        return [Event("count", {"pid": os.getpid(), "n": self.n})]

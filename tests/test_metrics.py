@@ -872,3 +872,80 @@ def test_metrics_address_in_use_stops_startup_with_a_clear_error(tmp_path):
         )
     assert r.returncode == 70, r.stderr
     assert f"cannot serve metrics on 127.0.0.1:{port}: Address already in use" in r.stderr
+
+
+def test_readyz_is_not_ready_without_any_camera(supervisor: Supervisor, metrics: Metrics) -> None:
+    # An edged@NAME whose camera a reload took away runs nothing: not ready.
+    assert metrics.readiness()["cameras"]
+    cams = dict(supervisor.cams)
+    supervisor.cams.clear()
+    try:
+        body = metrics.readiness()
+        assert body["cameras"] == {} and body["ready"] is False
+    finally:
+        supervisor.cams.update(cams)
+
+
+@pytest.mark.slow
+def test_a_stuck_processor_is_killed_restarted_and_reported(tmp_path, daemons):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    camera = (
+        'source = "synthetic"\nfps = 25\nprocess_timeout = "1s"\n'
+        'restart_delay = "3s"\nrestart_max_delay = "3s"'
+    )
+    processor = 'type = "plugins:StuckProcessor"\nafter = 2'
+    d = start_daemon(daemons, tmp_path, _toml(port, camera, processor))
+    # Two frames, then process() never returns: the worker's heartbeat stops
+    # with it, so only the process() deadline can tell.
+    d.wait_events(2, "frame", timeout=20)
+    code, body = wait_for(
+        "readyz: the stuck worker killed, a new one due",
+        lambda: (
+            scrape(base)
+            and (r := readyz(base))[1]["cameras"]["cam1"]["state"] == "restarting"
+            and r
+        ),
+        timeout=20,
+        every=0.1,
+    )
+    assert code == 503
+    assert body["cameras"]["cam1"]["reason"].startswith("worker")
+    assert "camera cam1: processor plugins:StuckProcessor stuck in process() for" in d.log
+    assert "(process_timeout 1s): killing the worker" in d.log
+    s = wait_scrape(
+        base,
+        "the restart counted as hung",
+        lambda s: s.value("edged_child_restart_reasons_total", camera="cam1", reason="hung") == 1,
+    )
+    assert s.value("edged_camera_up", camera="cam1") == 0
+    wait_for("a new worker", lambda: d.children("worker"), timeout=15)
+    d.wait_events(4, "frame", timeout=20)  # the new worker's two frames
+    assert d.stop() == 0
+
+
+@pytest.mark.slow
+def test_a_worker_that_cannot_set_up_is_reported_while_it_waits(tmp_path, daemons):
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    camera = 'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"'
+    processor = 'type = "plugins:BrokenSetupProcessor"'
+    d = start_daemon(daemons, tmp_path, _toml(port, camera, processor))
+    code, body = wait_for(
+        "readyz: the worker restarting",
+        lambda: (
+            scrape(base)
+            and (r := readyz(base))[1]["cameras"]["cam1"]["state"] == "restarting"
+            and r
+        ),
+        timeout=20,
+        every=0.1,
+    )
+    # Frames decode, but nothing processes them: not up, and /readyz says why.
+    assert code == 503
+    assert body["cameras"]["cam1"]["reason"] == "worker failed to set up (exit 78)"
+    assert "model file /nonexistent/model.onnx is missing" in d.log
+    r = edged_status(d.config)
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "worker failed to set up" in r.stdout
+    assert d.stop() == 0

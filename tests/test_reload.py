@@ -102,3 +102,63 @@ def test_a_camera_is_captured_by_one_daemon_only(daemon, tmp_path):
     assert r.returncode == 78
     assert f"camera cam2 is already captured by another edged process (pid {d.pid}" in r.stderr
     assert d.stop() == 0
+
+
+def _counting(log: object, delay: float) -> str:
+    return (
+        '[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n'
+        '[cameras.cam1]\nsource = "synthetic"\nfps = 25\n'
+        f'[cameras.cam1.processor]\ntype = "plugins:CountingProcessor"\nlog = "{log}"\n'
+        f"delay = {delay}\n"
+    )
+
+
+def test_reload_keeps_the_events_of_the_cameras_it_stops(tmp_path):
+    # The camera's settings change, so the reload stops its worker while its
+    # processor is inside process(): the event of that frame, sent after the
+    # stop began, must reach the file like every other.
+    noted = tmp_path / "processed.log"
+    d = Daemon(tmp_path, _counting(noted, 2.0))
+    d.start()
+    try:
+        wait_for(
+            "the processor inside process()",
+            lambda: noted.exists() and noted.read_text().endswith(" start\n"),
+            timeout=20,
+        )
+        _reload(d, _counting(noted, 2.5), "reloaded:")
+        assert "0 added, 0 removed, 1 restarted, 0 unchanged" in d.log
+        # And the new worker, stopped by SIGTERM inside process() in its turn.
+        wait_for(
+            "the new worker inside process()",
+            lambda: (
+                len({line.split()[0] for line in noted.read_text().splitlines()}) == 2
+                and noted.read_text().endswith(" start\n")
+            ),
+            timeout=20,
+        )
+        assert d.stop() == 0
+    finally:
+        d.kill()
+    lines = [line.split() for line in noted.read_text().splitlines()]
+    done = {(int(pid), int(n)) for pid, n, what in lines if what == "end"}
+    got = {(e["data"]["pid"], e["data"]["n"]) for e in d.events("count")}
+    assert len({pid for pid, _ in done}) == 2  # the worker before the reload, and after
+    assert done <= got, f"processed but not in the event file: {sorted(done - got)}"
+
+
+def test_reload_to_an_event_file_that_cannot_be_opened_changes_nothing(daemon, tmp_path):
+    d = daemon
+    wait_for("both cameras", lambda: len(d.children()) == 4)
+    before = _pids(d)
+    (tmp_path / "afile").write_text("not a folder\n")
+    toml = _config({"cam1": "0.0", "cam2": "0.01"}).replace(
+        'path = "events.jsonl"', 'path = "afile/events.jsonl"'
+    )
+    _reload(d, toml, "still running the previous configuration")
+    assert "reload failed:" in d.log and "afile: cannot create directory" in d.log
+    assert _pids(d) == before  # cam2's change was not applied either
+    n = len(d.events("frame"))
+    d.wait_events(n + 10, "frame")  # still written to the old file
+    assert d.proc.poll() is None
+    assert d.stop() == 0

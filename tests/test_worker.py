@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
@@ -197,3 +200,89 @@ def test_events_are_sent_at_once_with_pending_timings(
     assert not rig.thread.is_alive()
     rig.sup.collect_events()
     assert rig.conn.messages == 2 and len(rig.timings) == 4
+
+
+@contextmanager
+def supervisor_with_camera(tmp_path: Path) -> Iterator[tuple[Supervisor, CameraRuntime]]:
+    config = parse_config(TOML, tmp_path / "edged.toml")
+    sup = Supervisor(config)
+    cam = sup.cams["cam1"] = CameraRuntime(config.cameras["cam1"])
+    try:
+        yield sup, cam
+    finally:
+        cam.close()
+        sup.writer.close()
+
+
+def _spawned_worker_end(cam: CameraRuntime) -> Connection:
+    """A new events pipe as a spawned worker holds it: its own copy of the write end."""
+    w = cam.new_events_pipe()
+    child = Connection(os.dup(w.fileno()), readable=False)
+    cam.handed_over()
+    return child
+
+
+def _collect_within(sup: Supervisor, seconds: float = 10.0) -> None:
+    """collect_events() in a thread: a test that fails, not one that hangs."""
+    thread = threading.Thread(target=sup.collect_events, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "collect_events() hangs"
+
+
+def test_a_message_torn_by_a_killed_worker_ends_its_pipe(tmp_path: Path) -> None:
+    with supervisor_with_camera(tmp_path) as (sup, cam):
+        accepted: list[dict[str, Any]] = []
+        sup.on_event.append(accepted.append)
+        w = _spawned_worker_end(cam)
+        record = {"id": "e1", "camera": "cam1", "type": "t", "seq": 1}
+        w.send({"timings": [[0.01, 0.02]], "events": [record]})
+        # Killed while sending the next message: its length, then part of it.
+        os.write(w.fileno(), (100_000).to_bytes(4, "big") + b"\x80\x04partial")
+        w.close()
+        _collect_within(sup)
+        assert accepted == [record]
+        assert cam.event_pipes() == []  # read to its end and closed
+        # The next worker's pipe is a new one: nothing of the torn message in it.
+        w2 = _spawned_worker_end(cam)
+        w2.send({"timings": [], "events": [{**record, "id": "e2"}]})
+        _collect_within(sup)
+        assert [e["id"] for e in accepted] == ["e1", "e2"]
+        w2.close()
+
+
+def test_events_left_in_a_dead_workers_pipe_are_read_after_its_successor_starts(
+    tmp_path: Path,
+) -> None:
+    with supervisor_with_camera(tmp_path) as (sup, cam):
+        accepted: list[str] = []
+        sup.on_event.append(lambda r: accepted.append(r["id"]))
+        old = _spawned_worker_end(cam)
+        old.send({"timings": [], "events": [{"id": "old"}]})
+        old.close()
+        new = _spawned_worker_end(cam)  # restarted before the supervisor read the old one
+        new.send({"timings": [], "events": [{"id": "new"}]})
+        _collect_within(sup)
+        assert accepted == ["old", "new"]
+        assert cam.event_pipes() == [cam.events_r]
+        new.close()
+
+
+def test_a_failing_event_sink_keeps_nothing_from_the_event_file(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with supervisor_with_camera(tmp_path) as (sup, cam):
+
+        def broken_outbox(record: dict[str, Any]) -> None:
+            raise OSError(5, "Input/output error")
+
+        sup.on_event.append(broken_outbox)
+        for i in range(3):
+            sup.accept({"id": f"e{i}", "camera": "cam1"})
+        sup.on_event.remove(broken_outbox)
+        sup.on_event.append(lambda record: None)
+        sup.writer.close()
+        lines = (tmp_path / "events.jsonl").read_text().splitlines()
+        assert [json.loads(line)["id"] for line in lines] == ["e0", "e1", "e2"]
+        failed = [r for r in caplog.records if "failed; the event file still gets" in r.message]
+        assert len(failed) == 1 and "broken_outbox" in failed[0].message
