@@ -61,6 +61,7 @@ class Supervisor:
         self.notifier = Notifier()
         self._status_due = 0.0
         self._status_prefix = ""  # "reload failed: ...; " until a reload succeeds
+        self._ticked = time.monotonic()  # when the last tick ended
         self.signals: deque[int] = deque()
         self.stopping = False
         self.pending: deque[dict[str, Any]] = deque()
@@ -195,6 +196,7 @@ class Supervisor:
         self.notify(now)
         if self.metrics is not None:
             self.metrics.loop_alive()
+        self._ticked = time.monotonic()
 
     def notify(self, now: float) -> None:
         # Pinged from here only: a loop that stops turning (a hung disk write,
@@ -410,7 +412,9 @@ class Supervisor:
     def check_health(self, cam: CameraRuntime, now: float) -> None:
         rs = cam.slot.reader
         proc = cam.reader.process
-        if proc is not None and rs["pid"]:
+        if proc is not None and rs["pid"] and not cam.reader.hung:
+            # Once killed, not again every tick: a process in uninterruptible
+            # sleep (a V4L2 driver) outlives SIGKILL until the kernel lets go.
             # The reader beats between native calls; FFmpeg's own timeouts
             # should end any call well inside these. Past them, it is stuck.
             if int(rs["state"]) == ReaderState.STREAMING:
@@ -453,6 +457,11 @@ class Supervisor:
         proc = cam.worker.process
         if proc is None or not ws["pid"] or cam.worker.hung:
             return  # not started, still setting up its processor, or being killed
+        if now - self._ticked > WORKER_SILENCE / 4:
+            # This loop was held up itself (a slow disk, a long reload): a
+            # worker blocked meanwhile on its full events pipe, just drained,
+            # has not had the CPU to beat yet. Judge it next tick.
+            return
         busy = ws["busy_since"]  # before the heartbeat: see edged/worker.py
         if busy:
             if now - busy > cam.cfg.process_timeout:
@@ -615,12 +624,17 @@ class Supervisor:
         deadline = time.monotonic() + self.config.daemon.stop_timeout
         while any(p.is_alive() for p in procs) and time.monotonic() < deadline:
             live: list[Any] = [p.sentinel for p in procs if p.is_alive()]
-            conns = [conn for cam in cams for conn in cam.event_pipes()]
+            # During a reload the cameras that keep running go on too: read
+            # their pipes, or their workers block on a full one.
+            running = [c for c in self.cams.values() if c not in cams]
+            conns = [conn for cam in cams + running for conn in cam.event_pipes()]
             wait(live + conns, timeout=min(TICK, max(0.0, deadline - time.monotonic())))
-            # These cameras, not self.cams: a reload has already taken them out.
-            self.collect_events(cams)
+            # These cameras as well as self.cams: a reload has already taken them out.
+            self.collect_events(cams + running)
             if self.notifier.watchdog_due(time.monotonic()):
                 self.notifier.ping()
+            if self.metrics is not None:  # /healthz: a long stop_timeout is no hang
+                self.metrics.loop_alive()
         for proc in procs:
             if proc.is_alive():
                 log.warning("%s (pid %s) did not stop in time: killing it", proc.name, proc.pid)

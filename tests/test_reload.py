@@ -6,8 +6,12 @@ import os
 import signal
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 
 import pytest
+from components.rtsp import free_port
 from daemon import TESTS, Daemon, wait_for
 
 pytestmark = pytest.mark.slow
@@ -162,3 +166,56 @@ def test_reload_to_an_event_file_that_cannot_be_opened_changes_nothing(daemon, t
     d.wait_events(n + 10, "frame")  # still written to the old file
     assert d.proc.poll() is None
     assert d.stop() == 0
+
+
+def test_a_slow_stop_during_reload_keeps_the_other_cameras_and_health_going(tmp_path):
+    # cam1's processor takes 12 s to finish the frame it is on when the reload
+    # stops it: longer than /healthz's 10 s, and long enough for cam2's events
+    # to fill a pipe nobody reads.
+    port = free_port()
+    noted = tmp_path / "processed.log"
+
+    def toml(delay: float) -> str:
+        return (
+            '[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n'
+            f'stop_timeout = "30s"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+            '[cameras.cam1]\nsource = "synthetic"\nfps = 25\n'
+            f'[cameras.cam1.processor]\ntype = "plugins:CountingProcessor"\nlog = "{noted}"\n'
+            f"delay = {delay}\n"
+            '[cameras.cam2]\nsource = "synthetic"\nfps = 25\n'
+            '[cameras.cam2.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0\n'
+        )
+
+    d = Daemon(tmp_path, toml(12.0))
+    d.start()
+    try:
+        wait_for(
+            "cam1's processor inside process()",
+            lambda: noted.exists() and noted.read_text().endswith(" start\n"),
+            timeout=20,
+        )
+        d.wait_events(10, "frame")
+        d.config.write_text(toml(0.0))
+        d.proc.send_signal(signal.SIGHUP)
+        wait_for("the reload under way", lambda: "reloading" in d.log, timeout=10)
+        health, frames = [], []
+        while "reloaded:" not in d.log:
+            assert d.proc.poll() is None
+            health.append(_get(f"http://127.0.0.1:{port}/healthz"))
+            frames.append(len(d.events("frame")))
+            time.sleep(0.5)  # sampling what a monitor would see, not synchronising
+        assert len(health) >= 16, "the stop was not slow: the test proves nothing"
+        assert set(health) == {200}
+        assert frames[-1] > frames[0] + 100, "cam2's events stopped during the reload"
+        assert "silent for" not in d.log and "stuck" not in d.log
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def _get(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return int(resp.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
