@@ -7,6 +7,7 @@ import itertools
 import json
 import math
 import os
+import stat
 import subprocess
 import sys
 import textwrap
@@ -247,16 +248,22 @@ def test_two_processes_appending_never_interleave(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def fsyncs(monkeypatch: pytest.MonkeyPatch) -> list[int]:
-    calls: list[int] = []
+def fsync_log(monkeypatch: pytest.MonkeyPatch) -> dict[str, list[int]]:
+    """The fds fsync'ed, of files and of folders."""
+    calls: dict[str, list[int]] = {"file": [], "folder": []}
     real = os.fsync
 
     def counting_fsync(fd: int) -> None:
-        calls.append(fd)
+        calls["folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "file"].append(fd)
         real(fd)
 
     monkeypatch.setattr(os, "fsync", counting_fsync)
     return calls
+
+
+@pytest.fixture
+def fsyncs(fsync_log: dict[str, list[int]]) -> list[int]:
+    return fsync_log["file"]
 
 
 def test_fsync_always(tmp_path: Path, fsyncs: list[int]) -> None:
@@ -268,13 +275,29 @@ def test_fsync_always(tmp_path: Path, fsyncs: list[int]) -> None:
     assert len(fsyncs) == 5  # nothing left to sync
 
 
-def test_fsync_never(tmp_path: Path, fsyncs: list[int]) -> None:
+def test_new_and_rotated_files_have_their_folder_synced(
+    tmp_path: Path, fsync_log: dict[str, list[int]]
+) -> None:
+    w = make_writer(tmp_path / "e", fsync="always", max_bytes=200, backups=2)
+    assert len(fsync_log["folder"]) == 1  # the file is new: its name must last too
+    w.write(event(0))
+    w.write(event(1))  # over max_bytes: rotated, the renames and the new file synced
+    assert (tmp_path / "e.1").exists()
+    assert len(fsync_log["folder"]) == 2
+    w.close()
+    reopened = make_writer(tmp_path / "e", fsync="always", max_bytes=200, backups=2)
+    assert len(fsync_log["folder"]) == 2  # the file was there already
+    reopened.close()
+
+
+def test_fsync_never(tmp_path: Path, fsyncs: list[int], fsync_log: dict[str, list[int]]) -> None:
     w = make_writer(tmp_path / "e", fsync="never", max_bytes=1000, backups=1)
     for i in range(20):
         w.write(event(i))
     assert w.tick() is False
     w.close()
     assert fsyncs == []
+    assert fsync_log["folder"] == []
 
 
 def test_fsync_interval(tmp_path: Path, fsyncs: list[int]) -> None:

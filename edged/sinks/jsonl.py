@@ -360,6 +360,7 @@ class JsonlWriter:
             )
 
     def _open(self) -> None:
+        created = not self.path.exists()
         try:
             try:
                 fd = os.open(self.path, _OPEN_FLAGS, _FILE_MODE)
@@ -373,6 +374,8 @@ class JsonlWriter:
         self._ident = (st.st_dev, st.st_ino)
         self._last_stat = self._clock()
         self._unterminated = st.st_size > 0 and not self._ends_with_newline()
+        if created:  # a new file, or the one a rotation renames away
+            self._fsync_dir()
 
     def _ends_with_newline(self) -> bool:
         # A crash or full disk in an earlier run may have left a partial line;
@@ -453,6 +456,26 @@ class JsonlWriter:
         self._fsync_fd(self._fd)
         self._last_fsync = now
         self._unsynced = False
+
+    def _fsync_dir(self) -> None:
+        # A file's name lives in its folder: after a power loss, lines fsync'ed
+        # into a file created or renamed since the folder's last sync can be
+        # gone with the name. Once per new file; a rotation's renames too.
+        if self.fsync == "never":
+            return
+        try:
+            fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self.errors += 1
+            log.error(
+                "%s: fsync of the folder failed: %s",
+                self.path.parent,
+                os.strerror(e.errno) if e.errno else e,
+            )
 
     def _fsync_fd(self, fd: int) -> None:
         # The line is already in the file; raising would make the caller write
