@@ -886,6 +886,17 @@ def test_readyz_is_not_ready_without_any_camera(supervisor: Supervisor, metrics:
         supervisor.cams.update(cams)
 
 
+def wait_for_state(base: str, state: str, what: str) -> tuple[int, dict[str, Any]]:
+    """/readyz once it shows cam1 in ``state``: (status code, body)."""
+    result: tuple[int, dict[str, Any]] = wait_for(
+        f"readyz: {what}",
+        lambda: scrape(base) and (r := readyz(base))[1]["cameras"]["cam1"]["state"] == state and r,
+        timeout=20,
+        every=0.1,
+    )
+    return result
+
+
 @pytest.mark.slow
 def test_a_stuck_processor_is_killed_restarted_and_reported(tmp_path, daemons):
     port = free_port()
@@ -899,16 +910,7 @@ def test_a_stuck_processor_is_killed_restarted_and_reported(tmp_path, daemons):
     # Two frames, then process() never returns: the worker's heartbeat stops
     # with it, so only the process() deadline can tell.
     d.wait_events(2, "frame", timeout=20)
-    code, body = wait_for(
-        "readyz: the stuck worker killed, a new one due",
-        lambda: (
-            scrape(base)
-            and (r := readyz(base))[1]["cameras"]["cam1"]["state"] == "restarting"
-            and r
-        ),
-        timeout=20,
-        every=0.1,
-    )
+    code, body = wait_for_state(base, "restarting", "the stuck worker killed, a new one due")
     assert code == 503
     assert body["cameras"]["cam1"]["reason"].startswith("worker")
     assert "camera cam1: processor plugins:StuckProcessor stuck in process() for" in d.log
@@ -931,16 +933,7 @@ def test_a_worker_that_cannot_set_up_is_reported_while_it_waits(tmp_path, daemon
     camera = 'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"'
     processor = 'type = "plugins:BrokenSetupProcessor"'
     d = start_daemon(daemons, tmp_path, _toml(port, camera, processor))
-    code, body = wait_for(
-        "readyz: the worker restarting",
-        lambda: (
-            scrape(base)
-            and (r := readyz(base))[1]["cameras"]["cam1"]["state"] == "restarting"
-            and r
-        ),
-        timeout=20,
-        every=0.1,
-    )
+    code, body = wait_for_state(base, "restarting", "the worker restarting")
     # Frames decode, but nothing processes them: not up, and /readyz says why.
     assert code == 503
     assert body["cameras"]["cam1"]["reason"] == "worker failed to set up (exit 78)"
