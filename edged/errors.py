@@ -6,6 +6,8 @@ where; the CLI prints it and exits with the matching code.
 
 from __future__ import annotations
 
+import errno
+
 EX_OK = 0
 EX_SOFTWARE = 70  # an internal error: a bug, or a failure we did not foresee
 EX_CONFIG = 78  # sysexits EX_CONFIG; units mark it RestartPreventExitStatus=78
@@ -52,3 +54,34 @@ class CameraBusyError(EdgedError):
     """Another edged process already captures this camera (an edged@ unit and edged.service)."""
 
     exit_code = EX_CONFIG  # a deployment mistake: restarting will not fix it
+
+
+# A path or address that is wrong, not busy: restarting will not fix these, so
+# edged exits 78 and systemd does not restart it in a loop (a full disk or a
+# port in use may clear up, and keep 70).
+_PERMANENT = {
+    errno.EEXIST,  # mkdir(exist_ok=True): there, and not a folder
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EACCES,
+    errno.EPERM,
+    errno.EROFS,
+    errno.ENAMETOOLONG,
+    errno.ELOOP,
+    errno.EADDRNOTAVAIL,
+}
+
+
+def exit_code_for(err: OSError | int | None) -> int:
+    """EX_CONFIG for an OS error a restart cannot fix (a file where a folder
+    should be, no permission, a read-only disk, an address not on this box)."""
+    code = err.errno if isinstance(err, OSError) else err
+    return EX_CONFIG if code in _PERMANENT else EX_SOFTWARE
+
+
+class StartupError(EdgedError):
+    """A folder or file the config names cannot be used when edged starts."""
+
+    def __init__(self, message: str, err: OSError | None = None) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code_for(err)

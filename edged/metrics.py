@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import logging
 import math
@@ -71,7 +72,7 @@ from prometheus_client.registry import Collector
 
 from edged import __version__
 from edged.config import _split_listen
-from edged.errors import EdgedError
+from edged.errors import EdgedError, exit_code_for
 
 if TYPE_CHECKING:
     from edged.config import Config
@@ -410,10 +411,15 @@ class Metrics:
             self._server = _Server((host, port), self)
         except OSError as exc:
             reason = exc.strerror or str(exc)
-            raise MetricsError(
-                f"cannot serve metrics on {self.listen}: {reason} (another edged running? "
-                "set [metrics] listen, or cameras.NAME.metrics_listen for edged@NAME)"
-            ) from None
+            hint = (
+                "another edged running? set [metrics] listen, or cameras.NAME.metrics_listen "
+                "for edged@NAME"
+                if exc.errno == errno.EADDRINUSE
+                else "check [metrics] listen"
+            )
+            error = MetricsError(f"cannot serve metrics on {self.listen}: {reason} ({hint})")
+            error.exit_code = exit_code_for(exc)
+            raise error from None
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.25},

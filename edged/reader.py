@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.errors import EdgedError, SourceError
+from edged.errors import EX_CONFIG, EdgedError, PluginError, SourceError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
@@ -280,6 +280,11 @@ def reader_main(
     code = 0
     try:
         code = Reader(cam, writer, stop, native).run()
+    except PluginError as exc:
+        # A source plugin that cannot be found or built: the config's doing,
+        # said in one line; retried slowly, like a processor that cannot set up.
+        log.error("camera %s: %s", cam.name, exc)
+        code = EX_CONFIG
     except Exception:
         log.exception("camera %s: reader crashed", cam.name)
         code = 1

@@ -24,7 +24,7 @@ from typing import Any
 
 from edged.camera import CameraRuntime, CameraSnapshot, Child
 from edged.config import Config, EventsConfig, load_config
-from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError
+from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, setup_logging
 from edged.metrics import Metrics
@@ -134,9 +134,16 @@ class Supervisor:
     def lock_camera(self, name: str) -> None:
         """Refuse to capture a camera another edged (an edged@ unit, say) already captures."""
         folder = self.config.daemon.state_dir / "locks"
-        folder.mkdir(parents=True, exist_ok=True, mode=0o750)
         path = folder / f"{name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        try:
+            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot use daemon.state_dir {self.config.daemon.state_dir}: "
+                f"{exc.strerror or exc} ({exc.filename or path})",
+                exc,
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -371,8 +378,9 @@ class Supervisor:
             ran = now - child.started
             child.backoff.succeeded(ran)
             delay = child.backoff.next_delay()
-            if child.role == "worker" and code == EX_CONFIG:
-                # The processor cannot be set up: retry slowly, it will not fix itself soon.
+            if code == EX_CONFIG:
+                # The processor or source plugin cannot be set up: retry slowly,
+                # it will not fix itself soon.
                 delay = max(delay, cam.cfg.restart_max_delay)
             child.restarts += 1
             child.recent = [t for t in child.recent if now - t < CRASH_WINDOW] + [now]

@@ -172,3 +172,10 @@ class CountingProcessor(Processor):
         time.sleep(self.options.delay)  # type: ignore[attr-defined]
         self._note("end")
         return [Event("count", {"pid": os.getpid(), "n": self.n})]
+
+
+class BrokenSource(Source):
+    """A source plugin whose constructor fails (a vendor SDK that is not installed)."""
+
+    def __init__(self, options: dict[str, object] | None = None, camera: str = "") -> None:
+        raise RuntimeError("vendor SDK libcam.so not found")

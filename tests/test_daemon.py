@@ -177,6 +177,41 @@ def test_unknown_camera_on_the_command_line_exits_78(tmp_path):
     assert "--camera nope: no such camera (configured: cam1)" in r.stderr
 
 
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ('[daemon]\nstate_dir = "afile/state"', "cannot use daemon.state_dir"),
+        ('[events]\npath = "afile/events.jsonl"', "afile: cannot create directory"),
+        ('[metrics]\nlisten = "192.0.2.1:9850"', "cannot serve metrics on 192.0.2.1:9850"),
+    ],
+    ids=["state_dir", "events", "listen"],
+)
+def test_a_path_or_address_that_cannot_work_exits_78_with_what_and_where(
+    tmp_path, setting, expected
+):
+    # Restarting cannot fix a file where a folder should be, or an address
+    # that is not this box's: 78, so systemd does not restart edged in a loop.
+    (tmp_path / "afile").write_text("not a folder\n")
+    cfg = tmp_path / "edged.toml"
+    body = '[cameras.cam1]\nsource = "synthetic"\n'
+    defaults = {
+        "[events]": '[events]\npath = "events.jsonl"',
+        "[daemon]": '[daemon]\nstate_dir = "state"',
+        "[metrics]": '[metrics]\nlisten = "127.0.0.1:0"',
+    }
+    section = setting.split("\n")[0]
+    cfg.write_text("\n".join([setting, *(v for k, v in defaults.items() if k != section), body]))
+    r = subprocess.run(
+        [sys.executable, "-m", "edged", "run", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 78, r.stderr
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_check_config_reports_every_mistake_and_exits_78(tmp_path):
     cfg = tmp_path / "bad.toml"
     cfg.write_text(

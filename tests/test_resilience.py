@@ -244,3 +244,17 @@ def test_a_camera_repeating_frames_faster_than_its_rate_is_noticed(tmp_path, dae
     d.wait_log("more than its nominal 5.0: it may be repeating frames", timeout=20)
     assert d.log.count("repeating frames") == 1
     assert d.stop() == 0
+
+
+def test_a_source_plugin_that_cannot_be_built_is_one_clear_line_retried_slowly(tmp_path, daemons):
+    body = (
+        'source = "plugins:BrokenSource"\nrestart_delay = "0.1s"\nrestart_max_delay = "2s"\n'
+        '[cameras.cam1.processor]\ntype = "null"\n'
+    )
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d.wait_log("cannot create the source: vendor SDK libcam.so not found", timeout=20)
+    d.wait_log("reader (pid", timeout=10)
+    assert "failed to set up (exit 78) after" in d.log
+    assert "restarting in 2.0s" in d.log  # restart_max_delay: it will not fix itself soon
+    assert "Traceback" not in d.log
+    assert d.stop() == 0

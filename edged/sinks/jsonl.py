@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
-from edged.errors import EdgedError
+from edged.errors import EdgedError, exit_code_for
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,7 @@ class SinkError(EdgedError):
         self.errno = err.errno if err is not None else None
         reason = os.strerror(err.errno) if err is not None and err.errno else str(err or "")
         super().__init__(f"{path}: {what}" + (f": {reason}" if reason else ""))
+        self.exit_code = exit_code_for(err)  # when it stops edged from starting
 
 
 def encode_event(event: dict[str, Any]) -> bytes:
