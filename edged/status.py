@@ -51,6 +51,8 @@ def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
         raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, [f"{name}: TOML syntax error: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(name, [f"{name}: not UTF-8 text (TOML must be)"]) from None
     metrics = data.get("metrics", {})
     cameras = data.get("cameras", {})
     if not isinstance(metrics, dict) or not isinstance(cameras, dict):
@@ -83,6 +85,8 @@ def _fetch(url: str) -> tuple[int, bytes]:
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise _Unreachable(str(getattr(reason, "strerror", None) or reason)) from None
+    except ValueError as exc:  # not a URL at all: --url garbage
+        raise _Unreachable(f"not an http:// URL ({exc})") from None
 
 
 def quantile(q: float, buckets: list[tuple[float, float]]) -> float | None:

@@ -942,3 +942,14 @@ def test_a_worker_that_cannot_set_up_is_reported_while_it_waits(tmp_path, daemon
     assert r.returncode == 1, r.stdout + r.stderr
     assert "worker failed to set up" in r.stdout
     assert d.stop() == 0
+
+
+def test_status_says_what_is_wrong_with_a_bad_url_or_config(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run_status_command("garbage", as_json=False) == 2
+    assert "cannot reach edged at garbage: not an http:// URL" in capsys.readouterr().err
+    cfg = tmp_path / "edged.toml"
+    cfg.write_bytes(b'[cameras.a]\nsource = "\xff"\n')
+    with pytest.raises(ConfigError, match="not UTF-8"):
+        status_url(cfg)
