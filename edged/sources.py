@@ -197,9 +197,15 @@ class OpenCVSource(Source):
         if self._cap.grab():
             return True
         if self.kind == "file":
-            if self.cam.loop and self._rewind():
-                return bool(self._cap.grab())
-            return False
+            if not self.cam.loop:
+                return False
+            if self._rewind() and self._cap.grab():
+                return True
+            # MPEG-TS, raw H.264, MJPEG: the seek "succeeds" and no frame
+            # follows. Start the file again from scratch.
+            self.close()
+            self.open()
+            return bool(self._cap.grab())
         if time.monotonic() - started < self.cam.read_timeout * 0.9:
             raise SourceError(f"lost {self.cam.display_source}: the stream ended")
         raise SourceError(f"lost {self.cam.display_source}: no frame within read timeout")
@@ -352,7 +358,9 @@ class PyAVSource(Source):
             raise SourceError("source is not open")
         if self.kind == "file" and self.cam.realtime and self._fps:
             self._pacer.wait(self._fps)
-        for attempt in range(2):
+        # At the end of a file: seek back to the start, and where that gives
+        # nothing (a raw H.264 stream cannot seek) open the file again.
+        for attempt in range(3):
             started = time.monotonic()
             try:
                 self._frame = next(self._frames)
@@ -363,8 +371,11 @@ class PyAVSource(Source):
                 raise self._error("lost", exc, started, self.cam.read_timeout) from None
             if self.kind != "file":
                 raise SourceError(f"lost {self.cam.display_source}: the stream ended")
-            if not self.cam.loop or attempt or not self._rewind():
+            if not self.cam.loop or attempt == 2:
                 return False
+            if attempt == 1 or not self._rewind():
+                self.close()
+                self.open()
         return False
 
     def _rewind(self) -> bool:
@@ -373,7 +384,7 @@ class PyAVSource(Source):
         try:
             self._container.seek(0)
         except (av.FFmpegError, OSError) as exc:
-            log.warning("camera %s: cannot rewind %s: %s", self.camera, self.cam.source, exc)
+            log.debug("camera %s: cannot seek back in %s: %s", self.camera, self.cam.source, exc)
             return False
         self._frames = self._decode()
         return True

@@ -140,11 +140,13 @@ def subscribers() -> Iterator[list[Any]]:
 
 
 @pytest.fixture
-def make_clip(tmp_path: Path) -> Callable[[float], Path]:
-    """``make_clip(seconds)`` -> an H.264 MP4 of FFmpeg's test pattern, 320x240 @ 25 fps."""
+def make_clip(tmp_path: Path) -> Callable[..., Path]:
+    """``make_clip(seconds, suffix=".mp4")`` -> a clip of FFmpeg's test pattern,
+    320x240 @ 25 fps, in the container (and codec) FFmpeg picks for ``suffix``:
+    H.264 in MP4 by default; ".ts", ".h264" (raw), ".mjpeg" for the others."""
 
-    def make(seconds: float) -> Path:
-        path = tmp_path / f"clip-{seconds:g}s.mp4"
+    def make(seconds: float, suffix: str = ".mp4") -> Path:
+        path = tmp_path / f"clip-{seconds:g}s{suffix}"
         pattern = f"testsrc=duration={seconds:g}:size=320x240:rate=25"
         subprocess.run(
             [

@@ -234,6 +234,26 @@ def test_a_file_plays_at_its_rate_then_ends_or_loops(clip: Path):
         src.close()
 
 
+@pytest.mark.parametrize("suffix", [".ts", ".h264", ".mjpeg"])
+@pytest.mark.parametrize("pixels", ["bgr", "gray"])
+def test_a_file_that_cannot_seek_back_still_loops(make_clip, suffix: str, pixels: str):
+    # MPEG-TS, raw H.264 and MJPEG: the seek to the start "succeeds" (or fails)
+    # and the next frame does not come. The default loop = true must go on.
+    clip = make_clip(1, suffix)
+    src = open_source(
+        camera_from_dict(
+            "cam1", {"source": str(clip), "pixel_format": pixels, "loop": True, "realtime": False}
+        )
+    )
+    src.open()
+    try:
+        assert all(src.grab() for _ in range(80))  # more than three times the clip
+        frame = src.retrieve_gray(None) if pixels == "gray" else src.retrieve(None)
+        assert frame.shape[:2] == (240, 320)
+    finally:
+        src.close()
+
+
 def test_a_missing_or_unreadable_file_is_a_clear_error(tmp_path: Path):
     bad = tmp_path / "bad.mp4"
     bad.write_bytes(b"not a video at all" * 100)
