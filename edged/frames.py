@@ -493,7 +493,9 @@ class SlotReader:
             mm = _attach_segment(data_segment_name(self._ctl.name, gen))
         except FileNotFoundError:  # replaced again, or its writer died: wait for the next
             return False
-        self._data = _DataSegment(gen, mm, int(self._ctl.i64[_I_CAPACITY]), writeable=False)
+        # The capacity from the segment itself: CAPACITY may already be the
+        # next generation's (the writer can replace this one again meanwhile).
+        self._data = _DataSegment(gen, mm, len(mm) // NBUF, writeable=False)
         return True
 
     def acquire(

@@ -86,6 +86,32 @@ def test_resolution_change_makes_a_new_generation(slot):
     assert len(_segments(owner)) == 2  # control + the current data segment only
 
 
+def test_a_generation_replaced_while_the_consumer_attaches_keeps_its_own_size(
+    slot, monkeypatch: pytest.MonkeyPatch
+):
+    # The consumer reads LATEST and GEN under the lock and attaches after it;
+    # the writer can make the next generation (a bigger frame) in between,
+    # before it unlinks this one.
+    owner, writer, reader = slot
+    _publish(writer, 5, (100, 100, 3))
+    _publish(writer, 7, (100, 100, 3))
+    attach = SlotReader._attach
+
+    def replaced_meanwhile(self: SlotReader, gen: int) -> bool:
+        monkeypatch.setattr(frames, "unlink_segment", lambda *a, **k: False)
+        writer.buffer((1000, 1000, 3))  # the old segment's unlink comes a moment later
+        monkeypatch.undo()
+        return attach(self, gen)
+
+    monkeypatch.setattr(SlotReader, "_attach", replaced_meanwhile)
+    image, seq, _, _ = reader.acquire(0, timeout=1)
+    monkeypatch.undo()
+    assert image.shape == (100, 100, 3) and (image == 7).all() and seq == 2
+    for name in _segments(owner):  # the unlink the test held back
+        if name != owner.name:
+            frames.unlink_segment(name)
+
+
 def test_acquire_sleeps_until_a_publish(slot):
     owner, writer, reader = slot
     start = time.monotonic()
