@@ -27,6 +27,7 @@ from edged.errors import EX_CONFIG, EdgedError, PluginError, SourceError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
+from edged.redact import scrub
 from edged.sources import Source, open_source
 
 if TYPE_CHECKING:
@@ -105,6 +106,9 @@ class Reader:
         self.stop = stop
         self.backoff = Backoff(cam.restart_delay, cam.restart_max_delay, cam.restart_reset_after)
         self._fps_last = 0.0
+        # Failed attempts since the last frame: a source that opens and then
+        # fails at once is still down (one line per cause, not two per retry).
+        self.failures = 0
 
     def set_state(self, state: ReaderState) -> None:
         if int(self.status["state"]) != state:
@@ -117,9 +121,9 @@ class Reader:
     def run(self) -> int:
         self.status["pid"] = os.getpid()
         self.beat()
-        failures = 0
         last_cause: str | None = None
         while not self.stop.is_set():
+            failures = self.failures
             self.set_state(ReaderState.CONNECTING if failures == 0 else ReaderState.RECONNECTING)
             source = open_source(self.cam)
             started = time.monotonic()
@@ -129,17 +133,22 @@ class Reader:
                 self.beat()
                 source.open()
                 self.status.add("opens")
-                if failures:
-                    log.info("camera %s: reconnected after %d attempts", self.cam.name, failures)
-                failures = 0
                 self.set_state(ReaderState.STREAMING)
                 ended = self.stream(source)
                 if ended:
                     self.set_state(ReaderState.ENDED)
                     log.info("camera %s: end of %s", self.cam.name, self.cam.display_source)
                     return EXIT_END_OF_STREAM
-            except EdgedError as exc:
-                failures += 1
+            except Exception as exc:
+                if not isinstance(exc, EdgedError):
+                    if self.cam.source_kind != "plugin":
+                        raise  # edged's own sources: a bug, with its traceback
+                    # A plugin's open()/grab()/retrieve() failing is its camera
+                    # failing: said and retried like any other, not a crash.
+                    exc = SourceError(
+                        f"source {self.cam.source} failed: {type(exc).__name__}: {scrub(str(exc))}"
+                    )
+                self.failures = failures = failures + 1
                 self.status.add("open_failures")
                 self.backoff.succeeded(time.monotonic() - started)
                 delay = self.backoff.next_delay()
@@ -199,8 +208,16 @@ class Reader:
                 shape = None  # the size changed; OpenCV decoded into a new array
         if shape is None:
             # First frame, or a new size: one copy, then decode in place again.
-            if frame.dtype != np.uint8 or frame.ndim not in (2, 3):
-                raise EdgedError(f"source gave a {frame.dtype} array of shape {frame.shape}")
+            if (
+                frame.dtype != np.uint8
+                or frame.ndim not in (2, 3)
+                or frame.size == 0
+                or (frame.ndim == 3 and frame.shape[2] not in (1, 3))
+            ):
+                raise EdgedError(
+                    f"source gave a {frame.dtype} array of shape {frame.shape}; "
+                    "expected HxWx3 BGR (or HxW grey) uint8"
+                )
             shape = tuple(frame.shape)
             if (status["width"], status["height"]) != (shape[1], shape[0]):
                 if status["width"]:
@@ -238,6 +255,9 @@ class Reader:
             seq += 1
             if every_frame or shape is None or writer.consumer_waiting:
                 shape = self._publish(source, shape, seq, wall, mono)
+            if self.failures:
+                log.info("camera %s: reconnected after %d attempts", self.cam.name, self.failures)
+                self.failures = 0
             status.add("frames")
             last = status["last_frame"]
             if last:

@@ -179,3 +179,17 @@ class BrokenSource(Source):
 
     def __init__(self, options: dict[str, object] | None = None, camera: str = "") -> None:
         raise RuntimeError("vendor SDK libcam.so not found")
+
+
+class BadFrameSource(Source):
+    """Opens fine, then fails each frame: ``mode`` "raise" (a vendor SDK error),
+    "rgba" (four channels) or "empty" (a zero-size frame)."""
+
+    def read(self) -> np.ndarray:
+        time.sleep(0.01)
+        mode = self.options.get("mode", "raise")
+        if mode == "raise":
+            raise ConnectionRefusedError(111, "vendor SDK: camera refused the stream")
+        if mode == "rgba":
+            return np.zeros((48, 64, 4), np.uint8)
+        return np.zeros((0, 0, 3), np.uint8)

@@ -258,3 +258,29 @@ def test_a_source_plugin_that_cannot_be_built_is_one_clear_line_retried_slowly(t
     assert "restarting in 2.0s" in d.log  # restart_max_delay: it will not fix itself soon
     assert "Traceback" not in d.log
     assert d.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("mode", "said"),
+    [
+        ("raise", "source plugins:BadFrameSource failed: ConnectionRefusedError:"),
+        ("rgba", "source gave a uint8 array of shape (48, 64, 4)"),
+        ("empty", "source gave a uint8 array of shape (0, 0, 3)"),
+    ],
+)
+def test_a_source_plugin_failing_after_open_is_retried_with_one_line_per_cause(
+    tmp_path, daemons, mode, said
+):
+    body = (
+        f'source = "plugins:BadFrameSource"\nsource_options = {{ mode = "{mode}" }}\n'
+        'restart_delay = "0.05s"\nrestart_max_delay = "0.1s"\n'
+        '[cameras.cam1.processor]\ntype = "null"\n'
+    )
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d.wait_log(said, timeout=20)
+    # Each attempt opens and then fails: still down, not "reconnected" every time.
+    wait_for("20 attempts", lambda: "(attempt 20)" in d.log, timeout=30)
+    assert d.log.count(said) <= 4  # the first, then every tenth
+    assert "reconnected after" not in d.log
+    assert "Traceback" not in d.log and "crashed" not in d.log
+    assert d.stop() == 0
