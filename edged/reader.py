@@ -250,6 +250,10 @@ class Reader:
         while not self.stop.is_set():
             self.beat()
             if not source.grab():
+                if source.live:
+                    # A camera has no end: it went away (a plugin's read()
+                    # returned None). Reconnect rather than end for good.
+                    raise SourceError(f"lost {self.cam.display_source}: the source ended")
                 return True
             wall, mono = time.time(), time.monotonic()
             seq += 1

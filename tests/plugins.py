@@ -193,3 +193,15 @@ class BadFrameSource(Source):
         if mode == "rgba":
             return np.zeros((48, 64, 4), np.uint8)
         return np.zeros((0, 0, 3), np.uint8)
+
+
+class VanishingSource(Source):
+    """A live camera whose read() returns None after ``frames`` frames of each connection."""
+
+    def open(self) -> None:
+        self.left = int(self.options.get("frames", 10))  # type: ignore[call-overload]
+
+    def read(self) -> np.ndarray | None:
+        time.sleep(0.02)
+        self.left -= 1
+        return np.zeros((48, 64, 3), np.uint8) if self.left >= 0 else None

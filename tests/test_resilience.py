@@ -284,3 +284,15 @@ def test_a_source_plugin_failing_after_open_is_retried_with_one_line_per_cause(
     assert "reconnected after" not in d.log
     assert "Traceback" not in d.log and "crashed" not in d.log
     assert d.stop() == 0
+
+
+def test_a_live_source_plugin_that_returns_none_is_reconnected_not_ended(tmp_path, daemons):
+    body = (
+        'source = "plugins:VanishingSource"\nrestart_delay = "0.05s"\nrestart_max_delay = "0.1s"\n'
+        '[cameras.cam1.processor]\ntype = "null"\n'
+    )
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d.wait_log("the source ended; retrying", timeout=20)
+    wait_for("two reconnects", lambda: d.log.count("reconnected after") >= 2, timeout=20)
+    assert "end of" not in d.log and "ended" not in d.log.replace("the source ended", "")
+    assert d.stop() == 0
