@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -59,10 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str):  # type: ignore[no-untyped-def]
+def _load(path: str, credentials_optional: bool = False):  # type: ignore[no-untyped-def]
     from edged.config import load_config
 
-    return load_config(path)
+    return load_config(path, credentials_optional)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -85,11 +86,21 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
-    config = _load(args.config)
-    print(f"{args.config}: OK, {len(config.cameras)} camera(s)")
+    from edged.redact import scrub
+
+    # Run in a shell, where $CREDENTIALS_DIRECTORY is unset although the unit sets it.
+    config = _load(args.config, credentials_optional=True)
+    lines = [f"{args.config}: OK, {len(config.cameras)} camera(s)"]
     for cam in config.cameras.values():
         grey = ", grey frames" if cam.frame_format == "gray" else ""
-        print(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
+        lines.append(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
+    for key in config.unread_credentials():
+        lines.append(
+            f"  note: {key}: not checked: $CREDENTIALS_DIRECTORY is not set "
+            "(systemd's LoadCredential= sets it for the unit)"
+        )
+    print("\n".join(scrub(line) for line in lines))
+    sys.stdout.flush()  # a closed pipe raises here, where main() handles it
     return EX_OK
 
 
@@ -98,7 +109,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
     path = args.file
     if path is None:
-        path = _load(args.config).events.path
+        path = _load(args.config, credentials_optional=True).events.path
     return run_events_command(
         path, follow=args.follow, camera=args.camera, type_=args.type_, as_json=args.json
     )
@@ -130,6 +141,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `edged check-config | head -1`: the reader is gone, so say nothing, as cat
+        # does. Pointing stdout at /dev/null keeps Python's flush at exit quiet too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception:
         log.exception("edged: internal error")
         return EX_SOFTWARE

@@ -45,8 +45,9 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edged.config_report import key_lines, problems, syntax_problem
 from edged.errors import ConfigError, PluginError
-from edged.processor import PixelFormat, resolve_processor
+from edged.processor import PixelFormat, _import_class, error_text, resolve_processor
 from edged.redact import redact_url, scrub
+from edged.sources import Source
 from edged.units import ByteSize, Duration, parse_byte_size, parse_duration
 
 __all__ = [
@@ -281,35 +282,53 @@ class ProcessorConfig(_Model):
         description="Built-in or registered processor name, or 'package.module:ClassName'.",
     )
     options: dict[str, Any] = Field(
-        default_factory=dict, description="The options, validated by the processor's Options."
+        default_factory=dict,
+        description="The options as validated by the processor's Options, dumped (for show; "
+        "build_options() gives the validated object).",
     )
 
-    @model_validator(mode="before")
+    _built: BaseModel | None = PrivateAttr(default=None)
+
+    @model_validator(mode="wrap")
     @classmethod
-    def _validate_options(cls, data: Any, info: ValidationInfo) -> Any:
+    def _validate_options(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
         if isinstance(data, str):
             data = {"type": data}  # processor = "motion"
         if not isinstance(data, dict):
-            return data
+            return handler(data)
         if not isinstance(data.get("type"), str):
-            return {"type": data["type"]} if "type" in data else {}
+            return handler({"type": data["type"]} if "type" in data else {})
+        type_name = data["type"]
         options = {k: v for k, v in data.items() if k != "type"}
         try:
-            processor = resolve_processor(data["type"])
+            model = resolve_processor(type_name).Options
         except PluginError as exc:
             raise _invalid([("type", str(exc))], cls.__name__) from None
-        model = processor.Options
         if set(options) == {"options"} and "options" not in model.model_fields:
             options = options["options"]  # the shape model_dump() gives
         try:
             validated = model.model_validate(options, context=info.context)
+            shown = validated.model_dump()
         except ValidationError as exc:
             raise (_explain_unknown(exc, model.model_fields, {}, cls.__name__) or exc) from None
-        return {"type": data["type"], "options": validated.model_dump()}
+        except Exception as exc:
+            # A plugin's bug (a validator raising TypeError, say) is reported, not a crash.
+            message = f"{type_name!r}: its Options raised {error_text(exc)}"
+            raise _invalid([("type", message)], cls.__name__) from None
+        config = handler({"type": type_name, "options": shown})
+        # The worker gets this very object: validating the dump again would apply
+        # aliases and transforming validators twice.
+        config._built = validated
+        return config
 
     def build_options(self) -> BaseModel:
-        """The options as an instance of the processor's ``Options`` model."""
-        return resolve_processor(self.type).Options.model_validate(self.options)
+        """The options as an instance of the processor's ``Options`` model, as
+        validated from the config table."""
+        if self._built is None:  # made with model_construct(): never validated
+            self._built = resolve_processor(self.type).Options.model_validate(self.options)
+        return self._built
 
     @property
     def pixel_format(self) -> str:
@@ -328,6 +347,7 @@ _PLUGIN = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*")
 _V4L2 = re.compile(r"\d+|/dev/.+")
 _FFMPEG_SCHEMES = {"http", "https", "rtmp", "rtmps", "rtp", "srt", "udp", "tcp", "mmsh", "mmst"}
 _PASSWORD_FIELDS = ("password", "password_file", "password_credential")
+_MALFORMED_URL = re.compile(r":.*@")  # 'user:password@' without a '://' before it
 
 
 def source_kind(source: str) -> SourceKind:
@@ -355,15 +375,19 @@ def _read_secret(path: Path) -> str:
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
         raise ValueError(f"cannot read {path}: {reason}") from None
-    secret = text.rstrip("\r\n")
+    secret = text.partition("\n")[0].rstrip("\r")
     if not secret:
-        raise ValueError(f"file is empty: {path}")
+        raise ValueError(f"{'first line is' if text.strip() else 'file is'} empty: {path}")
     return secret
 
 
-def _credential_path(name: str, info: ValidationInfo) -> Path:
-    folder = _context(info).get("credentials_dir") or os.environ.get("CREDENTIALS_DIRECTORY")
+def _credential_path(name: str, info: ValidationInfo) -> Path | None:
+    """The credential's file; None when it cannot be known here and need not be."""
+    context = _context(info)
+    folder = context.get("credentials_dir") or os.environ.get("CREDENTIALS_DIRECTORY")
     if not folder:
+        if context.get("credentials_optional"):
+            return None  # check-config in a shell: the unit's LoadCredential= sets it
         raise ValueError(
             "$CREDENTIALS_DIRECTORY is not set (systemd's LoadCredential= sets it); "
             "use password_file outside systemd"
@@ -443,7 +467,9 @@ class _Password(_Model):
         if value is not None:
             if "/" in value or value in (".", ".."):
                 raise ValueError("expected a credential name, not a path")
-            _read_secret(_credential_path(value, info))
+            path = _credential_path(value, info)
+            if path is not None:
+                _read_secret(path)
         return value
 
     def _passwordproblems(self, url_password: bool = False) -> list[tuple[str, str]]:
@@ -458,7 +484,8 @@ class _Password(_Model):
             self._secret = SecretStr(_read_secret(self.password_file))
         elif self.password_credential is not None:
             path = _credential_path(self.password_credential, info)
-            self._secret = SecretStr(_read_secret(path))
+            if path is not None:
+                self._secret = SecretStr(_read_secret(path))
 
     def password_value(self) -> str | None:
         """The password from whichever field gave it, or None. Keep it out of logs."""
@@ -606,6 +633,20 @@ class CameraConfig(_CameraSettings):
                 raise ValueError("invalid URL: bad host or port") from None
             if not parts.hostname:
                 raise ValueError("invalid URL: no host")
+        elif kind == "plugin":
+            try:
+                cls = _import_class(value)
+            except PluginError as exc:
+                raise ValueError(str(exc)) from None
+            if not issubclass(cls, Source):
+                raise ValueError(f"{value!r} is not a subclass of edged.Source")
+        elif _MALFORMED_URL.search(value):
+            # 'rtsp:/admin:pw@cam/s' is no file name; saying "file not found: ..."
+            # would print the password.
+            raise ValueError(
+                "looks like a malformed URL with a password (not shown): "
+                "a URL starts with 'scheme://'"
+            )
         elif kind == "file":
             path = _resolve(Path(value), info)
             # '%d' patterns name image sequences (img_%04d.png), which no single file matches.
@@ -662,7 +703,9 @@ class CameraConfig(_CameraSettings):
     @property
     def display_source(self) -> str:
         """The source for logs and status: any password shown as ``***``."""
-        return self.source_url(with_credentials=False)
+        # scrub(): 'rtsp://u:a/b@cam/s' (a '/' not percent-encoded) leaves its
+        # password in `source`, as urlsplit does not see a user in it.
+        return scrub(self.source_url(with_credentials=False))
 
     def source_url(self, with_credentials: bool = False) -> str:
         """The source with the user name and password inserted (percent-encoded) for
@@ -882,8 +925,10 @@ class Config(_Model):
         # Sections left out are validated too, so their relative paths are resolved.
         data = {**{k: {} for k in _SECTIONS}, **data}
         defaults, cameras = data["defaults"], data.get("cameras")
-        if not isinstance(defaults, dict) or not isinstance(cameras, dict):
+        if not isinstance(cameras, dict):
             return data
+        if not isinstance(defaults, dict):
+            defaults = {}  # reported once, at `defaults`; the cameras still get their names
         try:
             CameraDefaults.model_validate(defaults, context=info.context)
             bad: set[Any] = set()
@@ -932,6 +977,21 @@ class Config(_Model):
             self._base_dir = Path(context["base_dir"])
         return self
 
+    def unread_credentials(self) -> list[str]:
+        """Key paths of the password_credential settings not read (loaded with
+        ``credentials_optional`` and no ``$CREDENTIALS_DIRECTORY``)."""
+        owners: list[tuple[str, _Password | None]] = [
+            *((f"cameras.{name}", camera) for name, camera in self.cameras.items()),
+            ("mqtt", self.mqtt),
+        ]
+        return [
+            f"{key}.password_credential"
+            for key, owner in owners
+            if owner is not None
+            and owner.password_credential is not None
+            and owner.password_value() is None
+        ]
+
     def _listen_clashes(self) -> list[tuple[str | tuple[str, ...], str]]:
         """Cameras whose metrics_listen is taken by [metrics] listen or another camera."""
         if not self.metrics.enabled:
@@ -955,8 +1015,12 @@ class Config(_Model):
 # --- loading and error reports -----------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str]) -> Config:
-    """Read and validate the config file at ``path``; raise :class:`ConfigError`."""
+def load_config(path: str | os.PathLike[str], credentials_optional: bool = False) -> Config:
+    """Read and validate the config file at ``path``; raise :class:`ConfigError`.
+
+    ``credentials_optional``: for commands run outside the daemon's unit (check-config,
+    events): without ``$CREDENTIALS_DIRECTORY`` a ``password_credential`` is not read
+    (nor its password known); :meth:`Config.unread_credentials` lists them."""
     name = os.fspath(path)
     try:
         text = Path(name).read_bytes().decode("utf-8")
@@ -966,7 +1030,7 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(name, [f"{name}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(text, name)
+    return parse_config(text, name, credentials_optional)
 
 
 def camera_from_dict(
@@ -986,16 +1050,23 @@ def camera_from_dict(
         raise ConfigError(label, problems(label, exc, {})) from None
 
 
-def parse_config(text: str, path: str | os.PathLike[str]) -> Config:
+def parse_config(
+    text: str, path: str | os.PathLike[str], credentials_optional: bool = False
+) -> Config:
     """Validate TOML ``text`` as if read from ``path`` (which relative paths in it
-    are resolved against); raise :class:`ConfigError` listing every problem."""
+    are resolved against); raise :class:`ConfigError` listing every problem.
+    ``credentials_optional``: as for :func:`load_config`."""
     name = os.fspath(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(name, [syntax_problem(name, str(exc))]) from None
     file = Path(os.path.abspath(name))
-    context = {"path": file, "base_dir": file.parent}
+    context = {
+        "path": file,
+        "base_dir": file.parent,
+        "credentials_optional": credentials_optional,
+    }
     try:
         return Config.model_validate(data, context=context)
     except ValidationError as exc:

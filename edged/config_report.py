@@ -14,6 +14,8 @@ import re
 
 from pydantic import ValidationError
 
+from edged.redact import scrub
+
 
 def syntax_problem(name: str, message: str) -> str:
     match = re.search(r"\s*\(at line (\d+), column (\d+)\)$", message)
@@ -39,6 +41,7 @@ def problems(name: str, exc: ValidationError, lines: dict[tuple[str | int, ...],
         msg = _MESSAGES.get(err["type"], err["msg"])
         for prefix in _PREFIXES:
             msg = msg.removeprefix(prefix)
+        msg = scrub(msg)  # a plugin's message, or a path, may hold a URL with a password
         line = next((lines[loc[:n]] for n in range(len(loc), 0, -1) if loc[:n] in lines), None)
         where = f"{name}:{line}" if line else name
         key = _dotted(loc)

@@ -19,9 +19,10 @@ from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edged.errors import PluginError
+from edged.redact import scrub
 
 ENTRY_POINT_GROUP = "edged.processors"
 PixelFormat = Literal["bgr", "gray"]
@@ -110,12 +111,30 @@ class Processor:
         """Called once when the worker stops."""
 
 
+def error_text(exc: BaseException) -> str:
+    """``exc`` as one line for logs and config errors: for a pydantic ValidationError
+    only each error's location and message (its ``input_value=`` may be a secret
+    option), for anything else the message with URL passwords scrubbed."""
+    if isinstance(exc, ValidationError):
+        return "; ".join(
+            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
+            for e in exc.errors(include_url=False, include_input=False)
+        )
+    return scrub(f"{type(exc).__name__}: {exc}")
+
+
 def _import_class(spec: str) -> type[Any]:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except Exception as exc:
-        raise PluginError(f"cannot import module {module_name!r}: {exc}") from exc
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
+        # A plugin's own mistake (even sys.exit() at import) is a config error, not a crash.
+        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+        if missing and (module_name + ".").startswith(missing + "."):
+            raise PluginError(f"module {missing!r} not found") from None
+        raise PluginError(f"cannot import module {module_name!r}: {error_text(exc)}") from exc
     try:
         obj = getattr(module, attr)
     except AttributeError:
@@ -153,6 +172,8 @@ def resolve_processor(type_name: str) -> type[Processor]:
     cls = _import_class(spec)
     if not issubclass(cls, Processor):
         raise PluginError(f"{spec!r} is not a subclass of edged.Processor")
+    if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):
+        raise PluginError(f"{spec!r}: its Options is not a pydantic model (a BaseModel subclass)")
     if cls.pixel_format not in PIXEL_FORMATS:
         raise PluginError(
             f"{spec!r}: pixel_format {cls.pixel_format!r} is not one of: {', '.join(PIXEL_FORMATS)}"

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
+import subprocess
+import sys
 import textwrap
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from edged.cli import main
 from edged.config import (
     ByteSize,
     CameraConfig,
@@ -31,7 +35,7 @@ from edged.config import (
     scrub,
 )
 from edged.errors import EX_CONFIG, ConfigError
-from edged.processor import Event, Frame, Processor, resolve_processor
+from edged.processor import Event, Frame, Processor, error_text, resolve_processor
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-s3cret"
@@ -51,6 +55,36 @@ class Counter(Processor):
 
 
 COUNTER = f"{__name__}:Counter"
+
+
+class Aliased(Processor):
+    """Options spelled differently in TOML, and changed by a validator."""
+
+    class Options(BaseModel):
+        min_area: int = Field(5, alias="min-area")
+        scale: int = Field(1, le=100)
+
+        @field_validator("scale")
+        @classmethod
+        def _percent(cls, value: int) -> int:
+            return value * 10
+
+    def process(self, frame: Frame) -> Iterable[Event]:
+        return ()
+
+
+class DictOptions(Processor):
+    Options = dict  # type: ignore[assignment]  # a plugin author's mistake
+
+
+class BuggyOptions(Processor):
+    class Options(BaseModel):
+        x: int = 1
+
+        @field_validator("x")
+        @classmethod
+        def _bug(cls, value: int) -> int:
+            raise TypeError("unsupported operand")
 
 
 def write(tmp_path: Path, text: str, name: str = "edged.toml") -> Path:
@@ -184,6 +218,41 @@ def test_unknown_processor_type_suggests_a_name(tmp_path: Path) -> None:
     assert got == "edged.toml:3: cameras.cam1.processor.type: required key is missing"
 
 
+def test_processor_options_are_validated_once(tmp_path: Path) -> None:
+    table = f'[cameras.cam1.processor]\ntype = "{__name__}:Aliased"\nmin-area = 7\nscale = 20\n'
+    proc = load(tmp_path, CAM + table).cameras["cam1"].processor
+    # Validating again what was validated would drop min-area and give scale 2000 (> 100).
+    for built in (proc.build_options(), pickle.loads(pickle.dumps(proc)).build_options()):
+        assert built == Aliased.Options.model_validate({"min-area": 7, "scale": 20})
+        assert (built.min_area, built.scale) == (7, 200)  # type: ignore[attr-defined]
+
+
+def test_error_text_leaves_out_the_input() -> None:
+    with pytest.raises(ValidationError) as info:
+        Counter.Options.model_validate({"min_area": 0, "label": ["x"], "token": SECRET})
+    got = error_text(info.value)
+    assert got.startswith("min_area: Input should be greater than 0; label: Input should be")
+    assert SECRET not in got and "input_value" not in got
+    assert error_text(ValueError(f"no rtsp://u:{SECRET}@cam")) == "ValueError: no rtsp://u:***@cam"
+
+
+def test_plugin_mistakes_are_config_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    where = "edged.toml:4: cameras.cam1.processor.type: "
+    for name, reason in [
+        (f"{__name__}:DictOptions", "its Options is not a pydantic model (a BaseModel subclass)"),
+        (f"{__name__}:BuggyOptions", "its Options raised TypeError: unsupported operand"),
+    ]:
+        text = CAM + f'[cameras.cam1.processor]\ntype = "{name}"\nx = 2\n'
+        assert problems(tmp_path, text) == [f"{where}'{name}': {reason}"]
+    text = CAM + '[cameras.cam1.processor]\ntype = "exits_at_import:P"\n'
+    assert problems(tmp_path, text) == [
+        f"{where}cannot import module 'exits_at_import': SystemExit: 3"
+    ]
+    assert main(["check-config", str(write(tmp_path, text))]) == EX_CONFIG
+
+
 def test_processor_options_are_validated_by_the_processor(tmp_path: Path) -> None:
     text = CAM + f'[cameras.cam1.processor]\ntype = "{COUNTER}"\nmin_area = 0\nmin_aera = 5\n'
     assert problems(tmp_path, text) == [
@@ -230,6 +299,27 @@ def test_bad_sources(tmp_path: Path, source: str, reason: str) -> None:
 def test_source_kinds(tmp_path: Path, source: str, kind: str) -> None:
     (tmp_path / "clip.mp4").write_bytes(b"")
     assert load(tmp_path, f'[cameras.c]\nsource = "{source}"\n').cameras["c"].source_kind == kind
+
+
+@pytest.mark.parametrize(
+    ("source", "reason"),
+    [
+        ("nosuchmod:Cam", "module 'nosuchmod' not found"),
+        ("nosuchpkg.cams:Cam", "module 'nosuchpkg' not found"),
+        ("edged.sources:NoSuch", "module 'edged.sources' has no attribute 'NoSuch'"),
+        ("edged.sources:log", "'edged.sources:log' is not a class"),
+        (COUNTER, f"'{COUNTER}' is not a subclass of edged.Source"),
+        ("raises_at_import:Cam", "cannot import module 'raises_at_import': RuntimeError: no SDK"),
+    ],
+)
+def test_plugin_sources_are_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, source: str, reason: str
+) -> None:
+    (tmp_path / "raises_at_import.py").write_text("raise RuntimeError('no SDK')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert problems(tmp_path, f'[cameras.c]\nsource = "{source}"\n') == [
+        f"edged.toml:2: cameras.c.source: {reason}"
+    ]
 
 
 def test_integer_source_is_a_v4l2_device(tmp_path: Path) -> None:
@@ -290,6 +380,89 @@ def test_password_sources_and_their_errors(tmp_path: Path, monkeypatch: pytest.M
     url = f'[cameras.c]\nsource = "rtsp://u:{SECRET}@cam.lan/s"\npassword_credential = "cam.pw"\n'
     (got,) = problems(tmp_path, url)
     assert "found: password_credential, a password in the source URL" in got
+
+
+def test_check_config_notes_credentials_it_cannot_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path,
+        """
+        [defaults]
+        username = "u"
+        password_credential = "cam.pw"
+        [cameras.a]
+        source = "rtsp://cam.lan/s"
+        [cameras.b]
+        source = "rtsp://cam.lan/s"
+        password_file = "b.pw"
+        [mqtt]
+        username = "u"
+        password_credential = "mqtt.pw"
+        """,
+    )
+    (tmp_path / "b.pw").write_text("pw")
+    # The daemon (`edged run`, a reload) needs the credentials: that stays an error...
+    with pytest.raises(ConfigError, match=r"defaults\.password_credential: \$CREDENTIALS_DIR"):
+        load_config(path)
+    run = [sys.executable, "-m", "edged", "run", "-c", str(path)]
+    done = subprocess.run(run, capture_output=True, text=True, timeout=60)
+    assert done.returncode == EX_CONFIG and "$CREDENTIALS_DIRECTORY is not set" in done.stderr
+    # ...while check-config, run in a shell the unit's LoadCredential= does not reach, says so.
+    cfg = load_config(path, credentials_optional=True)
+    assert cfg.unread_credentials() == ["cameras.a.password_credential", "mqtt.password_credential"]
+    assert cfg.cameras["a"].password_value() is None
+    assert main(["check-config", str(path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[3:] == [
+        f"  note: {key}.password_credential: not checked: $CREDENTIALS_DIRECTORY is not set "
+        "(systemd's LoadCredential= sets it for the unit)"
+        for key in ("cameras.a", "mqtt")
+    ]
+
+
+def test_password_file_gives_its_first_line(tmp_path: Path) -> None:
+    (tmp_path / "cam.pw").write_text(f"{SECRET}\r\nrotated on 2024-01-01\n")
+    (tmp_path / "blank.pw").write_text("\nsecond\n")
+    rtsp = '[cameras.c]\nsource = "rtsp://cam.lan/s"\nusername = "u"\n'
+    cam = load(tmp_path, rtsp + 'password_file = "cam.pw"\n').cameras["c"]
+    assert cam.password_value() == SECRET
+    assert problems(tmp_path, rtsp + 'password_file = "blank.pw"\n') == [
+        "edged.toml:4: cameras.c.password_file: first line is empty: TMP/blank.pw"
+    ]
+
+
+def test_malformed_urls_do_not_show_their_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for source in (f"rtsp:/admin:{SECRET}@cam/x", f"admin:{SECRET}@cam/x"):
+        assert problems(tmp_path, f'[cameras.c]\nsource = "{source}"\n') == [
+            "edged.toml:2: cameras.c.source: looks like a malformed URL with a password "
+            "(not shown): a URL starts with 'scheme://'"
+        ]
+    # A '/' in the password, not percent-encoded: urlsplit sees host 'admin', port 12.
+    cfg = load(tmp_path, '[cameras.c]\nsource = "rtsp://admin:12/34@cam/x"\n')
+    assert cfg.cameras["c"].display_source == "rtsp://admin:***@cam/x"
+    assert main(["check-config", str(tmp_path / "edged.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "12/34" not in out and "c: rtsp://admin:***@cam/x -> null" in out
+
+
+def test_check_config_into_a_closed_pipe_exits_quietly(tmp_path: Path) -> None:
+    path = write(tmp_path, CAM)
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # as `| head -1` does once it has its line
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "edged", "check-config", str(path)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert (done.returncode, done.stderr) == (141, "")
 
 
 def test_credentials_in_the_url_are_kept_out_of_source(tmp_path: Path) -> None:
@@ -376,6 +549,12 @@ def test_defaults_are_inherited_and_overridden(tmp_path: Path) -> None:
     # The camera's processor table replaces the inherited one: no min_area 50, no label "d".
     assert b.processor.options == {"min_area": 500, "window": 3.0, "label": "x"}
     assert cfg.defaults.stale_after == 10
+
+
+def test_defaults_not_a_table(tmp_path: Path) -> None:
+    text = "defaults = 5\n" + CAM + '[cameras.cam2]\nsource = "synthetic"\n'
+    # Not also "cameras.cam1.name: required key is missing" for each camera.
+    assert problems(tmp_path, text) == ["edged.toml:1: defaults: expected a table"]
 
 
 def test_defaults_errors_are_reported_once(tmp_path: Path) -> None:
