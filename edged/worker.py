@@ -19,6 +19,7 @@ a busy camera costs a few messages a second rather than one per frame.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
 import os
@@ -37,8 +38,9 @@ import numpy as np
 from edged.errors import EX_CONFIG, EdgedError
 from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
-from edged.processor import Event, Frame, Processor, resolve_processor
+from edged.processor import Event, Frame, Processor, error_text, resolve_processor
 from edged.reader import prepare_child
+from edged.redact import scrub
 from edged.snapshots import SnapshotWriter
 from edged.sources import bgr_to_gray
 
@@ -85,16 +87,44 @@ def utc_iso(ts: float) -> str:
     return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# An event is a small record: every sink writes it in the supervisor's loop,
+# and brokers refuse big messages. A frame put in an event by mistake (a 1080p
+# array is 20 MB of JSON) would stall them all.
+MAX_EVENT_DATA = 64 * 1024  # bytes of the data's JSON
+_oversize_logged = False
+
+
 def make_event(
     cam: str, processor: str, event: Event, frame: Frame, age: float, took: float
 ) -> dict[str, Any]:
     """The event record, exactly as written to JSONL and published to MQTT."""
+    global _oversize_logged
     if not isinstance(event, Event):
         raise TypeError(f"process() produced {type(event).__name__}, not edged.Event")
     if not isinstance(event.type, str) or not _EVENT_TYPE.match(event.type):
         raise ValueError(f"bad event type {event.type!r}: use letters, digits, '_', '.', '-'")
     if not isinstance(event.data, dict):
         raise TypeError(f"event data must be a dict, not {type(event.data).__name__}")
+    data = jsonable(event.data)
+    try:
+        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+    except (TypeError, ValueError, RecursionError):
+        size = 0  # the sinks' own encoder converts what plain JSON cannot hold
+    if size > MAX_EVENT_DATA:
+        # The event still happened: keep it, and say what its data was.
+        if not _oversize_logged:
+            _oversize_logged = True
+            log.warning(
+                "camera %s: processor %s made a %s event with %d bytes of data, over the "
+                "%d-byte limit: its data is replaced by a note (save frames as snapshots, "
+                "not in events); further ones are not logged",
+                cam,
+                processor,
+                event.type,
+                size,
+                MAX_EVENT_DATA,
+            )
+        data = {"edged_error": "data too large", "bytes": size, "limit": MAX_EVENT_DATA}
     return {
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
@@ -105,7 +135,7 @@ def make_event(
         "seq": frame.seq,
         "frame_age_ms": round(age * 1000, 3),
         "processing_ms": round(took * 1000, 3),
-        "data": jsonable(event.data),
+        "data": data,
     }
 
 
@@ -315,7 +345,9 @@ def worker_main(
         processor = cls(cam.processor.build_options(), cam.name)
         processor.setup()
     except (EdgedError, Exception) as exc:
-        log.error("camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, exc)
+        # error_text: a pydantic error's input may be one of the plugin's secrets.
+        reason = scrub(str(exc)) if isinstance(exc, EdgedError) else error_text(exc)
+        log.error("camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, reason)
         os._exit(EX_CONFIG)
     slot = SlotReader(slot_name, doorbell.fileno())
     snapshots = None

@@ -13,6 +13,7 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import edged.worker
@@ -286,3 +287,20 @@ def test_a_failing_event_sink_keeps_nothing_from_the_event_file(
         assert [json.loads(line)["id"] for line in lines] == ["e0", "e1", "e2"]
         failed = [r for r in caplog.records if "failed; the event file still gets" in r.message]
         assert len(failed) == 1 and "broken_outbox" in failed[0].message
+
+
+class FrameInEvent(Processor):
+    def process(self, frame: Frame) -> Iterator[Event]:
+        yield Event("small", {"n": 1})
+        yield Event("big", {"frame": np.zeros((480, 640, 3), np.uint8)})
+
+
+def test_an_event_with_a_frame_in_its_data_is_kept_with_a_note_instead(tmp_path: Path) -> None:
+    with running_worker(tmp_path, processor=FrameInEvent) as r:
+        r.publish(1)
+        r.until(lambda: len(r.events) >= 2)
+    small, big = r.events[:2]
+    assert small["type"] == "small" and small["data"] == {"n": 1}
+    assert big["type"] == "big" and big["seq"] == small["seq"]
+    assert big["data"]["edged_error"] == "data too large"
+    assert big["data"]["bytes"] > 900_000 and big["data"]["limit"] == edged.worker.MAX_EVENT_DATA
