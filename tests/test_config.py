@@ -521,6 +521,16 @@ def test_scrub_redacts_every_url_password() -> None:
     assert redact_url("rtsp://user@cam/s") == "rtsp://user@cam/s"
 
 
+def test_scrub_redacts_secrets_in_query_strings() -> None:
+    # Cameras that take credentials in the query (Foscam's CGIStream.cgi).
+    url = f"http://cam:88/cgi-bin/CGIStream.cgi?cmd=GetMJStream&usr=admin&pwd={SECRET}&x=1"
+    assert scrub(url) == "http://cam:88/cgi-bin/CGIStream.cgi?cmd=GetMJStream&usr=admin&pwd=***&x=1"
+    assert scrub(f"https://h/live.m3u8?token={SECRET}#t") == "https://h/live.m3u8?token=***#t"
+    assert scrub("http://h/a?keyframe=1&monkey=2") == "http://h/a?keyframe=1&monkey=2"
+    cam = camera_from_dict("cam1", {"source": url})
+    assert SECRET not in cam.display_source and "usr=admin" in cam.display_source
+
+
 def test_defaults_are_inherited_and_overridden(tmp_path: Path) -> None:
     cfg = load(
         tmp_path,
