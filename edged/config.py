@@ -359,7 +359,8 @@ def source_kind(source: str) -> SourceKind:
         return "rtsp"
     if scheme:
         return "url"
-    if _V4L2.fullmatch(source):
+    if _V4L2.fullmatch(source) and not os.path.isfile(source):
+        # /dev/video0, a udev link; a clip in /dev/shm is a file all the same.
         return "v4l2"
     if _PLUGIN.fullmatch(source):
         return "plugin"

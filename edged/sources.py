@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,9 @@ class _Pacer:
         self.next_due = max(self.next_due + 1.0 / fps, time.monotonic() - 0.5)
 
 
+_V4L2_MAJOR = 81  # Linux's device number for video4linux (Documentation/admin-guide/devices.txt)
+
+
 class OpenCVSource(Source):
     """``cv2.VideoCapture``: RTSP and other FFmpeg URLs, files and V4L2 devices."""
 
@@ -172,6 +176,13 @@ class OpenCVSource(Source):
         else:  # v4l2
             dev = cam.source
             target = int(dev) if dev.isdigit() else dev
+            if isinstance(target, str):
+                # Said plainly rather than OpenCV's bare failure: unplugged, or not a camera.
+                if not os.path.exists(dev):
+                    raise SourceError(f"cannot open {dev}: no such device (unplugged?)")
+                st = os.stat(dev)
+                if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != _V4L2_MAJOR:
+                    raise SourceError(f"cannot open {dev}: not a video device")
             cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
             if cap.isOpened():
                 if cam.width and cam.height:

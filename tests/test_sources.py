@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -260,3 +261,22 @@ def test_a_missing_or_unreadable_file_is_a_clear_error(tmp_path: Path):
     err, _ = _open_error(_grey_source(str(bad)))
     assert str(err).startswith(f"cannot open {bad}: ")
     assert err.cause == "unreadable stream"
+
+
+def test_a_clip_under_dev_is_a_file_and_a_missing_device_says_so(tmp_path: Path, make_clip):
+    clip = make_clip(1)
+    in_dev = Path("/dev/shm") / f"edged-test-{os.getpid()}.mp4"
+    in_dev.write_bytes(clip.read_bytes())
+    try:
+        cam = camera_from_dict("cam1", {"source": str(in_dev), "realtime": False})
+        assert cam.source_kind == "file"
+        src = open_source(cam)
+        src.open()
+        assert src.grab()
+        src.close()
+    finally:
+        in_dev.unlink()
+    for dev, said in [("/dev/video99", "no such device"), ("/dev/null", "not a video device")]:
+        src = open_source(camera_from_dict("cam1", {"source": dev}))
+        with pytest.raises(SourceError, match=said):
+            src.open()
