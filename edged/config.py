@@ -798,6 +798,13 @@ class MqttConfig(_Password):
     outbox_max_bytes: ByteSize = Field(
         64 * 1024**2, ge=4096, description="Event payload bytes the outbox keeps at most."
     )
+    max_payload: ByteSize = Field(
+        256 * 1024,
+        ge=1024,
+        le=256 * 1024**2,
+        description="Largest event sent to MQTT; a larger one is not sent (it stays in the "
+        "JSONL file) and is counted as dropped, reason 'oversize'.",
+    )
     outbox_max_age: Duration = Field(
         7 * 86400.0, ge=1, description="Events older than this are dropped from the outbox."
     )

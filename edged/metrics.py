@@ -89,6 +89,7 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5
 STATES = ("starting", "streaming", "stalled", "reconnecting", "restarting", "ended", "failed")
 ROLES = ("reader", "worker")
 RESTART_REASONS = ("crash", "killed", "hung", "setup", "processor")
+OUTBOX_DROP_REASONS = ("size", "age", "memory", "rejected", "oversize", "undeliverable")
 # The classic text format: every name here is a legacy one, so the body is the
 # same as prometheus-client's newer 1.0.0, and every Prometheus 2.x and tool reads it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -264,12 +265,18 @@ class SupervisorCollector(Collector):
         )
         lost = CounterMetricFamily(
             "edged_outbox_dropped_events_total",
-            "Events dropped from the MQTT outbox, oldest first, at its size or age limit.",
+            "Events dropped from the MQTT outbox (all still in the JSONL file), by reason: "
+            "size and age (its limits, oldest first), memory (held while its file failed), "
+            "rejected (by the broker), oversize (over max_payload or the broker's limit), "
+            "undeliverable (the broker closed the connection on it every time).",
+            labels=["reason"],
         )
         depth.add_metric([], stats.get("depth", 0))
         size.add_metric([], stats.get("bytes", 0))
         oldest.add_metric([], stats.get("oldest_age_s", 0))
-        lost.add_metric([], stats.get("dropped_total", 0))
+        reasons = {k[len("dropped_") :] for k in stats if k.startswith("dropped_")} - {"total"}
+        for reason in sorted(reasons | set(OUTBOX_DROP_REASONS)):
+            lost.add_metric([reason], stats.get(f"dropped_{reason}", 0))
         yield from (errors, pending, dropped, depth, size, oldest, lost)
         if "connected" in stats:
             connected = GaugeMetricFamily(

@@ -84,10 +84,14 @@ def test_discovery_is_off_by_default_and_the_prefix_is_checked(tmp_path: Path) -
 
 
 def start_sink(
-    sinks: list[MqttSink], broker: Mosquitto, tmp_path: Path, cams: dict[str, CameraConfig]
+    sinks: list[MqttSink],
+    broker: Mosquitto,
+    tmp_path: Path,
+    cams: dict[str, CameraConfig],
+    instance: str = "",
 ) -> MqttSink:
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, node="box1", homeassistant=True)
-    sink = MqttSink(cfg, tmp_path, cameras=cams)
+    sink = MqttSink(cfg, tmp_path, instance, cams)
     sinks.append(sink)
     sink.start()
     return sink
@@ -129,6 +133,20 @@ def test_discovery_is_retained_and_published_again_when_home_assistant_comes_onl
     wait_for("removal", lambda: all(m.payload == b"" for m in sub.received(MOTION)[-1:]))
     wait_for("removed", lambda: mosquitto_sub_retained(mosquitto, EVENT, timeout=1) is None)
     assert mosquitto_sub_retained(mosquitto, MOTION, timeout=1) is None
+
+
+def test_a_per_camera_unit_makes_its_entities_follow_its_own_availability(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink]
+) -> None:
+    cams = cameras(tmp_path)
+    one = start_sink(sinks, mosquitto, tmp_path, {"cam1": cams["cam1"]}, "cam1")
+    wait_for("discovery", lambda: mosquitto_sub_retained(mosquitto, MOTION, timeout=1))
+    for topic in (EVENT, MOTION):
+        payload = json.loads(mosquitto_sub_retained(mosquitto, topic) or b"{}")
+        assert [a["topic"] for a in payload["availability"]] == ["edged/box1/status/cam1"]
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam1") == b"online"
+    one.stop()
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam1") == b"offline"
 
 
 def test_motion_state_follows_motion_events_retained(

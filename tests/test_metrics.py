@@ -183,7 +183,8 @@ def test_every_series_exists_and_reads_zero_at_start(metrics: Metrics) -> None:
         assert s.value("edged_event_latency_seconds_count", camera=cam, sink="jsonl") == 0
         assert s.value("edged_camera_state", camera=cam, state="starting") == 1
     assert s.value("edged_outbox_events") == 0
-    assert s.value("edged_outbox_dropped_events_total") == 0
+    for reason in ("size", "age", "memory", "rejected", "oversize", "undeliverable"):
+        assert s.value("edged_outbox_dropped_events_total", reason=reason) == 0
     assert s.value("edged_sink_errors_total", sink="jsonl") == 0
     assert s.value("edged_build_info", version=metrics_version()) == 1
     # No _created series; the process collector exported once; nothing else unprefixed.
@@ -260,6 +261,8 @@ def test_outbox_series_read_an_mqtt_sinks_stats(supervisor: Supervisor, metrics:
         "depth": 12.0,
         "bytes": 4096.0,
         "dropped_total": 3.0,
+        "dropped_size": 2.0,
+        "dropped_oversize": 1.0,
         "oldest_age_s": 42.5,
         "held_in_memory": 2.0,
         "delivered_total": 100.0,
@@ -272,7 +275,9 @@ def test_outbox_series_read_an_mqtt_sinks_stats(supervisor: Supervisor, metrics:
     assert s.value("edged_outbox_events") == 12
     assert s.value("edged_outbox_bytes") == 4096
     assert s.value("edged_outbox_oldest_age_seconds") == 42.5
-    assert s.value("edged_outbox_dropped_events_total") == 3
+    assert s.total("edged_outbox_dropped_events_total") == 3
+    assert s.value("edged_outbox_dropped_events_total", reason="size") == 2
+    assert s.value("edged_outbox_dropped_events_total", reason="oversize") == 1
     assert s.value("edged_sink_pending_events", sink="mqtt") == 2
     assert s.value("edged_mqtt_connected") == 0
     promtool_check_metrics(text)

@@ -30,6 +30,7 @@ from daemon import Daemon, start_daemon, wait_for
 
 from edged.config import MqttConfig, parse_config
 from edged.errors import ConfigError
+from edged.sinks import mqtt as mqtt_sink
 from edged.sinks.jsonl import encode_event
 from edged.sinks.mqtt import MqttSink, outbox_path
 
@@ -124,7 +125,7 @@ def _toml(text: str) -> dict[str, Any]:
 
 
 def start_sink(
-    sinks: list[MqttSink], broker: Mosquitto, state_dir: Path, **options: Any
+    sinks: list[MqttSink], broker: Mosquitto, state_dir: Path, instance: str = "", **options: Any
 ) -> MqttSink:
     opts: dict[str, Any] = {
         "host": "127.0.0.1",
@@ -133,7 +134,7 @@ def start_sink(
         "reconnect_max_delay": 1,
         **options,
     }
-    sink = MqttSink(MqttConfig.model_validate(opts), state_dir)
+    sink = MqttSink(MqttConfig.model_validate(opts), state_dir, instance)
     sinks.append(sink)
     sink.start()
     return sink
@@ -308,6 +309,169 @@ def test_tls_with_a_generated_ca_and_a_password(
     for s in (untrusting, sink, insecure):
         s.stop()
     gc.collect()
+
+
+def sink_lines(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [
+        r for r in caplog.records if r.name.startswith("edged.sinks") and text in r.getMessage()
+    ]
+
+
+def big_record(camera: str, n: int, size: int) -> dict[str, Any]:
+    return {**record(camera, n), "data": {"n": n, "blob": "x" * size}}
+
+
+def test_mqtt5_event_over_the_brokers_packet_limit_is_dropped_and_the_rest_delivered(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    sinks: list[MqttSink],
+    subscribers: list[Subscriber],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = mosquitto_factory(max_packet_size=10000)  # announced in the MQTT 5 CONNACK
+    sub = subscribe(subscribers, broker)
+    sink = start_sink(sinks, broker, tmp_path, protocol=5)
+    wait_for("connected", lambda: sink.connected)
+    sink.submit(big_record("cam1", 0, 20000))
+    for n in range(1, 4):
+        sink.submit(record("cam1", n))
+    wait_for("the small events", lambda: first_ids(events(sub, "cam1")) == ["cam1-1", "cam1-2",
+             "cam1-3"])  # fmt: skip
+    stats = sink.stats()
+    assert (stats["depth"], stats["dropped_total"], stats["dropped_oversize"]) == (0, 1, 1)
+    [line] = sink_lines(caplog, "over the limit")
+    assert "event 1 of camera cam1" in line.getMessage() and "limit of 10000" in line.getMessage()
+    assert broker.log.count("New client connected") == 2  # the subscriber and the sink, once
+    assert "oversize" not in broker.log
+
+
+def test_event_over_max_payload_is_dropped_counted_and_logged_once(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    sinks: list[MqttSink],
+    subscribers: list[Subscriber],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    sub = subscribe(subscribers, mosquitto)
+    sink = start_sink(sinks, mosquitto, tmp_path, max_payload="5000")
+    assert sink.max_payload == 5000
+    for n in range(6):
+        sink.submit(big_record("cam1", n, 6000) if n % 2 else record("cam1", n))
+    wait_for("the small events", lambda: first_ids(events(sub, "cam1")) == ["cam1-0", "cam1-2",
+             "cam1-4"])  # fmt: skip
+    wait_for("an empty outbox", lambda: sink.stats()["depth"] == 0)
+    assert sink.stats()["dropped_oversize"] == 3 == sink.stats()["dropped_total"]
+    errors = [r for r in sink_lines(caplog, "over the limit") if r.levelno >= logging.WARNING]
+    assert len(errors) == 1 and "limit of 5000 (max_payload)" in errors[0].getMessage()
+    assert "oldest" not in " ".join(r.getMessage() for r in sink_lines(caplog, "dropped the"))
+
+
+def test_mqtt311_broker_closing_on_the_same_event_drops_it_as_undeliverable(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    sinks: list[MqttSink],
+    subscribers: list[Subscriber],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # MQTT 3.1.1 has no way to announce the limit: the broker just hangs up.
+    broker = mosquitto_factory(max_packet_size=10000)
+    sub = subscribe(subscribers, broker)
+    sink = start_sink(sinks, broker, tmp_path)
+    wait_for("connected", lambda: sink.connected)
+    sink.submit(big_record("cam1", 0, 20000))
+    sink.submit(record("cam1", 1))
+    wait_for("the event behind it", lambda: first_ids(events(sub, "cam1")) == ["cam1-1"], 30)
+    wait_for("an empty outbox", lambda: sink.stats()["depth"] == 0)
+    assert sink.stats()["dropped_undeliverable"] == 1 == sink.stats()["dropped_total"]
+    [line] = sink_lines(caplog, "undeliverable")
+    assert line.levelno == logging.ERROR and "event 1 " in line.getMessage()
+    drops = broker.log.count("disconnected due to oversize packet")
+    assert drops == mqtt_sink.POISON_STRIKES
+    time.sleep(2)  # and it stays connected
+    assert sink.connected and broker.log.count("disconnected due to oversize packet") == drops
+
+
+def test_per_camera_instances_have_their_own_availability_and_client_id(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink]
+) -> None:
+    # One config shared by edged@cam1 and edged@cam2, with an explicit client_id.
+    one = start_sink(sinks, mosquitto, tmp_path, "cam1", client_id="edged-gate")
+    two = start_sink(sinks, mosquitto, tmp_path, "cam2", client_id="edged-gate")
+    assert (one.client_id, two.client_id) == ("edged-gate-cam1", "edged-gate-cam2")
+    assert one.status_topic == "edged/box1/status/cam1"
+    wait_for("both online", lambda: [mosquitto_sub_retained(mosquitto, f"edged/box1/status/{c}")
+             for c in ("cam1", "cam2")] == [b"online", b"online"])  # fmt: skip
+    time.sleep(2)
+    assert "already connected" not in mosquitto.log  # no session taken over
+    assert one.connected and two.connected
+    one.stop()
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam1") == b"offline"
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam2") == b"online"
+    # The process running every camera keeps the topic it always had.
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/status", timeout=1) is None
+
+
+def test_plain_mqtt_to_a_tls_listener_is_one_clear_error(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    sinks: list[MqttSink],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    broker = mosquitto_factory(tls=make_tls_files(tmp_path / "tls"))
+    sink = start_sink(sinks, broker, tmp_path)
+    sink.submit(record("cam1", 0))
+    wait_for("the error", lambda: sink_lines(caplog, "before accepting it"))
+    time.sleep(3)  # a few more tries, 1 s apart
+    [line] = sink_lines(caplog, "closed the connection before accepting it")
+    assert line.levelno == logging.ERROR and "TLS listener" in line.getMessage()
+    assert sink.stats()["depth"] == 1 and not sink.connected
+
+
+# paho leaves the socket of a failed TLS handshake for the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_tls_failures_say_why_once_and_never_the_password(
+    tmp_path: Path,
+    mosquitto_factory: Callable[..., Mosquitto],
+    sinks: list[MqttSink],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    tls_broker = mosquitto_factory(users={"edged": "pw-9x7"}, tls=make_tls_files(tmp_path / "t"))
+    plain_broker = mosquitto_factory(users={"edged": "pw-9x7"})
+    login = {"username": "edged", "password": "pw-9x7"}
+    untrusted = start_sink(sinks, tls_broker, tmp_path / "a", tls=True, **login)
+    wrong_port = start_sink(sinks, plain_broker, tmp_path / "b", tls=True, **login)
+    wait_for("both errors", lambda: len(sink_lines(caplog, "cannot connect to")) >= 2, 15)
+    time.sleep(3)  # a few more tries, 1 s apart: no more lines
+    failed = sink_lines(caplog, "cannot connect to")
+    assert len(failed) == 2, [r.getMessage() for r in failed]
+    by_port = {r.getMessage().split()[4].rstrip(":"): r.getMessage() for r in failed}
+    assert "certificate verify failed" in by_port[untrusted.where]
+    assert "check ca_file" in by_port[untrusted.where]
+    assert "TLS listener" in by_port[wrong_port.where]
+    assert "pw-9x7" not in caplog.text
+    for s in (untrusted, wrong_port):
+        s.stop()
+    gc.collect()
+
+
+def test_undelivered_events_of_another_outbox_file_are_reported_at_start(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    mosquitto.stop()
+    every = start_sink(sinks, mosquitto, tmp_path)  # edged.service
+    for n, cam in enumerate(("cam1", "cam2", "cam2")):
+        every.submit(record(cam, n))
+    running = start_sink(sinks, mosquitto, tmp_path, "cam3")  # edged@cam3, still running
+    running.submit(record("cam3", 9))
+    every.stop()
+    caplog.clear()
+    start_sink(sinks, mosquitto, tmp_path, "cam1")  # now edged@cam1
+    [line] = sink_lines(caplog, "undelivered events")
+    assert line.levelno == logging.WARNING
+    assert f"{outbox_path(tmp_path)} holds 3 undelivered events (cam1: 1, cam2: 2)" in (
+        line.getMessage()
+    )
+    assert running.outbox.path == outbox_path(tmp_path, "cam3")  # its lock was not taken
 
 
 # -- the daemon ---------------------------------------------------------------------------

@@ -290,3 +290,23 @@ def test_space_is_given_back_once_empty(tmp_path: Path) -> None:
     box._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     assert os.path.getsize(path) < big / 4
     box.close()
+
+
+def test_drops_are_counted_by_reason_in_the_stats(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    box = make(tmp_path / "o.sqlite3")
+    rows = [box.put("cam1", payload(i)) for i in range(4)]
+    box.drop(rows[:2], "oversize")
+    box.drop(rows[2:3], "undeliverable")
+    box.maintain()
+    stats = box.stats()
+    assert (stats["dropped_total"], stats["dropped_oversize"], stats["dropped_undeliverable"]) == (
+        3,
+        2,
+        1,
+    )
+    assert stats["dropped_size"] == stats["dropped_age"] == 0 and stats["depth"] == 1
+    assert "larger than the MQTT payload limit" in caplog.text
+    assert "oldest" not in caplog.text  # not the oldest: these were picked out
+    box.close()

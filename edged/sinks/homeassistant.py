@@ -17,8 +17,11 @@ configured by a retained message on
   other event type on that topic would have to be matched to keep the
   state. A retained state topic is what Home Assistant reads at startup.
 
-Every entity's availability is the node's ``PREFIX/NODE/status`` (``online``
-while edged is connected, ``offline`` from the Last Will or a clean stop).
+Every entity's availability is the status topic of the process that runs the
+camera (``online`` while edged is connected, ``offline`` from the Last Will
+or a clean stop): ``PREFIX/NODE/status``, or ``PREFIX/NODE/status/INSTANCE``
+for a process running only some cameras (``edged@cam1``; see
+``edged.sinks.mqtt.status_topic``).
 """
 
 from __future__ import annotations
@@ -59,14 +62,19 @@ def motion_state(event_type: str) -> bytes | None:
     return ON if event_type == MOTION_START else OFF if event_type == MOTION_END else None
 
 
-def discovery(cfg: MqttConfig, node: str, camera: CameraConfig) -> dict[str, dict[str, object]]:
-    """Discovery config topic -> payload for one camera's entities (none it cannot have)."""
+def discovery(
+    cfg: MqttConfig, node: str, camera: CameraConfig, availability: str | None = None
+) -> dict[str, dict[str, object]]:
+    """Discovery config topic -> payload for one camera's entities (none it cannot have).
+
+    ``availability``: the status topic of the process publishing them; default
+    ``PREFIX/NODE/status`` (the process running every camera)."""
     prefix, name = cfg.topic_prefix, camera.name
     ident = f"edged_{node}_{name}"
     common: dict[str, object] = {
         "availability": [
             {
-                "topic": f"{prefix}/{node}/status",
+                "topic": availability or f"{prefix}/{node}/status",
                 "payload_available": "online",
                 "payload_not_available": "offline",
             }
@@ -107,13 +115,16 @@ def discovery(cfg: MqttConfig, node: str, camera: CameraConfig) -> dict[str, dic
 
 
 def discovery_messages(
-    cfg: MqttConfig, node: str, cameras: Mapping[str, CameraConfig]
+    cfg: MqttConfig,
+    node: str,
+    cameras: Mapping[str, CameraConfig],
+    availability: str | None = None,
 ) -> dict[str, bytes]:
     """Every camera's discovery config topics and their JSON payloads."""
     return {
         topic: json.dumps(payload, separators=(",", ":")).encode()
         for name in sorted(cameras)
-        for topic, payload in discovery(cfg, node, cameras[name]).items()
+        for topic, payload in discovery(cfg, node, cameras[name], availability).items()
     }
 
 

@@ -6,7 +6,10 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   the event's JSONL line (same bytes, without the newline).
 - ``PREFIX/NODE/status``: ``online`` (retained) once connected; ``offline``
   (retained) on a clean stop, and as the Last Will when edged dies or loses
-  the connection.
+  the connection. A process running only some cameras (``edged@cam1``) has
+  its own, ``PREFIX/NODE/status/INSTANCE`` (``INSTANCE``: its camera names
+  joined by ``.``), so stopping one unit does not mark the others offline;
+  ``PREFIX/+/status/#`` matches both forms.
 - ``PREFIX/CAMERA/state``: retained JSON ``{"state", "reason", "since"}``
   whenever a camera's state changes (``since`` is UTC, like an event's time).
 - ``PREFIX/CAMERA/snapshot``: with the camera's ``snapshots.mqtt``, the JPEG
@@ -33,6 +36,17 @@ its own lock held, so it must not wait for ours). Events published before a
 disconnect stay in paho's session and are sent again on reconnect (QoS 1
 allows the duplicate); after a restart the outbox replays everything not
 acknowledged.
+
+Payload size: an event whose PUBLISH would exceed the limit (``[mqtt]
+max_payload``, default 256 KiB, and with MQTT 5 the broker's Maximum Packet
+Size from its CONNACK) is never sent: a broker closes the connection on an
+oversize packet, and the event would be resent after every reconnect,
+blocking everything behind it forever (and in the outbox, across restarts).
+It is dropped from MQTT delivery (the JSONL file has it), counted as
+``oversize`` and logged. A broker with a lower limit that does not announce
+it (MQTT 3.1.1) shows as the connection closing while the same event is the
+oldest in flight: after ``POISON_STRIKES`` such disconnects in a row the
+event is dropped as ``undeliverable``, counted and logged.
 """
 
 from __future__ import annotations
@@ -41,6 +55,9 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
+import ssl
+import sys
 import threading
 import time
 from collections import deque
@@ -55,7 +72,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edged.config import CameraConfig, MqttConfig
 from edged.sinks import homeassistant as ha
 from edged.sinks.jsonl import encode_event
-from edged.sinks.outbox import Outbox
+from edged.sinks.outbox import Outbox, find_stranded
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -68,6 +85,10 @@ MAINTAIN_EVERY = 1.0  # seconds between outbox maintenance (age limit, held even
 DRAIN_TIMEOUT = 2.0  # seconds stop() waits for the outbox to empty while connected
 OFFLINE_TIMEOUT = 1.0  # seconds stop() waits for the broker to acknowledge 'offline'
 _AUTH_CODES = {4, 5, 134, 135}  # bad user name or password / not authorised (3.1.1 and 5)
+POISON_STRIKES = 3  # disconnects in a row with the same event oldest in flight: undeliverable
+POISON_MIN_BYTES = 16 * 1024  # only events this big are suspected (no broker limit is smaller)
+_LOST = 0  # not a paho message id (1-65535): marks a lost connection in the ack queue
+_SSL_LOCATION = re.compile(r"\s*\(_ssl\.c:\d+\)")
 
 
 def outbox_path(state_dir: Path, instance: str = "") -> Path:
@@ -75,12 +96,43 @@ def outbox_path(state_dir: Path, instance: str = "") -> Path:
     return state_dir / (f"outbox-{instance}.sqlite3" if instance else "outbox.sqlite3")
 
 
+def status_topic(prefix: str, node: str, instance: str = "") -> str:
+    """The retained availability topic (and Last Will) of a process running all
+    cameras (``instance=""``: ``PREFIX/NODE/status``) or some (``.../status/INSTANCE``)."""
+    return f"{prefix}/{node}/status" + (f"/{instance}" if instance else "")
+
+
+def publish_size(topic: str, payload: bytes, v5: bool) -> int:
+    """Bytes of a QoS 1 PUBLISH packet without properties, as a broker's limit counts them."""
+    remaining = 2 + len(topic.encode()) + 2 + (1 if v5 else 0) + len(payload)
+    length_bytes = (
+        1 if remaining < 128 else 2 if remaining < 16384 else 3 if remaining < 2097152 else 4
+    )
+    return 1 + length_bytes + remaining
+
+
+def _connect_error(exc: BaseException | None, tls: bool) -> str:
+    """What a failed connect says, for the log: the OS or TLS error, with a hint."""
+    if exc is None:
+        return "unknown error"
+    text = _SSL_LOCATION.sub("", str(exc)) or type(exc).__name__
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"{text} (check ca_file, or tls_insecure for testing)"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS handshake failed: {text} (is this port a TLS listener? check tls and port)"
+    if tls and isinstance(exc, ConnectionResetError | ConnectionAbortedError):
+        # A plain MQTT listener drops a TLS ClientHello; the TCP connect itself worked.
+        return f"{text} (during the TLS handshake? is this port a TLS listener? check tls and port)"
+    return text
+
+
 class MqttSink:
     """Publishes events, availability and camera state; see the module docstring.
 
     ``instance`` names the cameras a process runs when it runs only some
-    (``edged run --camera a``): it keeps the outbox file and the default client
-    id apart from those of the processes running the others. ``cameras``
+    (``edged run --camera a``): it keeps the outbox file, the client id (a
+    configured one too: ``CLIENT_ID-INSTANCE``) and the availability topic apart
+    from those of the processes running the others. ``cameras``
     (this process's) are for snapshots and Home Assistant discovery.
     """
 
@@ -95,8 +147,17 @@ class MqttSink:
         self.state_dir = state_dir
         self.node = config.node_name
         self.prefix = config.topic_prefix
-        self.client_id = config.client_id or "-".join(filter(None, ["edged", self.node, instance]))
-        self.status_topic = f"{self.prefix}/{self.node}/status"
+        self.instance = instance
+        # Two processes with one client id take the session from each other, over
+        # and over: a configured id shared by edged@ units gets the instance too.
+        base = config.client_id or f"edged-{self.node}"
+        self.client_id = f"{base}-{instance}" if instance else base
+        self.status_topic = status_topic(self.prefix, self.node, instance)
+        self.max_payload = int(config.max_payload)
+        self._broker_max_packet: int | None = None  # MQTT 5 CONNACK's Maximum Packet Size
+        self._oversize_logged = False
+        self._answered = False  # the broker sent a CONNACK on this connection
+        self._strikes: tuple[int, int] = (0, 0)  # (outbox row oldest in flight, disconnects)
         self.where = f"{config.host}:{config.broker_port}"
         self.outbox = Outbox(
             outbox_path(state_dir, instance),
@@ -104,6 +165,7 @@ class MqttSink:
             max_age=config.outbox_max_age,
             sync=config.outbox_sync,
         )
+        self._report_stranded()
         self.delivered_total = 0
         # Called (in the delivery thread) with each event the broker acknowledged.
         self.on_ack: Callable[[dict[str, Any]], None] | None = None
@@ -112,7 +174,7 @@ class MqttSink:
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._idle = threading.Event()  # nothing waiting and nothing in flight
-        self._acks: deque[tuple[int, ReasonCode]] = deque()
+        self._acks: deque[tuple[int, ReasonCode | None]] = deque()  # (mid or _LOST, reason)
         self._announce = False  # connected: publish 'online' and every state
         self._link = ""  # the connection state last logged
         self._refusal = ""  # the last reason the broker gave for refusing an event
@@ -133,6 +195,20 @@ class MqttSink:
         self._motion_dirty: set[str] = set()
         self.set_cameras(cameras or {})
         self._client = self._make_client()
+
+    def _report_stranded(self) -> None:
+        # Switching between edged.service and edged@NAME units (or adding a camera to
+        # a one-camera config) changes the outbox file: say what the old one still holds.
+        if self.outbox.path is None:
+            return
+        for path, counts in find_stranded(self.outbox.path):
+            log.warning(
+                "mqtt: %s holds %d undelivered events (%s) of another way of running these "
+                "cameras (edged.service or edged@NAME); they are sent only when that runs again",
+                path,
+                sum(counts.values()),
+                ", ".join(f"{camera}: {n}" for camera, n in counts.items()),
+            )
 
     def _make_client(self) -> mqtt.Client:
         cfg = self.cfg
@@ -204,7 +280,7 @@ class MqttSink:
         )
         if not self.cfg.homeassistant:
             return
-        configs = ha.discovery_messages(self.cfg, self.node, cameras)
+        configs = ha.discovery_messages(self.cfg, self.node, cameras, self.status_topic)
         with self._states_lock:
             gone = {topic: b"" for topic in self._discovery if topic not in configs}
             self._discovery = {**gone, **configs}
@@ -282,6 +358,7 @@ class MqttSink:
         reason: ReasonCode,
         properties: Any,
     ) -> None:
+        self._answered = True
         if reason.is_failure:
             hint = " (check username and password)" if reason.value in _AUTH_CODES else ""
             self._link_changed(
@@ -293,6 +370,8 @@ class MqttSink:
                 hint,
             )
             return
+        limit = getattr(properties, "MaximumPacketSize", None)
+        self._broker_max_packet = int(limit) if isinstance(limit, int) and limit > 0 else None
         self.connected = True
         self._announce = True
         if self.cfg.homeassistant:
@@ -303,11 +382,16 @@ class MqttSink:
         self._wake.set()
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:
+        # paho calls this inside its `except OSError:` around the connect, with
+        # no argument: the exception being handled is the reason. Its text is
+        # the OS's or OpenSSL's, which never holds the password.
+        why = _connect_error(sys.exc_info()[1], self.cfg.use_tls)
         self._link_changed(
-            "unreachable",
+            f"unreachable: {why}",
             logging.WARNING,
-            "mqtt: cannot connect to %s; retrying with backoff (at most %ds apart)",
+            "mqtt: cannot connect to %s: %s; retrying with backoff (at most %ds apart)",
             self.where,
+            why,
             round(self.cfg.reconnect_max_delay),
         )
 
@@ -321,6 +405,22 @@ class MqttSink:
     ) -> None:
         was = self.connected
         self.connected = False
+        answered, self._answered = self._answered, False
+        if not was and not answered and not self._stopping.is_set():
+            # TCP connected, then closed with no CONNACK: typically plain MQTT sent
+            # to a TLS listener, or a broker rejecting the protocol outright.
+            self._link_changed(
+                "closed before CONNACK",
+                logging.ERROR,
+                "mqtt: %s closed the connection before accepting it (%s): is it a TLS "
+                "listener (check tls and port), or not an MQTT %s broker? retrying with backoff",
+                self.where,
+                "TLS on" if self.cfg.use_tls else "no TLS",
+                self.cfg.protocol,
+            )
+        if was:
+            self._acks.append((_LOST, None))  # in order with the acks before it
+            self._wake.set()
         if was and not self._stopping.is_set():
             # Without a DISCONNECT from the broker paho says "Unspecified error".
             why = str(reason) if flags.is_disconnect_packet_from_server else "connection lost"
@@ -409,9 +509,15 @@ class MqttSink:
         if room <= 0:
             return
         bad: list[int] = []
+        oversize: list[int] = []
         for rid, camera, payload in self.outbox.fetch(self._cursor, room):
+            topic = f"{self.prefix}/{camera}/events"
+            if self._oversize(rid, camera, topic, payload):
+                oversize.append(rid)
+                self._cursor = rid
+                continue
             try:
-                info = self._publish(f"{self.prefix}/{camera}/events", payload)
+                info = self._publish(topic, payload)
             except ValueError as exc:  # an invalid topic or payload: it never will be valid
                 log.error("mqtt: cannot publish event %d of camera %r: %s", rid, camera, exc)
                 bad.append(rid)
@@ -421,13 +527,37 @@ class MqttSink:
             if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
                 break
             self._inflight[info.mid] = rid
-            if self.on_ack is not None:
-                self._payloads[info.mid] = payload
+            self._payloads[info.mid] = payload  # for on_ack, and to name an undeliverable one
             self._cursor = rid
             if camera in self._snapshot_cameras and b'"snapshot"' in payload:
                 self._publish_snapshot(camera, payload)
         if bad:
             self.outbox.drop(bad)
+        if oversize:
+            self.outbox.drop(oversize, "oversize")
+
+    def _oversize(self, rid: int, camera: str, topic: str, payload: bytes) -> bool:
+        """Whether the event is too large to publish (then it is logged, once per run
+        at WARNING and after at DEBUG: the outbox counts and summarises every drop)."""
+        size, limit, what = len(payload), self.max_payload, "max_payload"
+        broker = self._broker_max_packet
+        packet = publish_size(topic, payload, self.cfg.protocol == "5")
+        if size <= limit and (broker is None or packet <= broker):
+            return False
+        if size <= limit and broker is not None:
+            size, limit, what = packet, broker, "the broker's Maximum Packet Size"
+        log.log(
+            logging.DEBUG if self._oversize_logged else logging.ERROR,
+            "mqtt: event %d of camera %s is %d bytes, over the limit of %d (%s): not sent "
+            "to MQTT (it is in the JSONL file)",
+            rid,
+            camera,
+            size,
+            limit,
+            what,
+        )
+        self._oversize_logged = True
+        return True
 
     def _publish_snapshot(self, camera: str, payload: bytes) -> None:
         try:
@@ -453,6 +583,9 @@ class MqttSink:
         refused: list[int] = []
         while self._acks:
             mid, reason = self._acks.popleft()
+            if mid == _LOST or reason is None:
+                self._connection_lost()
+                continue
             rid = self._inflight.pop(mid, None)
             payload = self._payloads.pop(mid, None)
             if rid is None:
@@ -474,3 +607,42 @@ class MqttSink:
             self.delivered_total += len(done)
         if refused:
             self.outbox.drop(refused, "rejected")
+
+    def _connection_lost(self) -> None:
+        """The connection dropped (seen in order with the acks before it): a broker
+        that closes it on one event every time, with no reason it can tell (a packet
+        limit lower than ours under MQTT 3.1.1), would block delivery for good."""
+        if not self._inflight:
+            self._strikes = (0, 0)
+            return
+        mid, rid = min(self._inflight.items(), key=lambda item: item[1])
+        payload = self._payloads.get(mid)
+        if payload is None or len(payload) < POISON_MIN_BYTES:
+            # A small event fits any broker: a link that keeps dropping (a
+            # cellular modem) must not cost it. Only big ones can be poison.
+            self._strikes = (0, 0)
+            return
+        strikes = self._strikes[1] + 1 if self._strikes[0] == rid else 1
+        self._strikes = (rid, strikes)
+        if strikes < POISON_STRIKES:
+            return
+        self._strikes = (0, 0)
+        # Out of paho's session too, or it is sent again at the next reconnect.
+        # paho 2.x's private queue: without it (a paho that renamed it) the event
+        # is still dropped from the outbox, paho just tries it once more.
+        mutex = getattr(self._client, "_out_message_mutex", None)
+        queue = getattr(self._client, "_out_messages", None)
+        if mutex is not None and queue is not None:
+            with mutex:
+                queue.pop(mid, None)
+        self._inflight.pop(mid, None)
+        payload = self._payloads.pop(mid, None)
+        log.error(
+            "mqtt: the broker closed the connection %d times in a row with event %d "
+            "(%s bytes) the oldest unacknowledged: dropped it as undeliverable (it is in the "
+            "JSONL file); is the broker's packet size limit below max_payload?",
+            POISON_STRIKES,
+            rid,
+            len(payload) if payload is not None else "?",
+        )
+        self.outbox.drop([rid], "undeliverable")

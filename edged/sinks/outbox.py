@@ -73,6 +73,7 @@ _SCHEMA = (
     "id INTEGER PRIMARY KEY, camera TEXT NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
 )
 _VACUUM_PAGES = 256  # free pages worth giving back to the file system once empty
+_LOCK_PATIENCE = 0.5  # seconds to wait for an outbox lock another process holds briefly
 
 
 class Outbox:
@@ -115,7 +116,7 @@ class Outbox:
         self._unreadable: dict[str, str] = {}
         self._stored_top = 0  # the highest id ever inserted into the database
         self.dropped_total = 0
-        self.dropped_by: dict[str, int] = {"size": 0, "age": 0, "memory": 0, "rejected": 0}
+        self.dropped_by: dict[str, int] = dict.fromkeys(self._REASONS, 0)
         self._unlogged: dict[str, int] = {}
         self._last_drop_log = float("-inf")
         self.salvaged = 0  # rows recovered from a corrupt file at start
@@ -198,7 +199,8 @@ class Outbox:
 
     def stats(self) -> dict[str, float]:
         """``depth`` (events waiting), ``bytes`` (their payload), ``dropped_total``,
-        ``oldest_age_s`` (0 when empty), ``held_in_memory`` (events the file would not take)."""
+        ``oldest_age_s`` (0 when empty), ``held_in_memory`` (events the file would not take),
+        and ``dropped_REASON`` for each reason in ``dropped_by`` (they sum to ``dropped_total``)."""
         with self._lock:
             oldest: float | None = None
             try:
@@ -214,6 +216,7 @@ class Outbox:
                 "dropped_total": float(self.dropped_total),
                 "oldest_age_s": max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
                 "held_in_memory": float(len(self._held)),
+                **{f"dropped_{r}": float(n) for r, n in self.dropped_by.items()},
             }
 
     def close(self) -> None:
@@ -331,11 +334,18 @@ class Outbox:
     def _lock_path(self, path: Path) -> None:
         # Two edged processes sharing one outbox would each send every event.
         fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            os.close(fd)
-            raise OSError(f"{path} is in use by another edged process") from None
+        # A moment's patience: find_stranded() in another process may hold the lock
+        # for the instant it takes to see whether the file is in use.
+        deadline = time.monotonic() + _LOCK_PATIENCE
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() >= deadline:
+                    os.close(fd)
+                    raise OSError(f"{path} is in use by another edged process") from None
+                time.sleep(0.02)
         self._lockfile = fd
 
     def _move_aside(self, path: Path) -> Path | None:
@@ -521,7 +531,10 @@ class Outbox:
         "age": "they were older than outbox_max_age",
         "memory": "the outbox file could not be written and memory filled up",
         "rejected": "the broker refused them",
+        "oversize": "each was larger than the MQTT payload limit",
+        "undeliverable": "the broker closed the connection on each, again and again",
     }
+    _OLDEST = frozenset({"size", "age", "memory"})  # the bounds drop the oldest first
 
     def _log_drops(self, now: float) -> None:
         if not self._unlogged or now - self._last_drop_log < DROP_LOG_EVERY:
@@ -529,8 +542,9 @@ class Outbox:
         self._last_drop_log = now if now != float("inf") else self._last_drop_log
         for reason, n in self._unlogged.items():
             log.warning(
-                "outbox: dropped the %d oldest undelivered event%s: %s (%d dropped in all)",
+                "outbox: dropped the %d %sundelivered event%s: %s (%d dropped in all)",
                 n,
+                "oldest " if reason in self._OLDEST else "",
                 "" if n == 1 else "s",
                 self._REASONS.get(reason, reason),
                 self.dropped_total,
@@ -587,3 +601,40 @@ def _salvage(path: Path) -> list[tuple[int, str, float, bytes]]:
     finally:
         db.close()
     return [found[k] for k in sorted(found)]
+
+
+def find_stranded(own: Path) -> list[tuple[Path, dict[str, int]]]:
+    """Other outbox files beside ``own`` that no running edged holds and that still
+    hold events: (file, undelivered events per camera). They are left by another
+    way of running the same cameras (``edged.service`` and ``edged@NAME`` units
+    keep separate files), and nothing sends them until that way runs again."""
+    found: list[tuple[Path, dict[str, int]]] = []
+    try:
+        others = sorted(own.parent.glob("outbox*.sqlite3"))
+    except OSError:
+        return found
+    for path in others:
+        if path == own or not path.is_file():
+            continue
+        try:
+            fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError:
+            continue
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a running edged delivers these
+            try:
+                db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
+                try:
+                    counts = dict(db.execute("SELECT camera, count(*) FROM events GROUP BY camera"))
+                finally:
+                    db.close()
+            except sqlite3.Error:
+                continue
+        finally:
+            os.close(fd)  # also releases the lock
+        if counts:
+            found.append((path, {str(c): int(n) for c, n in sorted(counts.items())}))
+    return found

@@ -2,7 +2,10 @@
 
 ``Mosquitto`` runs ``/usr/sbin/mosquitto`` on 127.0.0.1 with its own config
 file in a folder of its own: a free port, anonymous access or a password file,
-optionally a TLS listener with a CA it generates (``openssl``), and persistence
+optionally a TLS listener with a CA it generates (``openssl``), optionally a
+packet size limit (``max_packet_size``: the broker closes the connection of a
+client that sends a larger packet, and announces the limit to MQTT 5 clients
+in its CONNACK), and persistence
 in that folder, so a restart (``stop()`` then ``start()``) keeps retained
 messages and persistent subscriber sessions, as a real broker reboot does.
 
@@ -83,11 +86,13 @@ class Mosquitto:
         port: int | None = None,
         users: dict[str, str] | None = None,
         tls: TlsFiles | None = None,
+        max_packet_size: int | None = None,
         ready_timeout: float = 10.0,
     ) -> None:
         self.folder = folder
         self.users = users
         self.tls = tls
+        self.max_packet_size = max_packet_size
         self.ready_timeout = ready_timeout
         self._port = port
         self._proc: subprocess.Popen[bytes] | None = None
@@ -127,6 +132,8 @@ class Mosquitto:
             "log_type information",
             "connection_messages true",
         ]
+        if self.max_packet_size is not None:
+            lines.append(f"max_packet_size {self.max_packet_size}")
         if os.geteuid() == 0:
             lines.append("user root")  # no privilege drop: it must read our temp files
         if self.users is None:
