@@ -421,7 +421,8 @@ def test_plain_mqtt_to_a_tls_listener_is_one_clear_error(
     sink = start_sink(sinks, broker, tmp_path)
     sink.submit(record("cam1", 0))
     wait_for("the error", lambda: sink_lines(caplog, "before accepting it"))
-    time.sleep(3)  # a few more tries, 1 s apart
+    tries = broker.log.count("Client connection from")
+    wait_for("3 more tries", lambda: broker.log.count("Client connection from") >= tries + 3, 15)
     [line] = sink_lines(caplog, "closed the connection before accepting it")
     assert line.levelno == logging.ERROR and "TLS listener" in line.getMessage()
     assert sink.stats()["depth"] == 1 and not sink.connected
