@@ -387,7 +387,8 @@ def test_mqtt311_broker_closing_on_the_same_event_drops_it_as_undeliverable(
     assert line.levelno == logging.ERROR and "event 1 " in line.getMessage()
     drops = broker.log.count("disconnected due to oversize packet")
     assert drops == mqtt_sink.POISON_STRIKES
-    time.sleep(2)  # and it stays connected
+    sink.submit(record("cam1", 2))  # and it stays connected
+    wait_for("a later event", lambda: "cam1-2" in first_ids(events(sub, "cam1")), 30)
     assert sink.connected and broker.log.count("disconnected due to oversize packet") == drops
 
 
@@ -401,6 +402,8 @@ def test_per_camera_instances_have_their_own_availability_and_client_id(
     assert one.status_topic == "edged/box1/status/cam1"
     wait_for("both online", lambda: [mosquitto_sub_retained(mosquitto, f"edged/box1/status/{c}")
              for c in ("cam1", "cam2")] == [b"online", b"online"])  # fmt: skip
+    # Not an event to wait for, an absence to watch: two sessions with one id
+    # take each other over at every reconnect, 1 s apart (reconnect_max_delay).
     time.sleep(2)
     assert "already connected" not in mosquitto.log  # no session taken over
     assert one.connected and two.connected
@@ -442,7 +445,10 @@ def test_tls_failures_say_why_once_and_never_the_password(
     untrusted = start_sink(sinks, tls_broker, tmp_path / "a", tls=True, **login)
     wrong_port = start_sink(sinks, plain_broker, tmp_path / "b", tls=True, **login)
     wait_for("both errors", lambda: len(sink_lines(caplog, "cannot connect to")) >= 2, 15)
-    time.sleep(3)  # a few more tries, 1 s apart: no more lines
+    tries = tls_broker.log.count("Client connection from")
+    wait_for(
+        "3 more tries", lambda: tls_broker.log.count("Client connection from") >= tries + 3, 15
+    )
     failed = sink_lines(caplog, "cannot connect to")
     assert len(failed) == 2, [r.getMessage() for r in failed]
     by_port = {r.getMessage().split()[4].rstrip(":"): r.getMessage() for r in failed}
