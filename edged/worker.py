@@ -19,7 +19,6 @@ a busy camera costs a few messages a second rather than one per frame.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import math
 import os
@@ -41,6 +40,7 @@ from edged.logs import LogSettings, setup_logging
 from edged.processor import Event, Frame, Processor, error_text, resolve_processor
 from edged.reader import prepare_child
 from edged.redact import scrub
+from edged.sinks.jsonl import encode_event
 from edged.snapshots import SnapshotWriter
 from edged.sources import bgr_to_gray
 
@@ -106,10 +106,7 @@ def make_event(
     if not isinstance(event.data, dict):
         raise TypeError(f"event data must be a dict, not {type(event.data).__name__}")
     data = jsonable(event.data)
-    try:
-        size = len(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-    except (TypeError, ValueError, RecursionError):
-        size = 0  # the sinks' own encoder converts what plain JSON cannot hold
+    size = len(encode_event(data)) - 1  # as the sinks will write it, less the newline
     if size > MAX_EVENT_DATA:
         # The event still happened: keep it, and say what its data was.
         if not _oversize_logged:
