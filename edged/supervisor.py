@@ -431,15 +431,13 @@ class Supervisor:
                 allowance = cam.cfg.open_timeout + HANG_MARGIN
             silent = now - rs["heartbeat"]
             if silent > allowance:
-                log.error(
-                    "camera %s: reader (pid %d) silent for %.0fs, stuck in a native call; "
-                    "killing it",
-                    cam.name,
+                self._kill_stuck(
+                    cam,
+                    cam.reader,
+                    "reader (pid %d) silent for %.0fs, stuck in a native call; killing it",
                     int(rs["pid"]),
                     silent,
                 )
-                cam.reader.hung = True
-                proc.kill()
         self._check_worker(cam, now)
         state, reason = self._camera_state(cam, now)
         if state != cam.state:
@@ -462,8 +460,7 @@ class Supervisor:
 
     def _check_worker(self, cam: CameraRuntime, now: float) -> None:
         ws = cam.slot.worker
-        proc = cam.worker.process
-        if proc is None or not ws["pid"] or cam.worker.hung:
+        if cam.worker.process is None or not ws["pid"] or cam.worker.hung:
             return  # not started, still setting up its processor, or being killed
         if now - self._ticked > WORKER_SILENCE / 4:
             # This loop was held up itself (a slow disk, a long reload): a
@@ -473,26 +470,32 @@ class Supervisor:
         busy = ws["busy_since"]  # before the heartbeat: see edged/worker.py
         if busy:
             if now - busy > cam.cfg.process_timeout:
-                log.error(
-                    "camera %s: processor %s stuck in process() for %.0fs "
-                    "(process_timeout %gs): killing the worker (pid %d)",
-                    cam.name,
+                self._kill_stuck(
+                    cam,
+                    cam.worker,
+                    "processor %s stuck in process() for %.0fs (process_timeout %gs): "
+                    "killing the worker (pid %d)",
                     cam.cfg.processor.type,
                     now - busy,
                     cam.cfg.process_timeout,
                     int(ws["pid"]),
                 )
-                cam.worker.hung = True
-                proc.kill()
         elif now - ws["heartbeat"] > WORKER_SILENCE:
-            log.error(
-                "camera %s: worker (pid %d) silent for %.0fs outside process(): killing it",
-                cam.name,
+            self._kill_stuck(
+                cam,
+                cam.worker,
+                "worker (pid %d) silent for %.0fs outside process(): killing it",
                 int(ws["pid"]),
                 now - ws["heartbeat"],
             )
-            cam.worker.hung = True
-            proc.kill()
+
+    def _kill_stuck(self, cam: CameraRuntime, child: Child, why: str, *args: object) -> None:
+        """SIGKILL a child that stopped making progress, once: ``hung`` holds off
+        the next check until it is reaped, and makes its restart count as hung."""
+        log.error("camera %s: " + why, cam.name, *args)
+        child.hung = True
+        assert child.process is not None
+        child.process.kill()
 
     def _camera_state(self, cam: CameraRuntime, now: float) -> tuple[str, str]:
         if cam.ended:
