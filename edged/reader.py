@@ -123,8 +123,9 @@ class Reader:
         self.beat()
         last_cause: str | None = None
         while not self.stop.is_set():
-            failures = self.failures
-            self.set_state(ReaderState.CONNECTING if failures == 0 else ReaderState.RECONNECTING)
+            self.set_state(
+                ReaderState.CONNECTING if self.failures == 0 else ReaderState.RECONNECTING
+            )
             source = open_source(self.cam)
             started = time.monotonic()
             if self.native is not None:
@@ -148,7 +149,8 @@ class Reader:
                     exc = SourceError(
                         f"source {self.cam.source} failed: {type(exc).__name__}: {scrub(str(exc))}"
                     )
-                self.failures = failures = failures + 1
+                self.failures += 1
+                failures = self.failures
                 self.status.add("open_failures")
                 self.backoff.succeeded(time.monotonic() - started)
                 delay = self.backoff.next_delay()

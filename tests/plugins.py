@@ -205,3 +205,23 @@ class VanishingSource(Source):
         time.sleep(0.02)
         self.left -= 1
         return np.zeros((48, 64, 3), np.uint8) if self.left >= 0 else None
+
+
+class DroppingSource(Source):
+    """A camera that refuses its first connection, then streams 10 frames per
+    connection and drops: each loss comes after a good stretch of frames."""
+
+    opens = 0
+
+    def open(self) -> None:
+        DroppingSource.opens += 1
+        if DroppingSource.opens == 1:
+            raise ConnectionRefusedError(111, "camera still booting")
+        self.left = 10
+
+    def read(self) -> np.ndarray:
+        time.sleep(0.02)
+        self.left -= 1
+        if self.left < 0:
+            raise TimeoutError("camera stopped sending")
+        return np.zeros((48, 64, 3), np.uint8)

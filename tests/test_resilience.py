@@ -296,3 +296,17 @@ def test_a_live_source_plugin_that_returns_none_is_reconnected_not_ended(tmp_pat
     wait_for("two reconnects", lambda: d.log.count("reconnected after") >= 2, timeout=20)
     assert "end of" not in d.log and "ended" not in d.log.replace("the source ended", "")
     assert d.stop() == 0
+
+
+def test_a_loss_after_a_reconnect_is_reported_as_a_new_outage(tmp_path, daemons):
+    body = (
+        'source = "plugins:DroppingSource"\nrestart_delay = "0.05s"\nrestart_max_delay = "0.1s"\n'
+        '[cameras.cam1.processor]\ntype = "null"\n'
+    )
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d.wait_log("camera still booting; retrying", timeout=20)
+    wait_for("the first loss", lambda: "camera stopped sending" in d.log, timeout=20)
+    # Frames came in between: the loss is attempt 1 of a new outage, and is said.
+    assert "reconnected after 1 attempts" in d.log
+    assert re.search(r"camera stopped sending; retrying in [\d.]+s \(attempt 1\)", d.log)
+    assert d.stop() == 0
