@@ -178,9 +178,10 @@ class OpenCVSource(Source):
             target = int(dev) if dev.isdigit() else dev
             if isinstance(target, str):
                 # Said plainly rather than OpenCV's bare failure: unplugged, or not a camera.
-                if not os.path.exists(dev):
-                    raise SourceError(f"cannot open {dev}: no such device (unplugged?)")
-                st = os.stat(dev)
+                try:
+                    st = os.stat(dev)
+                except FileNotFoundError:
+                    raise SourceError(f"cannot open {dev}: no such device (unplugged?)") from None
                 if not stat.S_ISCHR(st.st_mode) or os.major(st.st_rdev) != _V4L2_MAJOR:
                     raise SourceError(f"cannot open {dev}: not a video device")
             cap = cv2.VideoCapture(target, cv2.CAP_V4L2)
