@@ -636,13 +636,13 @@ class MqttSink:
             with mutex:
                 queue.pop(mid, None)
         self._inflight.pop(mid, None)
-        payload = self._payloads.pop(mid, None)
+        self._payloads.pop(mid, None)
         log.error(
             "mqtt: the broker closed the connection %d times in a row with event %d "
-            "(%s bytes) the oldest unacknowledged: dropped it as undeliverable (it is in the "
+            "(%d bytes) the oldest unacknowledged: dropped it as undeliverable (it is in the "
             "JSONL file); is the broker's packet size limit below max_payload?",
             POISON_STRIKES,
             rid,
-            len(payload) if payload is not None else "?",
+            len(payload),
         )
         self.outbox.drop([rid], "undeliverable")
