@@ -73,6 +73,7 @@ from prometheus_client.registry import Collector
 from edged import __version__
 from edged.config import _split_listen
 from edged.errors import EdgedError, exit_code_for
+from edged.sinks.outbox import DROP_REASONS
 
 if TYPE_CHECKING:
     from edged.config import Config
@@ -89,7 +90,6 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5
 STATES = ("starting", "streaming", "stalled", "reconnecting", "restarting", "ended", "failed")
 ROLES = ("reader", "worker")
 RESTART_REASONS = ("crash", "killed", "hung", "setup", "processor")
-OUTBOX_DROP_REASONS = ("size", "age", "memory", "rejected", "oversize", "undeliverable")
 # The classic text format: every name here is a legacy one, so the body is the
 # same as prometheus-client's newer 1.0.0, and every Prometheus 2.x and tool reads it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -275,7 +275,7 @@ class SupervisorCollector(Collector):
         size.add_metric([], stats.get("bytes", 0))
         oldest.add_metric([], stats.get("oldest_age_s", 0))
         reasons = {k[len("dropped_") :] for k in stats if k.startswith("dropped_")} - {"total"}
-        for reason in sorted(reasons | set(OUTBOX_DROP_REASONS)):
+        for reason in sorted(reasons | set(DROP_REASONS)):
             lost.add_metric([reason], stats.get(f"dropped_{reason}", 0))
         yield from (errors, pending, dropped, depth, size, oldest, lost)
         if "connected" in stats:

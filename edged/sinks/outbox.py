@@ -76,6 +76,18 @@ _VACUUM_PAGES = 256  # free pages worth giving back to the file system once empt
 _LOCK_PATIENCE = 0.5  # seconds to wait for an outbox lock another process holds briefly
 
 
+# Why events leave the outbox undelivered (the keys of dropped_by and of the
+# metrics' reason label), and how the log says it.
+DROP_REASONS = {
+    "size": "the outbox reached outbox_max_bytes",
+    "age": "they were older than outbox_max_age",
+    "memory": "the outbox file could not be written and memory filled up",
+    "rejected": "the broker refused them",
+    "oversize": "each was larger than the MQTT payload limit",
+    "undeliverable": "the broker closed the connection on each, again and again",
+}
+
+
 class Outbox:
     """Events in order, stored until acknowledged. See the module docstring.
 
@@ -116,7 +128,7 @@ class Outbox:
         self._unreadable: dict[str, str] = {}
         self._stored_top = 0  # the highest id ever inserted into the database
         self.dropped_total = 0
-        self.dropped_by: dict[str, int] = dict.fromkeys(self._REASONS, 0)
+        self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self._unlogged: dict[str, int] = {}
         self._last_drop_log = float("-inf")
         self.salvaged = 0  # rows recovered from a corrupt file at start
@@ -526,14 +538,6 @@ class Outbox:
         self._unlogged[reason] = self._unlogged.get(reason, 0) + n
         self._log_drops(self._clock())
 
-    _REASONS = {
-        "size": "the outbox reached outbox_max_bytes",
-        "age": "they were older than outbox_max_age",
-        "memory": "the outbox file could not be written and memory filled up",
-        "rejected": "the broker refused them",
-        "oversize": "each was larger than the MQTT payload limit",
-        "undeliverable": "the broker closed the connection on each, again and again",
-    }
     _OLDEST = frozenset({"size", "age", "memory"})  # the bounds drop the oldest first
 
     def _log_drops(self, now: float) -> None:
@@ -546,7 +550,7 @@ class Outbox:
                 n,
                 "oldest " if reason in self._OLDEST else "",
                 "" if n == 1 else "s",
-                self._REASONS.get(reason, reason),
+                DROP_REASONS.get(reason, reason),
                 self.dropped_total,
             )
         self._unlogged.clear()
