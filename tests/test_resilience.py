@@ -34,6 +34,17 @@ def _camera(name: str, url: str, extra: str = "", pixels: str = "bgr") -> dict[s
     return {name: _frames(url, extra, pixels).replace("CAM", name)}
 
 
+def _plugin_source(name: str, options: str = "", delay: str = "0.05s", most: str = "0.1s") -> str:
+    """cam1 reading the source plugin ``plugins:NAME`` (``options``: its
+    source_options, a TOML inline table), restarted after ``delay`` up to
+    ``most``, with the null processor."""
+    return (
+        f'source = "plugins:{name}"\nrestart_delay = "{delay}"\nrestart_max_delay = "{most}"\n'
+        + (f"source_options = {options}\n" if options else "")
+        + '[cameras.cam1.processor]\ntype = "null"\n'
+    )
+
+
 # The faults that reach a source are tried against both decoders: OpenCV (BGR
 # frames) and PyAV (grey frames).
 both_decoders = pytest.mark.parametrize("pixels", ["bgr", "gray"])
@@ -247,10 +258,7 @@ def test_a_camera_repeating_frames_faster_than_its_rate_is_noticed(tmp_path, dae
 
 
 def test_a_source_plugin_that_cannot_be_built_is_one_clear_line_retried_slowly(tmp_path, daemons):
-    body = (
-        'source = "plugins:BrokenSource"\nrestart_delay = "0.1s"\nrestart_max_delay = "2s"\n'
-        '[cameras.cam1.processor]\ntype = "null"\n'
-    )
+    body = _plugin_source("BrokenSource", delay="0.1s", most="2s")
     d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
     d.wait_log("cannot create the source: vendor SDK libcam.so not found", timeout=20)
     d.wait_log("reader (pid", timeout=10)
@@ -271,11 +279,7 @@ def test_a_source_plugin_that_cannot_be_built_is_one_clear_line_retried_slowly(t
 def test_a_source_plugin_failing_after_open_is_retried_with_one_line_per_cause(
     tmp_path, daemons, mode, said
 ):
-    body = (
-        f'source = "plugins:BadFrameSource"\nsource_options = {{ mode = "{mode}" }}\n'
-        'restart_delay = "0.05s"\nrestart_max_delay = "0.1s"\n'
-        '[cameras.cam1.processor]\ntype = "null"\n'
-    )
+    body = _plugin_source("BadFrameSource", options=f'{{ mode = "{mode}" }}')
     d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
     d.wait_log(said, timeout=20)
     # Each attempt opens and then fails: still down, not "reconnected" every time.
@@ -287,11 +291,7 @@ def test_a_source_plugin_failing_after_open_is_retried_with_one_line_per_cause(
 
 
 def test_a_live_source_plugin_that_returns_none_is_reconnected_not_ended(tmp_path, daemons):
-    body = (
-        'source = "plugins:VanishingSource"\nrestart_delay = "0.05s"\nrestart_max_delay = "0.1s"\n'
-        '[cameras.cam1.processor]\ntype = "null"\n'
-    )
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": _plugin_source("VanishingSource")}))
     d.wait_log("the source ended; retrying", timeout=20)
     wait_for("two reconnects", lambda: d.log.count("reconnected after") >= 2, timeout=20)
     assert "end of" not in d.log and "ended" not in d.log.replace("the source ended", "")
@@ -299,11 +299,7 @@ def test_a_live_source_plugin_that_returns_none_is_reconnected_not_ended(tmp_pat
 
 
 def test_a_loss_after_a_reconnect_is_reported_as_a_new_outage(tmp_path, daemons):
-    body = (
-        'source = "plugins:DroppingSource"\nrestart_delay = "0.05s"\nrestart_max_delay = "0.1s"\n'
-        '[cameras.cam1.processor]\ntype = "null"\n'
-    )
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d = start_daemon(daemons, tmp_path, _toml({"cam1": _plugin_source("DroppingSource")}))
     d.wait_log("camera still booting; retrying", timeout=20)
     wait_for("the first loss", lambda: "camera stopped sending" in d.log, timeout=20)
     # Frames came in between: the loss is attempt 1 of a new outage, and is said.
