@@ -124,6 +124,13 @@ def _toml(text: str) -> dict[str, Any]:
 # -- the sink, against a real broker ------------------------------------------------------
 
 
+def wait_for_more_tries(broker: Mosquitto, n: int) -> None:
+    """Until ``n`` more TLS connections have failed at ``broker``: time enough for
+    a sink that would log each failure to have logged them."""
+    tries = broker.log.count("Client connection from")
+    wait_for(f"{n} more tries", lambda: broker.log.count("Client connection from") >= tries + n, 15)
+
+
 def start_sink(
     sinks: list[MqttSink], broker: Mosquitto, state_dir: Path, instance: str = "", **options: Any
 ) -> MqttSink:
@@ -424,8 +431,7 @@ def test_plain_mqtt_to_a_tls_listener_is_one_clear_error(
     sink = start_sink(sinks, broker, tmp_path)
     sink.submit(record("cam1", 0))
     wait_for("the error", lambda: sink_lines(caplog, "before accepting it"))
-    tries = broker.log.count("Client connection from")
-    wait_for("3 more tries", lambda: broker.log.count("Client connection from") >= tries + 3, 15)
+    wait_for_more_tries(broker, 3)
     [line] = sink_lines(caplog, "closed the connection before accepting it")
     assert line.levelno == logging.ERROR and "TLS listener" in line.getMessage()
     assert sink.stats()["depth"] == 1 and not sink.connected
@@ -445,10 +451,7 @@ def test_tls_failures_say_why_once_and_never_the_password(
     untrusted = start_sink(sinks, tls_broker, tmp_path / "a", tls=True, **login)
     wrong_port = start_sink(sinks, plain_broker, tmp_path / "b", tls=True, **login)
     wait_for("both errors", lambda: len(sink_lines(caplog, "cannot connect to")) >= 2, 15)
-    tries = tls_broker.log.count("Client connection from")
-    wait_for(
-        "3 more tries", lambda: tls_broker.log.count("Client connection from") >= tries + 3, 15
-    )
+    wait_for_more_tries(tls_broker, 3)
     failed = sink_lines(caplog, "cannot connect to")
     assert len(failed) == 2, [r.getMessage() for r in failed]
     by_port = {r.getMessage().split()[4].rstrip(":"): r.getMessage() for r in failed}
