@@ -247,8 +247,8 @@ class Supervisor:
     def apply(self, new: Config, writer: JsonlWriter | None = None) -> None:
         """Move to a new configuration; cameras whose settings did not change keep streaming.
 
-        ``writer``: the new configuration's event file, already open (when its
-        ``[events]`` differ)."""
+        ``writer``: the new configuration's event file, opened by the caller
+        before anything changed; None when ``[events]`` is the same."""
         wanted = [n for n in (self.requested or new.cameras) if n in new.cameras]
         for name in self.requested or []:
             if name not in new.cameras:
@@ -266,8 +266,7 @@ class Supervisor:
         if new.logging != old.logging:
             setup_logging(LogSettings(new.logging.level, new.logging.format))
             self.log_settings = LogSettings(new.logging.level, new.logging.format)
-        if new.events != old.events:
-            writer = writer or self._open_writer(new.events)
+        if writer is not None:
             self.writer.close()
             self.writer = writer
         # What a reload does not apply (the listener, the broker session, where
