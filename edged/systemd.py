@@ -7,10 +7,23 @@ them from the environment, so readers and workers never inherit them (with
 pinging the watchdog would hide a hung supervisor). Outside systemd every
 method is a no-op.
 
-The protocol is one datagram of ``KEY=value`` lines to an AF_UNIX socket, so
-it is written here rather than with sdnotify 0.3.2, which handles abstract
-(``@``) addresses but leaks its socket when the connect fails, has no way to
-close it, and either swallows every error or raises from its constructor.
+The transport is sdnotify's :class:`~sdnotify.SystemdNotifier`; this module
+is edged's part around it. Where sdnotify 0.3.2 falls short, the wrapper
+works around it (each one has a test in tests/test_systemd.py):
+
+- it reads ``NOTIFY_SOCKET`` only in its constructor and never removes it, so
+  the wrapper creates it while the variable is set and removes it after;
+- with ``debug=False`` it swallows every error and with ``debug=True`` raises
+  from the constructor: the wrapper uses ``debug=True`` and turns each error
+  into one log line;
+- when the connect fails it drops its socket unclosed (a ResourceWarning from
+  the garbage collector, which then closes it): the wrapper silences that one
+  warning around the constructor;
+- its socket blocks, and a datagram send blocks while systemd's queue is
+  full: the wrapper gives it a timeout, so the main loop never hangs on it;
+- it has no close(): the wrapper closes the socket itself;
+- it encodes as Latin-1: the wrapper sends only printable ASCII
+  (:func:`sanitize_status`).
 """
 
 from __future__ import annotations
@@ -20,8 +33,11 @@ import math
 import os
 import socket
 import time
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+
+from sdnotify import SystemdNotifier
 
 if TYPE_CHECKING:
     from edged.camera import CameraSnapshot
@@ -31,6 +47,7 @@ __all__ = ["STATUS_MAX", "Notifier", "format_status", "sanitize_status"]
 log = logging.getLogger(__name__)
 
 STATUS_MAX = 200  # characters of STATUS text; `systemctl status` shows one line
+SEND_TIMEOUT = 2.0  # seconds a send may wait on systemd's full queue
 
 
 def sanitize_status(text: str, limit: int = STATUS_MAX) -> str:
@@ -50,17 +67,16 @@ class Notifier:
     """The supervisor's line to systemd; every method is a no-op outside systemd."""
 
     def __init__(self) -> None:
-        address = os.environ.pop("NOTIFY_SOCKET", None)
+        address = os.environ.get("NOTIFY_SOCKET")
+        self._sd: SystemdNotifier | None = _connect(address) if address else None
+        os.environ.pop("NOTIFY_SOCKET", None)
         usec = os.environ.pop("WATCHDOG_USEC", None)
         pid = os.environ.pop("WATCHDOG_PID", None)
-        self._sock: socket.socket | None = None
         self._status: str | None = None
         self._last_ping = -math.inf
         self._failed = False
         self._timeout: float | None = None
-        if address:
-            self._sock = _connect(address)
-        if self._sock is not None and usec and (not pid or pid == str(os.getpid())):
+        if self._sd is not None and usec and (not pid or pid == str(os.getpid())):
             try:
                 value = int(usec)
             except ValueError:
@@ -71,7 +87,7 @@ class Notifier:
     @property
     def enabled(self) -> bool:
         """True when running under systemd with a notify socket we could connect to."""
-        return self._sock is not None
+        return self._sd is not None
 
     @property
     def watchdog_timeout(self) -> float | None:
@@ -128,16 +144,16 @@ class Notifier:
 
     def close(self) -> None:
         """Close the socket; later calls are no-ops."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        if self._sd is not None:
+            self._sd.socket.close()
+            self._sd = None
             self._timeout = None
 
     def _send(self, message: str) -> None:
-        if self._sock is None:
+        if self._sd is None:
             return
         try:
-            self._sock.send(message.encode("ascii", "replace"))
+            self._sd.notify(message)
         except OSError as exc:
             # Log once: the socket is gone (systemd re-executing?) or its queue is full.
             if not self._failed:
@@ -149,19 +165,21 @@ class Notifier:
             self._failed = False
 
 
-def _connect(address: str) -> socket.socket | None:
-    # '@name' is a name in the abstract namespace: a leading NUL byte.
-    target = "\0" + address[1:] if address.startswith("@") else address
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # close-on-exec by default
-    # A full queue blocks a datagram send: wait a little, never hang the main loop.
-    sock.settimeout(2.0)
+def _connect(address: str) -> SystemdNotifier | None:
+    """sdnotify's notifier for ``address`` (read from the environment by sdnotify)."""
     try:
-        sock.connect(target)
+        # sdnotify drops its socket unclosed when connect() fails; the garbage
+        # collector closes it at once, with a ResourceWarning we do not want.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ResourceWarning)
+            notifier = SystemdNotifier(debug=True)
     except OSError as exc:
-        sock.close()
         log.warning("cannot connect to systemd's notify socket %s: %s", address, exc)
         return None
-    return sock
+    sock: socket.socket = notifier.socket
+    # A full queue blocks a datagram send: wait a little, never hang the main loop.
+    sock.settimeout(SEND_TIMEOUT)
+    return notifier
 
 
 def _age(seconds: float) -> str:

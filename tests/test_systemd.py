@@ -9,6 +9,7 @@ units under a real systemd 252 booted in a namespace (tests/components/systemd.p
 from __future__ import annotations
 
 import array
+import contextlib
 import dataclasses
 import io
 import itertools
@@ -21,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -224,6 +226,37 @@ def test_notifier_survives_a_missing_socket(clean_env):
     n = Notifier()
     assert not n.enabled and "NOTIFY_SOCKET" not in os.environ
     n.ready("x")
+
+
+def test_notifier_connect_failure_leaves_no_unclosed_socket(clean_env):
+    # sdnotify 0.3.2 drops its socket unclosed when connect() fails; under
+    # filterwarnings=error the collector's ResourceWarning would fail this test.
+    clean_env.setenv("NOTIFY_SOCKET", f"@edged-test-nobody-{uuid.uuid4().hex}")
+    before = len(psutil.Process().open_files()) + psutil.Process().num_fds()
+    for _ in range(20):
+        assert not Notifier().enabled
+    assert len(psutil.Process().open_files()) + psutil.Process().num_fds() <= before
+
+
+def test_notifier_send_to_a_full_queue_does_not_hang(clean_env, notify_socket, monkeypatch, caplog):
+    # Nobody reads the socket: fill its queue, then a STATUS must give up
+    # after the send timeout instead of blocking the supervisor's loop forever.
+    monkeypatch.setattr("edged.systemd.SEND_TIMEOUT", 0.2)
+    clean_env.setenv("NOTIFY_SOCKET", notify_socket.address)
+    n = Notifier()
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    filler.connect("\0" + notify_socket.name)
+    with contextlib.suppress(BlockingIOError):
+        for _ in range(100_000):
+            filler.send(b"STATUS=filler")
+    filler.close()
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (n.status("blocked?"), done.set()), daemon=True)
+    worker.start()
+    assert done.wait(10), "Notifier.status() blocked on systemd's full queue"
+    assert "cannot notify systemd" in caplog.text
+    n.close()
 
 
 # ======================================================================================
