@@ -12,6 +12,10 @@ EX_OK = 0
 EX_SOFTWARE = 70  # an internal error: a bug, or a failure we did not foresee
 EX_CONFIG = 78  # sysexits EX_CONFIG; units mark it RestartPreventExitStatus=78
 
+# How a child tells the supervisor why it exited (besides 0, 70 and 78 above).
+EXIT_END_OF_STREAM = 3  # a reader's file without loop=true played to its end: do not restart
+EXIT_PROCESSOR_FAILING = 4  # a worker's processor failed too many frames in a row: restart it
+
 
 class EdgedError(Exception):
     """Base class for errors edged reports to users."""
