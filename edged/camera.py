@@ -30,7 +30,7 @@ class CameraSnapshot:
     up: bool  # streaming and fresh
     last_frame_time: float  # wall-clock time of the newest frame, 0 if none yet
     frame_age: float  # seconds since the newest frame was grabbed (inf if none)
-    fps: float  # decoded frames per second, smoothed
+    fps: float  # decoded frames per second over the last few seconds
     width: int
     height: int
     stale_after: float

@@ -76,7 +76,7 @@ READER_FIELDS = (
     "open_failures",
     "width",
     "height",
-    "fps",  # measured, exponentially smoothed
+    "fps",  # measured: frames over the last few seconds (edged.rate)
     "state_since",  # time.monotonic() of the last state change
 )
 WORKER_FIELDS = (

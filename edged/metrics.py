@@ -162,7 +162,7 @@ class SupervisorCollector(Collector):
             "edged_camera_stale_after_seconds",
             "No frame for this long marks the camera stalled (its staleness budget).",
         )
-        fps = gauge("edged_camera_fps", "Frames decoded per second, smoothed (0 unless streaming).")
+        fps = gauge("edged_camera_fps", "Frames decoded per second, last 4 s (0 unless streaming).")
         width = gauge("edged_camera_frame_width_pixels", "Width of the newest frame.")
         height = gauge("edged_camera_frame_height_pixels", "Height of the newest frame.")
         counters = {

@@ -27,6 +27,7 @@ from edged.errors import EX_CONFIG, EdgedError, PluginError, SourceError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
+from edged.rate import FrameRate
 from edged.redact import scrub
 from edged.sources import Source, open_source
 
@@ -105,7 +106,6 @@ class Reader:
         self.status = writer.status
         self.stop = stop
         self.backoff = Backoff(cam.restart_delay, cam.restart_max_delay, cam.restart_reset_after)
-        self._fps_last = 0.0
         # Failed attempts since the last frame: a source that opens and then
         # fails at once is still down (one line per cause, not two per retry).
         self.failures = 0
@@ -245,7 +245,7 @@ class Reader:
         # Every frame is still grabbed (decoded): H.264 needs each one.
         every_frame = self.cam.freshness == "newest"
         seq = writer.seq
-        opened = time.monotonic()
+        rate = FrameRate()
         warned_fast = False
         status["fps"] = 0.0
         status["last_frame"] = 0.0
@@ -265,16 +265,14 @@ class Reader:
                 log.info("camera %s: reconnected after %d attempts", self.cam.name, self.failures)
                 self.failures = 0
             status.add("frames")
-            last = status["last_frame"]
-            if last:
-                dt = mono - last
-                if dt > 0:
-                    fps = status["fps"]
-                    status["fps"] = 1.0 / dt if fps == 0 else fps * 0.9 + 0.1 / dt
+            rate.add(mono)
+            status["fps"] = rate.fps
             status["last_frame"] = mono
             status["last_frame_wall"] = wall
-            if not warned_fast and nominal and mono - opened > 5.0:
-                fps = status["fps"]
+            # Judged on a whole window of frames, never on the burst a stream
+            # opens with or on a few frames that arrived bunched together.
+            if not warned_fast and nominal and rate.full:
+                fps = rate.fps
                 if fps > TOO_FAST * nominal:
                     warned_fast = True
                     log.warning(

@@ -290,15 +290,20 @@ def _route_ffmpeg_log() -> None:
 
 
 class PyAVSource(Source):
-    """FFmpeg through PyAV, for grey frames: the decoder's luma plane, unconverted.
+    """FFmpeg through PyAV: RTSP, URL and file sources, grey or BGR.
 
-    OpenCV's FFmpeg backend only hands out BGR (its unconverted output is not
-    the plane as it is in OpenCV 5), and the BGR conversion is the largest cost
-    of a reader after decoding. PyAV gives the decoded picture's planes: for
-    the usual 8-bit YUV formats the first one is the Y (luma) plane, which is
-    copied into the slot; other formats (10-bit, RGB) are converted to grey.
-    RTSP, URL and file sources only; the options, timeouts and file pacing are
-    those of :class:`OpenCVSource`.
+    Grey frames are the decoder's luma plane, unconverted. OpenCV's FFmpeg
+    backend only hands out BGR (its unconverted output is not the plane as it
+    is in OpenCV 5), and the BGR conversion is the largest cost of a reader
+    after decoding. PyAV gives the decoded picture's planes: for the usual
+    8-bit YUV formats the first one is the Y (luma) plane, which is copied into
+    the slot; other formats (10-bit, RGB) are converted to grey.
+
+    BGR frames come from here too, not from OpenCV: OpenCV sizes its
+    conversion from the stream's header, so a camera that changes resolution
+    mid-stream (640x360 to 1280x720) went on arriving at the first size,
+    scaled, with nothing saying so. Each PyAV picture carries its own size.
+    The options, timeouts and file pacing are those of :class:`OpenCVSource`.
     """
 
     def __init__(self, cam: CameraConfig) -> None:
@@ -312,9 +317,13 @@ class PyAVSource(Source):
         self._frame: Any = None
         self._fps: float | None = None
         self._pacer = _Pacer()
+        self._reformatter: Any = None
 
     def open(self) -> None:
         import av
+        from av.video.reformatter import VideoReformatter
+
+        self._reformatter = VideoReformatter()
 
         _route_ffmpeg_log()
         cam = self.cam
@@ -438,7 +447,13 @@ class PyAVSource(Source):
         return _into(out, rows.reshape(plane.height, plane.line_size)[:, : plane.width])
 
     def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
-        return _into(out, self._grabbed().to_ndarray(format="bgr24"))
+        # One reformatter for the stream keeps its conversion context; it follows
+        # a change of size because it reads each picture's own (OpenCV's does not).
+        bgr = self._reformatter.reformat(self._grabbed(), format="bgr24")
+        plane = bgr.planes[0]
+        rows = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size]
+        image = rows.reshape(plane.height, plane.line_size)[:, : plane.width * 3]
+        return _into(out, image.reshape(plane.height, plane.width, 3))
 
     def close(self) -> None:
         self._frames = self._frame = None
@@ -495,11 +510,12 @@ class SyntheticSource(Source):
 def open_source(cam: CameraConfig) -> Source:
     """Build (not yet open) the source a camera's config names.
 
-    Grey frames from an FFmpeg source come from :class:`PyAVSource`; every other
-    source delivers BGR, converted to grey (:meth:`Source.retrieve_gray`) if asked.
+    FFmpeg sources (RTSP, URL, file) are read by :class:`PyAVSource`, grey or
+    BGR; V4L2 devices by :class:`OpenCVSource`; every source other than PyAV's
+    delivers BGR, converted to grey (:meth:`Source.retrieve_gray`) if asked.
     """
     kind = cam.source_kind
-    if cam.frame_format == "gray" and kind in ("rtsp", "url", "file"):
+    if kind in ("rtsp", "url", "file"):
         return PyAVSource(cam)
     if kind == "synthetic":
         return SyntheticSource(cam)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -24,7 +26,9 @@ from components.rtsp import (
 
 from edged.config import camera_from_dict
 from edged.errors import ConfigError, SourceError
+from edged.frames import SlotOwner, SlotWriter
 from edged.nativelog import AUTH_FAILED, NOT_FOUND
+from edged.reader import EXIT_END_OF_STREAM, Reader
 from edged.sources import OpenCVSource, PyAVSource, SyntheticSource, open_source
 
 
@@ -77,7 +81,8 @@ def test_which_source_delivers_grey(clip: Path):
     assert source("rtsp://127.0.0.1:1/x", "gray") is PyAVSource
     assert source("http://127.0.0.1:1/x.m3u8", "gray") is PyAVSource
     assert source(str(clip), "gray") is PyAVSource
-    assert source(str(clip), "bgr") is OpenCVSource
+    assert source(str(clip), "bgr") is PyAVSource  # OpenCV's keeps the first size
+    assert source("/dev/video0", "bgr") is OpenCVSource
     assert source("synthetic", "gray") is SyntheticSource  # converted from BGR
 
 
@@ -280,3 +285,53 @@ def test_a_clip_under_dev_is_a_file_and_a_missing_device_says_so(tmp_path: Path,
         src = open_source(camera_from_dict("cam1", {"source": dev}))
         with pytest.raises(SourceError, match=said):
             src.open()
+
+
+@pytest.fixture(scope="module")
+def growing_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One MPEG-TS stream of 1 s at 640x360, then 1 s at 1280x720 (a camera
+    switched to its main stream's resolution mid-stream)."""
+    tmp_path = tmp_path_factory.mktemp("growing")
+    parts = []
+    for size in ("640x360", "1280x720"):
+        part = tmp_path / f"{size}.ts"
+        subprocess.run(
+            [
+                *("ffmpeg", "-loglevel", "error", "-f", "lavfi"),
+                *("-i", f"testsrc=duration=1:size={size}:rate=25", "-pix_fmt", "yuv420p"),
+                *("-c:v", "libx264", "-f", "mpegts", str(part)),
+            ],
+            check=True,
+            timeout=60,
+        )
+        parts.append(part.read_bytes())
+    clip = tmp_path / "growing.ts"
+    clip.write_bytes(b"".join(parts))
+    return clip
+
+
+@pytest.mark.parametrize("pixels", ["bgr", "gray"])
+def test_a_stream_that_changes_size_reaches_the_slot_at_its_new_size(
+    growing_clip: Path, pixels: str, caplog
+):
+    # OpenCV scaled every frame to the first size for good: a colour camera
+    # going 640x360 -> 1280x720 reached its processor at 640x360 forever.
+    cam = camera_from_dict(
+        "cam1",
+        {
+            **{"source": str(growing_clip), "pixel_format": pixels},
+            **{"loop": False, "realtime": False, "freshness": "newest"},  # publish every frame
+        },
+    )
+    owner = SlotOwner("cam1")
+    writer = SlotWriter(owner.name, owner.doorbell_w.fileno())
+    caplog.set_level(logging.INFO, logger="edged.reader")
+    try:
+        assert Reader(cam, writer, threading.Event()).run() == EXIT_END_OF_STREAM
+        assert owner.reader["frames"] == 50
+        assert (owner.reader["width"], owner.reader["height"]) == (1280, 720)
+        assert owner.frame_shape is not None and owner.frame_shape[:2] == (720, 1280)
+    finally:
+        writer.close()
+        owner.close()
+    assert "camera cam1: frame size changed to 1280x720" in caplog.text
