@@ -1,9 +1,12 @@
 """Home Assistant MQTT discovery: what the MQTT sink publishes with ``homeassistant = true``.
 
-Per camera, one device (``edged_NODE_CAMERA``) with up to two entities, each
-configured by a retained message on
+One device for the box (``edged_NODE``) with a connectivity entity per edged
+process (its status topic), and per camera one device (``edged_NODE_CAMERA``,
+``via_device`` the box), each entity configured by a retained message on
 ``HAPREFIX/COMPONENT/edged_NODE/CAMERA_OBJECT/config``:
 
+- a ``sensor`` ``Status`` on ``PREFIX/CAMERA/state``: the camera's state, the
+  state JSON (reason, since, node) as attributes.
 - an ``event`` entity on the camera's events topic, for processors that
   declare their ``event_types``. Home Assistant wants ``event_type`` in the
   payload; the value template maps the event's ``type`` to it, keeping the
@@ -16,12 +19,17 @@ configured by a retained message on
   would not know whether there is motion until the next event, and every
   other event type on that topic would have to be matched to keep the
   state. A retained state topic is what Home Assistant reads at startup.
+- an ``image`` entity on ``PREFIX/CAMERA/snapshot`` for a camera whose
+  snapshots go to MQTT.
 
 Every entity's availability is the status topic of the process that runs the
 camera (``online`` while edged is connected, ``offline`` from the Last Will
 or a clean stop): ``PREFIX/NODE/status``, or ``PREFIX/NODE/status/INSTANCE``
 for a process running only some cameras (``edged@cam1``; see
-``edged.sinks.mqtt.status_topic``).
+``edged.sinks.mqtt.status_topic``). Those reporting what the camera sees
+(event, motion, image) also need the camera's state to be ``streaming``
+(``availability_mode: all``): a dead camera is unknown, not "no motion".
+The status sensor stays available to say why.
 """
 
 from __future__ import annotations

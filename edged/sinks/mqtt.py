@@ -10,8 +10,9 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   its own, ``PREFIX/NODE/status/INSTANCE`` (``INSTANCE``: its camera names
   joined by ``.``), so stopping one unit does not mark the others offline;
   ``PREFIX/+/status/#`` matches both forms.
-- ``PREFIX/CAMERA/state``: retained JSON ``{"state", "reason", "since"}``
-  whenever a camera's state changes (``since`` is UTC, like an event's time).
+- ``PREFIX/CAMERA/state``: retained JSON ``{"node", "state", "reason", "since"}``
+  at start and whenever a camera's state changes (``since`` is UTC, like an
+  event's time).
 - ``PREFIX/CAMERA/snapshot``: with the camera's ``snapshots.mqtt``, the JPEG
   an event names in ``snapshot``, retained, QoS 0, sent right after the
   event. QoS 0 because it is a latest-picture state that the next one
@@ -22,6 +23,9 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   ``PREFIX/CAMERA/motion`` (``ON``/``OFF``, retained); see
   ``edged.sinks.homeassistant``. They are published after every connect and
   again whenever Home Assistant announces ``online`` on its status topic.
+- At every connect the states go out before ``online`` (and motion ``OFF``
+  before a clean ``offline``), and what cameras no longer in the config left
+  retained is cleared; see ``edged.sinks.retained``.
 
 Threads: :meth:`MqttSink.submit` and :meth:`MqttSink.on_state` run in the
 supervisor's thread and never touch the network: ``submit`` stores the event
