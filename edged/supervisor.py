@@ -287,7 +287,7 @@ class Supervisor:
                     continue
             self.cams[name] = CameraRuntime(new.cameras[name])
         if self.mqtt is not None:  # Home Assistant discovery and snapshot topics follow
-            self.mqtt.set_cameras({n: c.cfg for n, c in self.cams.items()})
+            self.mqtt.set_cameras({n: c.cfg for n, c in self.cams.items()}, new.cameras)
         unchanged = len(wanted) - len(changed) - len(added)
         log.info(
             "reloaded: %d added, %d removed, %d restarted, %d unchanged camera(s)",
@@ -310,10 +310,15 @@ class Supervisor:
         subset = set(self.names) != set(self.config.cameras)
         instance = ".".join(sorted(self.names)) if subset else ""
         cameras = {n: self.config.cameras[n] for n in self.names}
-        self.mqtt = MqttSink(self.config.mqtt, self.config.daemon.state_dir, instance, cameras)
+        self.mqtt = MqttSink(
+            self.config.mqtt, self.config.daemon.state_dir, instance, cameras, self.config.cameras
+        )
         if self.metrics is not None:
             metrics = self.metrics
             self.mqtt.on_ack = lambda record: metrics.event_acknowledged("mqtt", record)
+        now = time.monotonic()
+        for cam in self.cams.values():  # "starting", not the last run's retained state
+            self.mqtt.on_state(cam.snapshot(now))
         self.mqtt.start()
         self.on_event.append(self.mqtt.submit)
         self.on_state.append(self.mqtt.on_state)

@@ -8,6 +8,7 @@ import json
 import shutil
 import subprocess
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from components.mqtt import Mosquitto, Subscriber, mosquitto_sub_retained
 from daemon import Daemon, wait_for
 
 import edged
+from edged.camera import CameraSnapshot
 from edged.config import CameraConfig, MqttConfig, parse_config
 from edged.sinks import homeassistant as ha
 from edged.sinks.mqtt import MqttSink
@@ -35,6 +37,9 @@ CAMERAS = textwrap.dedent(
 )
 EVENT = "homeassistant/event/edged_box1/cam1_events/config"
 MOTION = "homeassistant/binary_sensor/edged_box1/cam1_motion/config"
+IMAGE = "homeassistant/image/edged_box1/cam1_snapshot/config"
+BOX = "homeassistant/binary_sensor/edged_box1/Status/config"
+STATUS = {c: f"homeassistant/sensor/edged_box1/{c}_status/config" for c in ("cam1", "cam2", "cam3")}
 
 
 def cameras(tmp_path: Path) -> dict[str, CameraConfig]:
@@ -46,24 +51,34 @@ def test_discovery_configs_for_a_motion_camera_and_none_for_undeclared_types(
 ) -> None:
     cfg = MqttConfig(node="box1", homeassistant=True)
     messages = ha.discovery_messages(cfg, "box1", cameras(tmp_path))
-    assert sorted(messages) == [MOTION, EVENT]  # null and SlowProcessor declare no types
+    # null and SlowProcessor declare no types: only their status sensors
+    assert sorted(messages) == sorted([BOX, MOTION, EVENT, *STATUS.values()])
     event, motion = json.loads(messages[EVENT]), json.loads(messages[MOTION])
+    status = json.loads(messages[STATUS["cam1"]])
     device = {
         "identifiers": ["edged_box1_cam1"],
         "name": "cam1",
         "manufacturer": "edged",
         "model": "motion on a synthetic camera",
         "sw_version": edged.__version__,
+        "via_device": "edged_box1",
     }
-    status = {"topic": "edged/box1/status", "payload_available": "online"}
-    availability = [{**status, "payload_not_available": "offline"}]
-    for entity in (event, motion):
+    process = {"topic": "edged/box1/status", "payload_available": "online"}
+    process["payload_not_available"] = "offline"
+    streaming = {**process, "topic": "edged/cam1/state"}
+    streaming["value_template"] = "{{ 'online' if value_json.state == 'streaming' else 'offline' }}"
+    for entity in (event, motion, status):
         assert entity["device"] == device
-        assert entity["availability"] == availability
         assert entity["origin"]["name"] == "edged" and entity["qos"] == 1
+    # What the camera sees is unknown while it does not stream; its status says why.
+    for entity in (event, motion):
+        assert entity["availability"] == [process, streaming]
+        assert entity["availability_mode"] == "all"
+    assert status["availability"] == [process] and "availability_mode" not in status
     assert event["unique_id"] == "edged_box1_cam1_events"
     assert event["state_topic"] == "edged/cam1/events"
     assert event["event_types"] == ["motion.start", "motion.end"]
+    assert event["device_class"] == "motion"
     # HA pops event_type from the rendered JSON; the rest become the entity's attributes.
     template = event["value_template"]
     assert "'event_type': value_json.type" in template and template.endswith("| tojson }}")
@@ -71,6 +86,34 @@ def test_discovery_configs_for_a_motion_camera_and_none_for_undeclared_types(
     assert motion["device_class"] == "motion"
     assert motion["state_topic"] == "edged/cam1/motion"
     assert (motion["payload_on"], motion["payload_off"]) == ("ON", "OFF")
+    assert status["unique_id"] == "edged_box1_cam1_status"
+    assert status["state_topic"] == status["json_attributes_topic"] == "edged/cam1/state"
+    assert status["value_template"] == "{{ value_json.state }}"
+    # The box: every camera's device is connected via it, and it shows the process.
+    box = json.loads(messages[BOX])
+    assert box["device"] == {
+        "identifiers": ["edged_box1"],
+        "name": "edged box1",
+        "manufacturer": "edged",
+        "sw_version": edged.__version__,
+    }
+    assert box["device_class"] == "connectivity" and box["state_topic"] == "edged/box1/status"
+    assert (box["payload_on"], box["payload_off"]) == ("online", "offline")
+    assert "availability" not in box  # it is the availability
+
+
+def test_an_image_entity_for_a_camera_publishing_snapshots(tmp_path: Path) -> None:
+    toml = CAMERAS + "[cameras.cam1.snapshots]\nenabled = true\nmqtt = true\n"
+    cams = parse_config(toml, str(tmp_path / "edged.toml")).cameras
+    cfg = MqttConfig(node="box1", homeassistant=True)
+    messages = ha.discovery_messages(cfg, "box1", cams)
+    image = json.loads(messages[IMAGE])
+    assert image["image_topic"] == "edged/cam1/snapshot"
+    assert image["content_type"] == "image/jpeg"
+    assert image["unique_id"] == "edged_box1_cam1_snapshot"
+    assert image["availability_mode"] == "all"
+    assert image["device"]["identifiers"] == ["edged_box1_cam1"]
+    assert IMAGE not in ha.discovery_messages(cfg, "box1", cameras(tmp_path))
 
 
 def test_discovery_is_off_by_default_and_the_prefix_is_checked(tmp_path: Path) -> None:
@@ -89,19 +132,45 @@ def start_sink(
     tmp_path: Path,
     cams: dict[str, CameraConfig],
     instance: str = "",
+    configured: list[str] | None = None,
+    states: dict[str, tuple[str, str]] | None = None,
 ) -> MqttSink:
+    """A started sink of node box1; ``states``: camera -> (state, reason) before it connects."""
     cfg = MqttConfig(host="127.0.0.1", port=broker.port, node="box1", homeassistant=True)
-    sink = MqttSink(cfg, tmp_path, instance, cams)
+    sink = MqttSink(cfg, tmp_path, instance, cams, configured)
     sinks.append(sink)
+    for name, (state, reason) in (states or {}).items():
+        sink.on_state(snap(name, state, reason))
     sink.start()
     return sink
 
 
-def publish(broker: Mosquitto, topic: str, payload: str) -> None:
+def snap(name: str, state: str, reason: str = "") -> CameraSnapshot:
+    return CameraSnapshot(name=name, state=state, reason=reason, state_since=time.time(),
+                          up=state == "streaming", last_frame_time=0.0, frame_age=float("inf"),
+                          fps=0.0, width=0, height=0, stale_after=5.0, counters={}, restarts={},
+                          restart_reasons={}, last_error="")  # fmt: skip
+
+
+def publish(broker: Mosquitto, topic: str, payload: str, retain: bool = False) -> None:
     tool = shutil.which("mosquitto_pub")
     assert tool is not None, "mosquitto_pub not found: run scripts/setup --test"
     cmd = [tool, "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", topic, "-m", payload]
-    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+    subprocess.run(cmd + ["-r"] * retain, check=True, capture_output=True, timeout=10)
+
+
+def retained_topics(broker: Mosquitto) -> dict[str, bytes]:
+    """Every retained message on the broker (topic -> payload), as mosquitto_sub sees them."""
+    tool = shutil.which("mosquitto_sub")
+    assert tool is not None, "mosquitto_sub not found: run scripts/setup --test"
+    cmd = [tool, "-h", "127.0.0.1", "-p", str(broker.port), "-t", "#", "-v", "-W", "1"]
+    cmd.append("--retained-only")
+    out = subprocess.run(cmd, capture_output=True, timeout=10).stdout
+    found = {}
+    for line in out.splitlines():
+        topic, _, payload = line.partition(b" ")
+        found[topic.decode()] = payload
+    return found
 
 
 def configs(sub: Subscriber, topic: str) -> list[Any]:
@@ -119,7 +188,8 @@ def test_discovery_is_retained_and_published_again_when_home_assistant_comes_onl
     wait_for("discovery", lambda: all(configs(sub, t) for t in wanted))
     for topic, payload in wanted.items():
         assert json.loads(mosquitto_sub_retained(mosquitto, topic) or b"null") == payload
-    assert len(sub.received()) == 2  # nothing for the cameras without event types
+    # Only status sensors for the cameras without event types, and the box's entity.
+    assert len(sub.received()) == len(wanted) == 6
     assert mosquitto_sub_retained(mosquitto, "edged/cam1/motion") == b"OFF"
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
 
@@ -143,7 +213,10 @@ def test_a_per_camera_unit_makes_its_entities_follow_its_own_availability(
     wait_for("discovery", lambda: mosquitto_sub_retained(mosquitto, MOTION, timeout=1))
     for topic in (EVENT, MOTION):
         payload = json.loads(mosquitto_sub_retained(mosquitto, topic) or b"{}")
-        assert [a["topic"] for a in payload["availability"]] == ["edged/box1/status/cam1"]
+        topics = [a["topic"] for a in payload["availability"]]
+        assert topics == ["edged/box1/status/cam1", "edged/cam1/state"]
+    box = mosquitto_sub_retained(mosquitto, BOX.replace("Status", "Status_cam1"))
+    assert json.loads(box or b"{}")["state_topic"] == "edged/box1/status/cam1"
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam1") == b"online"
     one.stop()
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam1") == b"offline"
@@ -167,6 +240,91 @@ def test_motion_state_follows_motion_events_retained(
     assert all(m.qos == 1 for m in sub.received("edged/cam1/motion"))
     assert mosquitto_sub_retained(mosquitto, "edged/cam1/motion") == b"ON"
     assert sub.received("edged/cam2/motion") == []  # the null processor has no sensor
+
+
+def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
+) -> None:
+    # The last run died during a motion episode: its ON and its Last Will are retained.
+    publish(mosquitto, "edged/cam1/motion", "ON", retain=True)
+    publish(mosquitto, "edged/box1/status", "offline", retain=True)
+    sub = Subscriber(mosquitto, "#", client_id="ha")
+    subscribers.append(sub)
+    cams = cameras(tmp_path)
+    states = {"cam1": ("reconnecting", "connection refused"), "cam2": ("starting", "")}
+    sink = start_sink(sinks, mosquitto, tmp_path, cams, states=states)
+    wait_for("online", lambda: sub.received("edged/box1/status")[-1].payload == b"online")
+    live = [(m.topic, m.payload) for m in sub.received() if not m.retain]
+    online = live.index(("edged/box1/status", b"online"))
+    # What Home Assistant reads after 'online' is this run's: no unavailable -> on -> off.
+    assert live.index(("edged/cam1/motion", b"OFF")) < online
+    state = json.loads(dict(live[:online])["edged/cam1/state"])
+    assert state["node"] == "box1"
+    assert (state["state"], state["reason"]) == ("reconnecting", "connection refused")
+    assert "edged/cam2/state" in dict(live[:online])
+    wanted = ha.discovery_messages(sink.cfg, "box1", cams)
+    assert set(wanted) <= set(dict(live[:online]))  # entities exist before they are available
+
+    sink.submit({"schema": 1, "id": "e1", "camera": "cam1", "type": "motion.start"})
+    wait_for("ON", lambda: sub.received("edged/cam1/motion")[-1].payload == b"ON")
+    sink.stop()
+    wait_for("offline", lambda: sub.received("edged/box1/status")[-1].payload == b"offline")
+    last = [
+        (m.topic, m.payload) for m in sub.received() if m.topic.endswith(("/motion", "/status"))
+    ]
+    assert last[-2:] == [("edged/cam1/motion", b"OFF"), ("edged/box1/status", b"offline")]
+    assert mosquitto_sub_retained(mosquitto, "edged/cam1/motion") == b"OFF"
+
+
+def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink]
+) -> None:
+    toml = CAMERAS + '[cameras.cam9]\nsource = "synthetic"\nprocessor = "motion"\n'
+    before = parse_config(toml, str(tmp_path / "edged.toml")).cameras
+    up = ("streaming", "")
+    # The last runs: edged.service with every camera, then an edged@cam9 unit.
+    for cams, instance in ((before, ""), ({"cam9": before["cam9"]}, "cam9")):
+        old = start_sink(sinks, mosquitto, tmp_path, cams, instance, states=dict.fromkeys(cams, up))
+        status = old.status_topic  # 'online' goes out last
+        wait_for("online", lambda t=status: mosquitto_sub_retained(mosquitto, t, 1) == b"online")
+        old.stop()
+    # Another box on the same broker and prefix, and a state of an older edged (no node).
+    publish(mosquitto, "edged/cam8/state", '{"node":"box2","state":"streaming"}', retain=True)
+    publish(mosquitto, "edged/cam7/state", '{"state":"streaming"}', retain=True)
+    left = retained_topics(mosquitto)
+    cam9 = {t for t in left if "cam9" in t}
+    assert cam9 == {
+        "edged/cam9/state",
+        "edged/cam9/motion",
+        "edged/box1/status/cam9",
+        "homeassistant/binary_sensor/edged_box1/Status_cam9/config",
+        *(t.replace("cam1", "cam9") for t in (EVENT, MOTION, STATUS["cam1"])),
+    }
+
+    # cam9 is gone from the config; this unit runs cam1 of the cameras left.
+    start_sink(sinks, mosquitto, tmp_path, {"cam1": before["cam1"]}, "cam1",
+               configured=["cam1", "cam2", "cam3"])  # fmt: skip
+    wait_for("cam9 cleared", lambda: not any("cam9" in t for t in retained_topics(mosquitto)))
+    now = retained_topics(mosquitto)
+    # Everything else stays: the other cameras of the config, and what is not ours.
+    assert set(left) - cam9 <= set(now)
+    for kept in ("edged/cam2/state", STATUS["cam2"], "edged/cam8/state", "edged/cam7/state"):
+        assert kept in now
+
+
+def test_a_processor_without_event_types_is_said_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = MqttConfig(node="box1", homeassistant=True)
+    with caplog.at_level("INFO", logger="edged.sinks.mqtt"):
+        MqttSink(cfg, tmp_path, "", cameras(tmp_path)).stop()
+    said = [r.getMessage() for r in caplog.records if "event_types" in r.getMessage()]
+    assert said == [
+        "mqtt: camera cam2: processor null declares no event_types: Home Assistant gets no "
+        "event entity for it (its events are on edged/cam2/events)",
+        "mqtt: camera cam3: processor plugins:SlowProcessor declares no event_types: Home "
+        "Assistant gets no event entity for it (its events are on edged/cam3/events)",
+    ]
 
 
 # -- the daemon -----------------------------------------------------------------------
@@ -209,6 +367,11 @@ def test_daemon_binary_sensor_is_on_during_a_motion_episode(
         assert d.stop() == 0
     finally:
         d.kill()
+    live = [(m.topic, m.payload) for m in sub.received()]
+    online = live.index(("edged/box1/status", b"online"))
+    # The camera's own state, not the one a previous run left retained.
+    first = json.loads(dict(live[:online])["edged/cam1/state"])
+    assert (first["node"], first["state"]) == ("box1", "starting")
     for topic in (EVENT, MOTION):
         retained = json.loads(mosquitto_sub_retained(mosquitto, topic) or b"{}")
         assert retained["device"]["identifiers"] == ["edged_box1_cam1"]

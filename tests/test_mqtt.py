@@ -197,6 +197,7 @@ def test_events_state_and_availability_reach_the_broker(
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
     state = wait_for("state", lambda: mosquitto_sub_retained(mosquitto, "edged/cam1/state"))
     assert json.loads(state) == {
+        "node": "box1",
         "state": "stalled",
         "reason": "no frame for 5.0s",
         "since": "2027-01-15T08:00:00.000000Z",

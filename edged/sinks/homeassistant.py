@@ -1,9 +1,12 @@
 """Home Assistant MQTT discovery: what the MQTT sink publishes with ``homeassistant = true``.
 
-Per camera, one device (``edged_NODE_CAMERA``) with up to two entities, each
-configured by a retained message on
+One device for the box (``edged_NODE``) with a connectivity entity per edged
+process (its status topic), and per camera one device (``edged_NODE_CAMERA``,
+``via_device`` the box), each entity configured by a retained message on
 ``HAPREFIX/COMPONENT/edged_NODE/CAMERA_OBJECT/config``:
 
+- a ``sensor`` ``Status`` on ``PREFIX/CAMERA/state``: the camera's state, the
+  state JSON (reason, since, node) as attributes.
 - an ``event`` entity on the camera's events topic, for processors that
   declare their ``event_types``. Home Assistant wants ``event_type`` in the
   payload; the value template maps the event's ``type`` to it, keeping the
@@ -16,12 +19,17 @@ configured by a retained message on
   would not know whether there is motion until the next event, and every
   other event type on that topic would have to be matched to keep the
   state. A retained state topic is what Home Assistant reads at startup.
+- an ``image`` entity on ``PREFIX/CAMERA/snapshot`` for a camera whose
+  snapshots go to MQTT.
 
 Every entity's availability is the status topic of the process that runs the
 camera (``online`` while edged is connected, ``offline`` from the Last Will
 or a clean stop): ``PREFIX/NODE/status``, or ``PREFIX/NODE/status/INSTANCE``
 for a process running only some cameras (``edged@cam1``; see
-``edged.sinks.mqtt.status_topic``).
+``edged.sinks.mqtt.status_topic``). Those reporting what the camera sees
+(event, motion, image) also need the camera's state to be ``streaming``
+(``availability_mode: all``): a dead camera is unknown, not "no motion".
+The status sensor stays available to say why.
 """
 
 from __future__ import annotations
@@ -46,6 +54,8 @@ EVENT_TEMPLATE = (
     "'seq': value_json.seq, 'snapshot': value_json.get('snapshot'), "
     "'data': value_json.data} | tojson }}"
 )
+# Available (per camera) only while the camera's retained state says it streams.
+STREAMING_TEMPLATE = "{{ 'online' if value_json.state == 'streaming' else 'offline' }}"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_-]")
 
 
@@ -62,6 +72,33 @@ def motion_state(event_type: str) -> bytes | None:
     return ON if event_type == MOTION_START else OFF if event_type == MOTION_END else None
 
 
+def node_id(node: str) -> str:
+    """The discovery topics' node id level of this node's entities: ``edged_NODE``."""
+    return "edged_" + _NOT_ID.sub("_", node)
+
+
+def box_device(node: str) -> dict[str, object]:
+    """The edge box's own device: every camera's device is connected ``via_device`` it,
+    so two boxes with a camera of the same name are told apart."""
+    return {
+        "identifiers": [f"edged_{node}"],
+        "name": f"edged {node}",
+        "manufacturer": "edged",
+        "sw_version": __version__,
+    }
+
+
+def camera_available(prefix: str, camera: str) -> dict[str, str]:
+    """The availability entry that is ``online`` only while the camera streams (read from
+    its retained state topic): a dead camera must not look like one seeing nothing."""
+    return {
+        "topic": f"{prefix}/{camera}/state",
+        "value_template": STREAMING_TEMPLATE,
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
+
+
 def discovery(
     cfg: MqttConfig, node: str, camera: CameraConfig, availability: str | None = None
 ) -> dict[str, dict[str, object]]:
@@ -71,27 +108,45 @@ def discovery(
     ``PREFIX/NODE/status`` (the process running every camera)."""
     prefix, name = cfg.topic_prefix, camera.name
     ident = f"edged_{node}_{name}"
+    process = {
+        "topic": availability or f"{prefix}/{node}/status",
+        "payload_available": "online",
+        "payload_not_available": "offline",
+    }
     common: dict[str, object] = {
-        "availability": [
-            {
-                "topic": availability or f"{prefix}/{node}/status",
-                "payload_available": "online",
-                "payload_not_available": "offline",
-            }
-        ],
+        "availability": [process],
         "device": {
             "identifiers": [ident],
             "name": name,
             "manufacturer": "edged",
             "model": f"{camera.processor.type} on a {camera.source_kind} camera",
             "sw_version": __version__,
+            "via_device": f"edged_{node}",
         },
         "origin": {"name": "edged", "sw_version": __version__},
         "qos": 1,
     }
-    base = f"{cfg.homeassistant_prefix}/{{}}/edged_{_NOT_ID.sub('_', node)}/{name}"
+    # What the camera sees is unknown, not "nothing", while it does not stream.
+    seeing: dict[str, object] = {
+        **common,
+        "availability": [process, camera_available(prefix, name)],
+        "availability_mode": "all",
+    }
+    base = f"{cfg.homeassistant_prefix}/{{}}/{node_id(node)}/{name}"
     types = event_types(camera)
-    out: dict[str, dict[str, object]] = {}
+    state_topic = f"{prefix}/{name}/state"
+    out: dict[str, dict[str, object]] = {
+        # Available while the process is: it must say why the camera is down.
+        base.format("sensor") + "_status/config": {
+            "name": "Status",
+            "unique_id": f"{ident}_status",
+            "state_topic": state_topic,
+            "value_template": "{{ value_json.state }}",
+            "json_attributes_topic": state_topic,
+            "entity_category": "diagnostic",
+            **common,
+        }
+    }
     if types:
         out[base.format("event") + "_events/config"] = {
             "name": "Events",
@@ -99,7 +154,8 @@ def discovery(
             "state_topic": f"{prefix}/{name}/events",
             "event_types": list(types),
             "value_template": EVENT_TEMPLATE,
-            **common,
+            **({"device_class": "motion"} if MOTION_START in types else {}),
+            **seeing,
         }
     if MOTION_START in types:
         out[base.format("binary_sensor") + "_motion/config"] = {
@@ -109,9 +165,42 @@ def discovery(
             "state_topic": f"{prefix}/{name}/motion",
             "payload_on": ON.decode(),
             "payload_off": OFF.decode(),
-            **common,
+            **seeing,
+        }
+    if camera.snapshots.enabled and camera.snapshots.mqtt:
+        out[base.format("image") + "_snapshot/config"] = {
+            "name": "Snapshot",
+            "unique_id": f"{ident}_snapshot",
+            "image_topic": f"{prefix}/{name}/snapshot",
+            "content_type": "image/jpeg",
+            **seeing,
         }
     return out
+
+
+def process_discovery(
+    cfg: MqttConfig, node: str, availability: str, instance: str = ""
+) -> dict[str, dict[str, object]]:
+    """The box device's connectivity entity for one edged process (its status topic).
+
+    The object id is capitalised: camera names are lower case, so no camera's
+    ``CAMERA_OBJECT`` id can take it."""
+    suffix = f"_{_NOT_ID.sub('_', instance)}" if instance else ""
+    topic = f"{cfg.homeassistant_prefix}/binary_sensor/{node_id(node)}/Status"
+    return {
+        f"{topic}{suffix}/config": {
+            "name": f"edged {instance}" if instance else "edged",
+            "unique_id": f"edged_{node}_status" + (f".{instance}" if instance else ""),
+            "device_class": "connectivity",
+            "entity_category": "diagnostic",
+            "state_topic": availability,
+            "payload_on": "online",
+            "payload_off": "offline",
+            "device": box_device(node),
+            "origin": {"name": "edged", "sw_version": __version__},
+            "qos": 1,
+        }
+    }
 
 
 def discovery_messages(
@@ -119,12 +208,16 @@ def discovery_messages(
     node: str,
     cameras: Mapping[str, CameraConfig],
     availability: str | None = None,
+    instance: str = "",
 ) -> dict[str, bytes]:
-    """Every camera's discovery config topics and their JSON payloads."""
+    """The box's and every camera's discovery config topics and their JSON payloads."""
+    status = availability or f"{cfg.topic_prefix}/{node}/status"
+    payloads = process_discovery(cfg, node, status, instance)
+    for name in sorted(cameras):
+        payloads.update(discovery(cfg, node, cameras[name], availability))
     return {
         topic: json.dumps(payload, separators=(",", ":")).encode()
-        for name in sorted(cameras)
-        for topic, payload in discovery(cfg, node, cameras[name], availability).items()
+        for topic, payload in payloads.items()
     }
 
 

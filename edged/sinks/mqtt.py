@@ -10,8 +10,9 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   its own, ``PREFIX/NODE/status/INSTANCE`` (``INSTANCE``: its camera names
   joined by ``.``), so stopping one unit does not mark the others offline;
   ``PREFIX/+/status/#`` matches both forms.
-- ``PREFIX/CAMERA/state``: retained JSON ``{"state", "reason", "since"}``
-  whenever a camera's state changes (``since`` is UTC, like an event's time).
+- ``PREFIX/CAMERA/state``: retained JSON ``{"node", "state", "reason", "since"}``
+  at start and whenever a camera's state changes (``since`` is UTC, like an
+  event's time).
 - ``PREFIX/CAMERA/snapshot``: with the camera's ``snapshots.mqtt``, the JPEG
   an event names in ``snapshot``, retained, QoS 0, sent right after the
   event. QoS 0 because it is a latest-picture state that the next one
@@ -22,6 +23,9 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   ``PREFIX/CAMERA/motion`` (``ON``/``OFF``, retained); see
   ``edged.sinks.homeassistant``. They are published after every connect and
   again whenever Home Assistant announces ``online`` on its status topic.
+- At every connect the states go out before ``online`` (and motion ``OFF``
+  before a clean ``offline``), and what cameras no longer in the config left
+  retained is cleared; see ``edged.sinks.retained``.
 
 Threads: :meth:`MqttSink.submit` and :meth:`MqttSink.on_state` run in the
 supervisor's thread and never touch the network: ``submit`` stores the event
@@ -61,7 +65,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +75,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.config import CameraConfig, MqttConfig
 from edged.sinks import homeassistant as ha
+from edged.sinks import retained
 from edged.sinks.jsonl import encode_event
 from edged.sinks.outbox import Outbox, find_stranded
 
@@ -142,6 +147,7 @@ class MqttSink:
         state_dir: Path,
         instance: str = "",
         cameras: Mapping[str, CameraConfig] | None = None,
+        configured: Collection[str] | None = None,
     ) -> None:
         self.cfg = config
         self.state_dir = state_dir
@@ -193,7 +199,12 @@ class MqttSink:
         self._discover = threading.Event()  # publish the discovery configs (again)
         self._motion: dict[str, bytes] = {}  # camera -> ON/OFF, the binary sensor's state
         self._motion_dirty: set[str] = set()
-        self.set_cameras(cameras or {})
+        self._untyped: set[str] = set()  # cameras whose missing event entity was logged
+        self._sweep_due: float | None = None  # collecting retained messages until then
+        self._retained: dict[str, bytes] = {}  # what the sweep collected: topic -> payload
+        self._running: frozenset[str] = frozenset()
+        self._configured: frozenset[str] = frozenset()
+        self.set_cameras(cameras or {}, configured)
         self._client = self._make_client()
 
     def _report_stranded(self) -> None:
@@ -271,16 +282,35 @@ class MqttSink:
         self._idle.clear()
         self._wake.set()
 
-    def set_cameras(self, cameras: Mapping[str, CameraConfig]) -> None:
+    def set_cameras(
+        self, cameras: Mapping[str, CameraConfig], configured: Collection[str] | None = None
+    ) -> None:
         """The cameras this process runs (again, after a reload): which publish
         snapshots, and what Home Assistant discovery announces. A camera gone
-        has its discovery configs removed (empty retained messages)."""
+        has its discovery configs removed (empty retained messages).
+        ``configured``: every camera in the config (default: ``cameras``); what
+        a camera not among them left retained is cleared at connect."""
+        self._running = frozenset(cameras)
+        self._configured = frozenset(cameras if configured is None else configured)
         self._snapshot_cameras = frozenset(
             n for n, c in cameras.items() if c.snapshots.enabled and c.snapshots.mqtt
         )
         if not self.cfg.homeassistant:
             return
-        configs = ha.discovery_messages(self.cfg, self.node, cameras, self.status_topic)
+        for name in sorted(set(cameras) - self._untyped):
+            if not ha.event_types(cameras[name]):
+                self._untyped.add(name)
+                log.info(
+                    "mqtt: camera %s: processor %s declares no event_types: Home Assistant "
+                    "gets no event entity for it (its events are on %s/%s/events)",
+                    name,
+                    cameras[name].processor.type,
+                    self.prefix,
+                    name,
+                )
+        configs = ha.discovery_messages(
+            self.cfg, self.node, cameras, self.status_topic, self.instance
+        )
         with self._states_lock:
             gone = {topic: b"" for topic in self._discovery if topic not in configs}
             self._discovery = {**gone, **configs}
@@ -295,6 +325,7 @@ class MqttSink:
         """Record a camera's new state; the delivery thread publishes it (retained)."""
         since = dt.datetime.fromtimestamp(snap.state_since, dt.UTC)
         payload = {
+            "node": self.node,  # whose it is, for the sweep of cameras gone (see retained)
             "state": snap.state,
             "reason": snap.reason,
             "since": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -335,6 +366,10 @@ class MqttSink:
         self._wake.set()
         self._thread.join()
         if self.connected:
+            # No episode outlives the process: OFF first, or Home Assistant shows
+            # motion again when 'online' comes back.
+            for name in sorted(self._motion):
+                self._publish(f"{self.prefix}/{name}/motion", ha.OFF, retain=True)
             info = self._client.publish(self.status_topic, b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # not queued: disconnected
                 info.wait_for_publish(OFFLINE_TIMEOUT)
@@ -372,12 +407,16 @@ class MqttSink:
             return
         limit = getattr(properties, "MaximumPacketSize", None)
         self._broker_max_packet = int(limit) if isinstance(limit, int) and limit > 0 else None
-        self.connected = True
-        self._announce = True
         if self.cfg.homeassistant:
             # Subscriptions end with the session: made again on every connect.
             client.subscribe(self.ha_status_topic, qos=1)
-            self._discover.set()
+            self._discover.set()  # before _announce: the configs go out before 'online'
+        self.connected = True
+        self._announce = True
+        with self._states_lock:
+            self._retained = {}
+            self._sweep_due = time.monotonic() + retained.SWEEP_WINDOW
+        client.subscribe([(t, 1) for t in retained.sweep_topics(self.cfg, self.node)])
         self._link_changed("connected", logging.INFO, "mqtt: connected to %s", self.where)
         self._wake.set()
 
@@ -440,6 +479,11 @@ class MqttSink:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if msg.retain and msg.payload and msg.topic != self.ha_status_topic:
+            with self._states_lock:
+                if self._sweep_due is not None:
+                    self._retained[msg.topic] = bytes(msg.payload)
+            return
         # Home Assistant's birth message: it (re)started and forgot what was discovered.
         if msg.topic == self.ha_status_topic and msg.payload == b"online":
             log.debug("mqtt: Home Assistant is online: publishing discovery again")
@@ -464,9 +508,8 @@ class MqttSink:
                     self.outbox.maintain()
                     next_maintain = time.monotonic() + MAINTAIN_EVERY
                 if self.connected:
-                    if self._announce:
-                        self._announce = False
-                        self._publish(self.status_topic, b"online", retain=True)
+                    announce, self._announce = self._announce, False
+                    if announce:
                         with self._states_lock:
                             self._dirty.update(self._states)
                             self._motion_dirty.update(self._motion)
@@ -474,6 +517,13 @@ class MqttSink:
                         self._discover.clear()
                         self._publish_discovery()
                     self._publish_states()
+                    if announce:
+                        # Last: 'online' before the states would make Home Assistant
+                        # show the previous run's retained ones (a motion ON) as current.
+                        self._publish(self.status_topic, b"online", retain=True)
+                    due = self._sweep_due
+                    if due is not None and time.monotonic() >= due:
+                        self._sweep()
                     self._fill_window()
                 if not self._inflight and not self.outbox.fetch(self._cursor, 1):
                     self._idle.set()
@@ -496,6 +546,24 @@ class MqttSink:
             self._publish(f"{self.prefix}/{name}/state", data, retain=True)
         for name, data in motion:
             self._publish(f"{self.prefix}/{name}/motion", data, retain=True)
+
+    def _sweep(self) -> None:
+        """Clear what cameras no longer in the config left retained (see edged.sinks.retained)."""
+        with self._states_lock:
+            found, self._retained, self._sweep_due = self._retained, {}, None
+            announced = {topic for topic, payload in self._discovery.items() if payload}
+        self._client.unsubscribe(retained.sweep_topics(self.cfg, self.node))
+        topics, gone = retained.stale_topics(
+            self.cfg, self.node, self._configured, self._running, announced, found
+        )
+        for topic in topics:
+            self._publish(topic, b"", retain=True)
+        if topics:
+            log.info(
+                "mqtt: cleared %d retained topics of this node for entities no longer announced%s",
+                len(topics),
+                f" (cameras no longer in the config: {', '.join(gone)})" if gone else "",
+            )
 
     def _publish_discovery(self) -> None:
         with self._states_lock:
