@@ -48,6 +48,10 @@ class SourceError(EdgedError):
         self.cause = cause
 
 
+class SharedMemoryError(EdgedError):
+    """A frame slot cannot get its memory: /dev/shm is too small or full."""
+
+
 class PluginError(EdgedError):
     """A processor or source plugin could not be found, loaded or set up."""
 

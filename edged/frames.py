@@ -27,6 +27,7 @@ consumer's handoff makes no system call at all, and no busy-waiting.
 from __future__ import annotations
 
 import contextlib
+import errno
 import math
 import mmap
 import multiprocessing
@@ -41,12 +42,13 @@ from multiprocessing import resource_tracker
 import numpy as np
 
 from edged import shmlock
+from edged.errors import SharedMemoryError
 
 SHM_DIR = "/dev/shm"
 PREFIX = "edged"
 NBUF = 3
 _MAGIC = 0x45444745_44534C54  # "EDGEDSLT"
-_VERSION = 2  # 2: the robust mutex replaced flock
+_VERSION = 3  # 2: the robust mutex replaced flock; 3: the reader's reason
 
 # int64 fields of the control segment
 _I_MAGIC, _I_VERSION, _I_GEN, _I_CAPACITY, _I_LATEST_SEQ, _I_LATEST_IDX = range(6)
@@ -60,7 +62,9 @@ _F_WORKER = 40
 _N_F64 = 64
 _NOTE_OFFSET = 8 * (_N_I64 + _N_F64)
 NOTE_SIZE = 2048  # the reader's last native (FFmpeg) messages, scrubbed, NUL-terminated
-_LOCK_OFFSET = _NOTE_OFFSET + NOTE_SIZE
+_REASON_OFFSET = _NOTE_OFFSET + NOTE_SIZE
+REASON_SIZE = 512  # why the reader is not streaming, scrubbed, NUL-terminated
+_LOCK_OFFSET = _REASON_OFFSET + REASON_SIZE
 CONTROL_SIZE = _LOCK_OFFSET + shmlock.SIZE
 
 # Status records: float64 fields written by one child, read by the supervisor.
@@ -103,14 +107,38 @@ def new_slot_name(camera: str) -> str:
     return f"{PREFIX}_{os.getpid()}_{camera}_{secrets.token_hex(3)}"
 
 
+def _mib(n: float) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def _reserve(fd: int, size: int) -> None:
+    """Give the segment its memory now: a tmpfs too small to hold it fails here
+    with ENOSPC, not later with a SIGBUS when a page is first touched."""
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.ENOMEM):
+            raise
+        try:
+            st = os.statvfs(SHM_DIR)
+            room = f" ({_mib(st.f_blocks * st.f_frsize)}, {_mib(st.f_bavail * st.f_frsize)} free)"
+        except OSError:
+            room = ""
+        raise SharedMemoryError(
+            f"cannot reserve {_mib(size)} of shared memory in {SHM_DIR}{room}: "
+            f"enlarge {SHM_DIR} (Docker: --shm-size)"
+        ) from None
+
+
 def _create_segment(name: str, size: int) -> mmap.mmap:
     fd = os.open(segment_path(name), os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         os.ftruncate(fd, size)
+        _reserve(fd, size)
         mm = mmap.mmap(fd, size)
     except BaseException:
         os.close(fd)
-        unlink_segment(name)
+        unlink_segment(name, tracked=False)  # not registered yet: the tracker would complain
         raise
     os.close(fd)
     # The resource tracker (shared by the whole process tree under `spawn`)
@@ -200,13 +228,17 @@ class _Control:
         finally:
             self.unlock()
 
-    def read_note(self) -> str:
-        raw = bytes(self.mm[_NOTE_OFFSET : _NOTE_OFFSET + NOTE_SIZE])
+    def read_text(self, offset: int, size: int) -> str:
+        raw = bytes(self.mm[offset : offset + size])
         return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
 
-    def write_note(self, text: str) -> None:
-        data = text.encode("utf-8", "replace")[-(NOTE_SIZE - 1) :] + b"\0"
-        self.mm[_NOTE_OFFSET : _NOTE_OFFSET + len(data)] = data
+    def write_text(self, offset: int, size: int, text: str, keep_end: bool = True) -> None:
+        data = text.encode("utf-8", "replace")
+        data = data[-(size - 1) :] if keep_end else data[: size - 1]
+        # No lock: the supervisor may read a mix of old and new text for one
+        # tick, never past the end (the terminator is stored first).
+        self.mm[offset + len(data)] = 0
+        self.mm[offset : offset + len(data)] = data
 
     def close(self) -> None:
         del self.lock, self.unlock
@@ -293,7 +325,12 @@ class SlotOwner:
     @property
     def reader_note(self) -> str:
         """The reader's last native messages (see :meth:`SlotWriter.set_note`)."""
-        return self._ctl.read_note()
+        return self._ctl.read_text(_NOTE_OFFSET, NOTE_SIZE)
+
+    @property
+    def reader_reason(self) -> str:
+        """Why the reader is not streaming, in its words (see :meth:`SlotWriter.set_reason`)."""
+        return self._ctl.read_text(_REASON_OFFSET, REASON_SIZE)
 
     def reap_writer(self) -> None:
         """After the writer died: remove its data segments (the consumer keeps its mapping)."""
@@ -362,7 +399,11 @@ class SlotWriter:
 
     def set_note(self, text: str) -> None:
         """Leave the last native messages where the supervisor can read them after a kill."""
-        self._ctl.write_note(text)
+        self._ctl.write_text(_NOTE_OFFSET, NOTE_SIZE, text)
+
+    def set_reason(self, text: str) -> None:
+        """Say why the source is down (scrubbed: the supervisor shows it everywhere)."""
+        self._ctl.write_text(_REASON_OFFSET, REASON_SIZE, text, keep_end=False)
 
     def _new_generation(self, capacity: int) -> None:
         ctl = self._ctl

@@ -28,9 +28,16 @@ _NOISE = re.compile(r"backend is generally available but can't be used to captur
 AUTH_FAILED = "authentication failed (check user and password)"
 FORBIDDEN = "access forbidden by the camera"
 NOT_FOUND = "stream not found (check the URL path)"
+UNREADABLE = "unreadable stream"
+NOT_PLAYABLE = "not a playable video file (empty, truncated or corrupt)"
+TLS_FAILED = "TLS handshake failed (does the server speak TLS? rtsps:// and https:// need it)"
 
 # First match wins: the most specific cause first.
 _CAUSES: list[tuple[re.Pattern[str], str]] = [
+    # An MP4 without its index (cut short while being written, or empty): before
+    # NOT_FOUND, which its "moov atom not found" would match.
+    (re.compile(r"moov atom not found", re.I), NOT_PLAYABLE),
+    (re.compile(r"^\[tls @|SSL routines|TLS packet", re.I), TLS_FAILED),
     (re.compile(r"\b401\b|Unauthorized", re.I), AUTH_FAILED),
     (re.compile(r"\b403\b|Forbidden", re.I), FORBIDDEN),
     (re.compile(r"\b404\b|Not Found|No such file", re.I), NOT_FOUND),
@@ -41,16 +48,22 @@ _CAUSES: list[tuple[re.Pattern[str], str]] = [
         "host name not resolved",
     ),
     (re.compile(r"timed? ?out|timeout", re.I), "timed out"),
-    (re.compile(r"Invalid data found|could not find codec|unsupported", re.I), "unreadable stream"),
+    (re.compile(r"Invalid data found|could not find codec|unsupported", re.I), UNREADABLE),
 ]
 
 
-def classify(lines: list[str]) -> str | None:
-    """The likely cause of a failed open or read, from FFmpeg's last lines."""
+def classify(lines: list[str], file: bool = False) -> str | None:
+    """The likely cause of a failed open or read, from FFmpeg's last lines;
+    ``file``: the source is a local file, whose unreadable data is the file's fault."""
     for pattern, cause in _CAUSES:
         if any(pattern.search(line) for line in lines):
-            return cause
+            return for_file(cause) if file else cause
     return None
+
+
+def for_file(cause: str | None) -> str | None:
+    """A cause as it applies to a local file: unreadable data is a damaged file."""
+    return NOT_PLAYABLE if cause == UNREADABLE else cause
 
 
 class NativeStderr:

@@ -134,7 +134,6 @@ class Reader:
                 self.beat()
                 source.open()
                 self.status.add("opens")
-                self.set_state(ReaderState.STREAMING)
                 ended = self.stream(source)
                 if ended:
                     self.set_state(ReaderState.ENDED)
@@ -156,12 +155,15 @@ class Reader:
                 delay = self.backoff.next_delay()
                 lines = self.native.recent() if self.native else []
                 known = exc.cause if isinstance(exc, SourceError) else None
-                cause = known or classify(lines)
+                cause = known or classify(lines, file=self.cam.source_kind == "file")
                 if cause in SLOW_RETRY_CAUSES:
                     # Retrying a wrong password quickly only fills the camera's
                     # log (and may lock the account): use the slow end of the schedule.
                     delay = max(delay, self.cam.restart_max_delay * (0.5 + random.random() / 2))
-                reason = f"{exc}: {cause}" if cause else str(exc)
+                reason = _with_cause(str(exc), cause)
+                # Before the state: the supervisor shows both together, in
+                # STATUS, /readyz, MQTT and `edged status`.
+                self.writer.set_reason(cause or str(exc))
                 # One line when the camera goes away or the cause changes; then
                 # a summary every 10 attempts, not a line per retry.
                 if failures == 1 or cause != last_cause or failures % 10 == 0:
@@ -232,6 +234,11 @@ class Reader:
                 status["width"], status["height"] = shape[1], shape[0]
             buf = writer.buffer(shape)
             np.copyto(buf, frame)
+            # Streaming once a frame has a place in the slot, not at the open: a
+            # source that opens and then fails (no frame, no shared memory) is
+            # still reconnecting, not flapping to "streaming" at every attempt.
+            self.set_state(ReaderState.STREAMING)
+            writer.set_reason("")  # after the state: never "reconnecting" without a cause
         writer.publish(wall, mono, shape, seq=seq)
         return shape
 
@@ -283,6 +290,13 @@ class Reader:
                         nominal,
                     )
         return False
+
+
+def _with_cause(message: str, cause: str | None) -> str:
+    """``message: cause``, unless the message says it already ("... Connection refused")."""
+    if not cause or cause.lower() in message.lower():
+        return message
+    return f"{message}: {cause}"
 
 
 def reader_main(

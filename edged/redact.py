@@ -11,10 +11,12 @@ _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*://[^\s:/?#@]*):(\S*)@")
 
 # Cameras that take their credentials in the query string (Foscam's
 # CGIStream.cgi?usr=admin&pwd=..., tokens in HLS URLs): the value, up to the
-# next '&', '#' or whitespace.
+# next '&', '#' or whitespace. A value that is already '***' stays as it is,
+# with what follows it: text is scrubbed again on its way to the log, and
+# "?pwd=***: authentication failed" must not lose its ': '.
 _QUERY_SECRET = re.compile(
     r"([?&;](?:pwd|pass|passwd|password|passphrase|secret|token|auth|key|apikey|api_key|"
-    r"access_token|sig|signature)=)[^&#\s]*",
+    r"access_token|sig|signature)=)(?:\*\*\*(?=[:;,.)]?(?:[&#\s]|$))|[^&#\s]*)",
     re.IGNORECASE,
 )
 

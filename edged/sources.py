@@ -172,6 +172,7 @@ class OpenCVSource(Source):
             target: str | int = cam.source_url(with_credentials=True)
             if self.kind == "file":
                 target = cam.source
+            started = time.monotonic()
             cap = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
         else:  # v4l2
             dev = cam.source
@@ -194,11 +195,33 @@ class OpenCVSource(Source):
                 cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # V4L2 honours it; newest frame first
         if not cap.isOpened():
             cap.release()
+            if self.kind == "url":
+                self._diagnose(started)
             raise SourceError(f"cannot open {cam.display_source}")
         self._cap = cap
         fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
         self._fps = cam.fps or (fps if 0 < fps <= 240 else None)
         self._pacer = _Pacer()
+
+    def _diagnose(self, started: float) -> None:
+        """Raise PyAV's account of why a URL did not open, when there is time left.
+
+        OpenCV keeps FFmpeg's error code to itself, and FFmpeg says an HTTP
+        error (401, 403, 404) only at warning level, which OpenCV does not
+        print: without this, a wrong password on an HTTP camera is a bare
+        "cannot open". Within the open timeout, so a reader is never taken for hung.
+        """
+        left = self.cam.open_timeout - (time.monotonic() - started)
+        if left < 1.0:
+            return  # it timed out: the reader says so from FFmpeg's lines
+        probe = PyAVSource(self.cam.model_copy(update={"open_timeout": left}))
+        try:
+            probe.open()
+        except SourceError as exc:
+            if exc.cause is not None:
+                raise
+        finally:
+            probe.close()
 
     def grab(self) -> bool:
         if self._cap is None:
@@ -423,12 +446,12 @@ class PyAVSource(Source):
         elif isinstance(exc, av.HTTPForbiddenError):
             cause = FORBIDDEN
         elif isinstance(exc, (av.HTTPNotFoundError, FileNotFoundError)):
-            cause = NOT_FOUND
+            cause = "no such file" if self.kind == "file" else NOT_FOUND
         elif isinstance(exc, av.ExitError) or (limit and elapsed >= 0.9 * limit):
             # PyAV's timeout interrupts FFmpeg, which then reports "Immediate exit".
             cause, text = "timed out", f"nothing within {limit if limit else elapsed:.1f}s"
         else:
-            cause = classify([text])
+            cause = classify([text], file=self.kind == "file")
         return SourceError(f"{action} {self.cam.display_source}: {text}", cause)
 
     def _grabbed(self) -> Any:

@@ -444,7 +444,9 @@ class Supervisor:
                 )
         self._check_worker(cam, now)
         state, reason = self._camera_state(cam, now)
-        if state != cam.state:
+        # A new cause while reconnecting is news too (a stall's reason, its
+        # growing age, is not).
+        if state != cam.state or (state == "reconnecting" and reason != cam.reason):
             level = logging.INFO if state in ("streaming", "starting", "ended") else logging.WARNING
             log.log(
                 level,
@@ -457,7 +459,9 @@ class Supervisor:
                 cam.stalls += 1
             if state not in ("streaming", "starting"):
                 cam.last_error = f"{state}: {reason}" if reason else state
-            cam.state, cam.reason, cam.state_since = state, reason, time.time()
+            if state != cam.state:
+                cam.state_since = time.time()
+            cam.state, cam.reason = state, reason
             snap = cam.snapshot(now)
             for hook in self.on_state:
                 hook(snap)
@@ -527,7 +531,7 @@ class Supervisor:
                 return "starting", "processor setting up"
             return "streaming", ""
         if code == ReaderState.RECONNECTING:
-            return "reconnecting", ""
+            return "reconnecting", cam.slot.reader_reason
         if code == ReaderState.ENDED:
             return "ended", "end of file"
         return "starting", ""

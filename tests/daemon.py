@@ -36,9 +36,18 @@ def shm_segments(pid: int) -> list[str]:
 class Daemon:
     """``edged run`` on a config written into a temporary folder."""
 
-    def __init__(self, tmp: Path, toml: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        toml: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        wrap: list[str] | None = None,
+    ) -> None:
         self.dir = tmp
         self.env = env or {}  # set in the daemon's environment (e.g. NOTIFY_SOCKET)
+        # A command that execs its arguments (same pid), e.g. into a mount namespace.
+        self.wrap = wrap or []
         self.config = tmp / "edged.toml"
         if "[metrics]" not in toml:
             # Tests run daemons one after another and beside a developer's own:
@@ -57,7 +66,10 @@ class Daemon:
         env.update(self.env)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args],
+            [
+                *self.wrap,
+                *(sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args),
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
             stderr=subprocess.STDOUT,

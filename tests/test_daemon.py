@@ -294,8 +294,9 @@ def test_camera_failures_name_their_cause_and_never_show_the_password(
     # FFmpeg's own words come along once, scrubbed: through fd 2 for both decoders
     expected = "DESCRIBE failed: 401" if "wrong" in credentials else "DESCRIBE failed: 404"
     assert log.count("FFmpeg said:") == 1 and expected in log
-    # one line for the failure, not one per retry
-    assert log.count(cause) == 1
+    # the reader's line with the detail and the supervisor's state line, not one per retry
+    assert log.count(cause) == 2
+    assert f"camera cam1: reconnecting ({cause}" in log
 
 
 def test_events_command_shows_what_the_daemon_wrote(tmp_path, daemons):

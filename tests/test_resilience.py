@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shutil
 import signal
 import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import pytest
 from components.rtsp import free_port
@@ -188,7 +192,7 @@ def test_wrong_credentials_retry_slowly_without_flooding(
     time.sleep(6)  # let it retry for a while: then count
     assert d.stop() == 0
     log = d.log
-    assert log.count("authentication failed") == 1
+    assert log.count("authentication failed") == 2  # the reader's line, the state's
     assert len(log.splitlines()) < 20
     # the slow schedule: at least 2 s (half the 4 s ceiling) between attempts, from the start
     assert "retrying in 0." not in log and "retrying in 1." not in log
@@ -305,4 +309,55 @@ def test_a_loss_after_a_reconnect_is_reported_as_a_new_outage(tmp_path, daemons)
     # Frames came in between: the loss is attempt 1 of a new outage, and is said.
     assert "reconnected after 1 attempts" in d.log
     assert re.search(r"camera stopped sending; retrying in [\d.]+s \(attempt 1\)", d.log)
+    assert d.stop() == 0
+
+
+def _in_small_shm(size: str) -> list[str]:
+    """A command prefix: run in a private mount namespace whose /dev/shm is a
+    ``size`` tmpfs. The mount is made inside the namespace only (private
+    propagation): the host's /dev/shm is never touched."""
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.skip("needs root and unshare(1) for a private /dev/shm")
+    script = f'mount -t tmpfs -o size={size} tmpfs /dev/shm && exec "$@"'
+    return ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh"]
+
+
+def test_a_small_dev_shm_is_a_clear_retried_error_not_a_sigbus(tmp_path, daemons):
+    # 1280x720 BGR: three buffers of 2.6 MiB do not fit in 4 MiB.
+    body = (
+        'source = "synthetic"\nwidth = 1280\nheight = 720\nfps = 25\n'
+        'restart_delay = "0.2s"\nrestart_max_delay = "0.5s"\n'
+        '[cameras.cam1.processor]\ntype = "null"\n'
+    )
+    port = free_port()
+    toml = _toml({"cam1": body}) + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    d = Daemon(tmp_path, toml, wrap=_in_small_shm("4m")).start()
+    daemons.append(d)
+    said = "cannot reserve 7.9 MiB of shared memory in /dev/shm (4.0 MiB, "
+    d.wait_log(said, timeout=20)
+    d.wait_log("enlarge /dev/shm (Docker: --shm-size)")
+
+    def readyz() -> dict | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+                return json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return json.loads(exc.read())
+        except OSError:
+            return None
+
+    def camera() -> dict | None:
+        cam = (r := readyz()) and r["cameras"]["cam1"]
+        return cam if cam and cam["state"] == "reconnecting" else None
+
+    assert said in wait_for("/readyz: reconnecting", camera)["reason"]
+    # Retried by the same reader, one line per cause: no SIGBUS, no restart, no crash loop.
+    (reader,) = d.children("reader")
+    wait_for("ten attempts", lambda: "(attempt 10)" in d.log, timeout=20)
+    assert d.children("reader")[0].pid == reader.pid
+    log = d.log
+    assert "SIGBUS" not in log and "crash loop" not in log and "Traceback" not in log
+    assert log.count(said) <= 3, log  # the reader's first and tenth, the supervisor's
+    assert "cam1: streaming" not in log
     assert d.stop() == 0

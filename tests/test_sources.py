@@ -27,7 +27,7 @@ from components.rtsp import (
 from edged.config import camera_from_dict
 from edged.errors import ConfigError, SourceError
 from edged.frames import SlotOwner, SlotWriter
-from edged.nativelog import AUTH_FAILED, NOT_FOUND
+from edged.nativelog import AUTH_FAILED, NOT_FOUND, NOT_PLAYABLE
 from edged.reader import EXIT_END_OF_STREAM, Reader
 from edged.sources import OpenCVSource, PyAVSource, SyntheticSource, open_source
 
@@ -265,7 +265,7 @@ def test_a_missing_or_unreadable_file_is_a_clear_error(tmp_path: Path):
     bad.write_bytes(b"not a video at all" * 100)
     err, _ = _open_error(_grey_source(str(bad)))
     assert str(err).startswith(f"cannot open {bad}: ")
-    assert err.cause == "unreadable stream"
+    assert err.cause == NOT_PLAYABLE  # a file that is not a video: the file's fault
 
 
 def test_a_clip_under_dev_is_a_file_and_a_missing_device_says_so(tmp_path: Path, make_clip):
