@@ -48,6 +48,8 @@ class Daemon:
         self.events_path = tmp / "events.jsonl"
         self.stderr_path = tmp / "stderr.log"
         self.args = args
+        # A command that execs its arguments, to run edged inside it (a mount namespace).
+        self.wrap: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
@@ -57,7 +59,16 @@ class Daemon:
         env.update(self.env)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args],
+            [
+                *self.wrap,
+                sys.executable,
+                "-m",
+                "edged",
+                "run",
+                "--config",
+                str(self.config),
+                *self.args,
+            ],
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
             stderr=subprocess.STDOUT,
