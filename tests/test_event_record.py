@@ -35,7 +35,8 @@ def record(n: int, pad: int = 0) -> dict[str, Any]:
 def ids_in(path: Path) -> list[str]:
     """Event ids in the file at ``path``; none while it is ``/dev/full`` (endless zeros)."""
     try:
-        raw = path.read_bytes() if path.resolve().is_file() else b""
+        # is_file() asks the kernel: resolve() would take /proc/PID/root to our own "/".
+        raw = path.read_bytes() if path.is_file() else b""
     except FileNotFoundError:
         return []
     return [json.loads(line)["id"] for line in raw.split(b"\n") if line.endswith(b"}")]
@@ -186,15 +187,16 @@ def fill(folder: Path) -> None:
             assert exc.errno == errno.ENOSPC, exc
 
 
-def daemon_toml(port: int) -> str:
-    return (
-        '[events]\npath = "ev/events.jsonl"\n[metrics]\nenabled = false\n'
-        '[daemon]\nstate_dir = "state"\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nnode = "box1"\n'
-        'reconnect_max_delay = "1s"\n'
-        '[cameras.cam1]\nsource = "synthetic"\nwidth = 160\nheight = 120\nfps = 20\n'
-        '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.05\n'
-    )
+def daemon_toml(mqtt_port: int | None, events: str = "", processor: str = "") -> str:
+    """One synthetic camera making ~20 events a second, events in ev/, state in state/."""
+    toml = f'[events]\npath = "ev/events.jsonl"\n{events}\n[metrics]\nenabled = false\n'
+    toml += '[daemon]\nstate_dir = "state"\n'
+    if mqtt_port is not None:
+        toml += f'[mqtt]\nhost = "127.0.0.1"\nport = {mqtt_port}\nnode = "box1"\n'
+        toml += 'reconnect_max_delay = "1s"\n'
+    toml += '[cameras.cam1]\nsource = "synthetic"\nwidth = 160\nheight = 120\nfps = 20\n'
+    toml += '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.05\n'
+    return toml + processor
 
 
 def mqtt_ids(sub: Subscriber) -> list[str]:
@@ -239,3 +241,21 @@ def test_daemon_full_event_disk_sends_nothing_to_mqtt_that_is_not_in_the_file(
     assert ids_in(again.events_path)[: len(kept)] == kept
     assert not spill.exists()
     assert set(mqtt_ids(sub)) <= set(in_file) | set(ids_in(again.events_path))
+
+
+@pytest.mark.slow
+def test_daemon_holds_at_most_max_pending_bytes_of_big_events_on_a_full_disk(
+    tmp_path: Path, daemons: list[Daemon]
+) -> None:
+    toml = daemon_toml(None, 'max_pending_bytes = "1MiB"', "pad = 50000\n")
+    ev = tmp_path / "ev"
+    d = Daemon(tmp_path, toml)
+    daemons.append(d)
+    on_small_tmpfs(d, ev, "512k")
+    d.wait_log("cannot write events", timeout=30)  # 50 KB events fill 512 KiB at once
+    d.wait_log("dropping the oldest", timeout=10)  # 1 MiB is about 20 of them
+    assert d.stop() == 0
+    spill = tmp_path / "state" / "events-unwritten.jsonl"
+    assert 0 < spill.stat().st_size <= 1024**2
+    assert "events were dropped while the event file could not be written" in d.log
+    assert d.log.count("dropping the oldest") == 1
