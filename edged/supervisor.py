@@ -331,8 +331,8 @@ class Supervisor:
         self.on_state.append(self.mqtt.on_state)
 
     def instance(self) -> str:
-        """ "" for a process running every camera of its config, else its cameras
-        joined by "." (``edged@NAME``): it names the files in state_dir that are its own."""
+        """What sets this process's own files in state_dir apart: its cameras joined
+        by "." when it runs only some (``edged@NAME``), else the empty string."""
         subset = set(self.names) != set(self.config.cameras)
         return ".".join(sorted(self.names)) if subset else ""
 
