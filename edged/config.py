@@ -195,6 +195,13 @@ class EventsConfig(_Model):
     fsync_interval: Duration = Field(
         1.0, ge=0.01, le=3600, description="Time between fsyncs when fsync = 'interval'."
     )
+    max_pending_bytes: ByteSize = Field(
+        16 * 1024**2,
+        ge=1024**2,
+        le=1024**3,
+        description="Events held in memory while the file cannot be written, at most "
+        "('16MiB'); past it the oldest are dropped and counted.",
+    )
 
     @field_validator("path")
     @classmethod

@@ -291,9 +291,9 @@ class Metrics:
 
     ``start()`` binds (raising :class:`MetricsError` naming the address if it
     cannot) and serves from a daemon thread; ``stop()`` closes the listener.
-    The supervisor calls :meth:`loop_alive` every tick and registers
-    :meth:`observe_frame` and :meth:`observe_event` as its ``on_frame`` and
-    ``on_event`` hooks; sinks call :meth:`event_acknowledged`.
+    The supervisor calls :meth:`loop_alive` every tick and
+    :meth:`observe_event` for every event it accepts, and registers
+    :meth:`observe_frame` as an ``on_frame`` hook; sinks call :meth:`event_acknowledged`.
     """
 
     def __init__(self, supervisor: Supervisor, config: Config) -> None:

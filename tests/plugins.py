@@ -20,6 +20,7 @@ class SlowOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     delay: float = Field(0.3, ge=0, description="seconds each frame takes")
     timestamps: bool = Field(False, description="decode the RTSP test server's timestamp strip")
+    pad: int = Field(0, ge=0, le=60_000, description="bytes of padding in each event's data")
 
 
 class SlowProcessor(Processor):
@@ -36,6 +37,8 @@ class SlowProcessor(Processor):
             made = decode_timestamp(frame.image)
             # true age: from the moment the server made the frame
             data["true_age_ms"] = None if made is None else (time.time() - made) * 1000
+        if self.options.pad:  # type: ignore[attr-defined]
+            data["pad"] = "x" * self.options.pad  # type: ignore[attr-defined]
         time.sleep(self.options.delay)  # type: ignore[attr-defined]
         yield Event("frame", data)
 

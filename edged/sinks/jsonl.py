@@ -245,9 +245,12 @@ class JsonlWriter:
         starts with a newline, so the fragment is one invalid line that
         readers skip and the following lines stay intact.
         """
+        self.write_line(self.encode(event))
+
+    def write_line(self, line: bytes) -> None:
+        """Append one line made by :meth:`encode` (a held event, say), as :meth:`write` does."""
         if self._closed:
             raise ValueError(f"write to closed JsonlWriter for {self.path}")
-        line = self._encode(event)
         now = self._clock()
         try:
             if self._fd is None:
@@ -278,6 +281,23 @@ class JsonlWriter:
             self.fsync == "interval" and now - self._last_fsync >= self.fsync_interval
         ):
             self._sync(now)
+
+    def encode(self, event: dict[str, Any]) -> bytes:
+        """``event`` as the line :meth:`write` appends (counting it in ``coerced``
+        if its data had to be converted); never raises."""
+        try:
+            return (_dumps(event) + "\n").encode("utf-8")
+        except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
+            pass
+        self.coerced += 1
+        if self.coerced == 1:
+            log.warning(
+                "%s: event %r has data JSON cannot represent; converting it "
+                "(further events like this are counted, not logged)",
+                self.path,
+                event.get("type") if isinstance(event, dict) else None,
+            )
+        return encode_event(event)
 
     def tick(self) -> bool:
         """Fsync if the ``interval`` policy is due; the supervisor calls this periodically.
@@ -314,21 +334,6 @@ class JsonlWriter:
         return self._closed
 
     # Internals
-
-    def _encode(self, event: dict[str, Any]) -> bytes:
-        try:
-            return (_dumps(event) + "\n").encode("utf-8")
-        except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
-            pass
-        self.coerced += 1
-        if self.coerced == 1:
-            log.warning(
-                "%s: event %r has data JSON cannot represent; converting it "
-                "(further events like this are counted, not logged)",
-                self.path,
-                event.get("type") if isinstance(event, dict) else None,
-            )
-        return encode_event(event)
 
     def _append(self, fd: int, data: bytes, size: int) -> None:
         """One ``os.write`` for the whole line; on failure, undo any partial write."""

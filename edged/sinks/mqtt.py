@@ -267,7 +267,8 @@ class MqttSink:
         self._thread.start()
 
     def submit(self, record: dict[str, Any]) -> None:
-        """Store one event for delivery. Called for every event; never blocks on the network."""
+        """Store one event for delivery. Called for every event once it is in the JSONL
+        file (the record: MQTT never carries one it lacks); never blocks on the network."""
         payload = encode_event(record)[:-1]  # the JSONL line without its newline
         camera = str(record.get("camera", ""))
         self.outbox.put(camera, payload)
