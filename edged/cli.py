@@ -66,13 +66,41 @@ def _load(path: str, credentials_optional: bool = False):  # type: ignore[no-unt
     return load_config(path, credentials_optional)
 
 
+# What stops (SIGTERM, SIGINT) or reloads (SIGHUP) the daemon: the signals
+# Supervisor._install_signals handles (imported from there, it would load it all).
+_DAEMON_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _hold_signals() -> list[int]:
+    """Catch the daemon's signals from the first moment of ``edged run``, into the
+    list returned, for the supervisor to handle once its own handlers exist: the
+    imports and the config before that take about a second, and SIGHUP's default
+    action would kill the daemon meanwhile. (Caught, not blocked: a blocked mask
+    would be inherited by every child, while a handler is reset by exec.)"""
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    for sig in _DAEMON_SIGNALS:
+        signal.signal(sig, hold)
+    return held
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    held = _hold_signals()  # first: before anything slow
     from edged.logs import LogSettings, setup_logging
     from edged.supervisor import Supervisor
 
     setup_logging(LogSettings())
+    # A reload asked for before the config is read is what reading it does.
+    held[:] = [sig for sig in held if sig != signal.SIGHUP]
     config = _load(args.config)
     setup_logging(LogSettings(config.logging.level, config.logging.format))
+    stop = next((sig for sig in held if sig != signal.SIGHUP), None)
+    if stop is not None:
+        log.info("received %s while starting: stopping", signal.Signals(stop).name)
+        return EX_OK
     cameras = args.camera or None
     if cameras:
         unknown = [c for c in cameras if c not in config.cameras]
@@ -82,7 +110,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 args.config,
                 [f"--camera {c}: no such camera (configured: {known})" for c in unknown],
             )
-    return Supervisor(config, cameras).run()
+    return Supervisor(config, cameras).run(held)
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:

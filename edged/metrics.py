@@ -52,6 +52,7 @@ import logging
 import math
 import socket
 import socketserver
+import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -82,6 +83,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEALTH_TIMEOUT = 10.0  # seconds without a supervisor tick before /healthz fails
+# Each connection has a thread: an idle one is closed after IDLE_TIMEOUT seconds
+# without a byte, and at MAX_CONNECTIONS a new one closes the oldest that has not
+# sent its request yet, so idle or slow clients cannot pile up threads or lock
+# Prometheus and /healthz out.
+IDLE_TIMEOUT = 10.0
+MAX_CONNECTIONS = 32
 # Around the frame budget (40 ms at 25 fps): sub-millisecond hand-overs up to
 # processors that take seconds.
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5, 10)
@@ -338,6 +345,8 @@ class Metrics:
         for name in supervisor.names:
             self.latency.labels(name, "jsonl")
         self._last_tick = time.monotonic()
+        self.idle_timeout = IDLE_TIMEOUT
+        self.max_connections = MAX_CONNECTIONS
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -450,11 +459,59 @@ class Metrics:
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's 5 drops the SYNs of a burst (each client then waits 1 s to retry).
+    request_queue_size = 64
 
     def __init__(self, address: tuple[str, int], metrics: Metrics) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.metrics = metrics
+        self.idle_timeout = metrics.idle_timeout
+        self.max_connections = metrics.max_connections
+        # Open connections, oldest first -> whether its request has arrived.
+        self._open: dict[socket.socket, bool] = {}
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        # In the serving thread, before a thread exists for this connection.
+        with self._open_lock:
+            if len(self._open) >= self.max_connections and not self._close_oldest_idle():
+                log.debug("metrics: %d requests being served: refusing one", len(self._open))
+                refused = True
+            else:
+                self._open[request] = False
+                refused = False
+        if refused:
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def _close_oldest_idle(self) -> bool:
+        """Shut down the oldest connection still waiting for its request (its own
+        thread wakes up to an end of file and closes it). Holds ``_open_lock``."""
+        for conn, busy in self._open.items():
+            if not busy:
+                del self._open[conn]
+                with contextlib.suppress(OSError):
+                    conn.shutdown(socket.SHUT_RDWR)
+                return True
+        return False
+
+    def request_arrived(self, conn: socket.socket) -> None:
+        """The connection's request is in: it is served, no longer closed to make room."""
+        with self._open_lock:
+            if conn in self._open:
+                self._open[conn] = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback; a client that resets its connection is
+        # routine (our handler logs its own failures).
+        log.debug("metrics: connection from %s: %s", client_address[0], sys.exc_info()[1])
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:  # before close: the fd must not be shut down once reused
+            self._open.pop(request, None)
+        super().shutdown_request(request)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host name up in DNS (getfqdn), which
@@ -467,6 +524,16 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = f"edged/{__version__}"
+
+    def setup(self) -> None:
+        super().setup()
+        # For every recv and send: a silent client ends in "Request timed out".
+        self.connection.settimeout(self.server.idle_timeout)
+
+    def parse_request(self) -> bool:
+        parsed = super().parse_request()  # the request line and every header are in
+        self.server.request_arrived(self.connection)
+        return parsed
 
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
@@ -500,8 +567,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Cache-Control", "no-store")
             self.end_headers()
             self.wfile.write(body)
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the client went away; nothing to tell it
+        except OSError:
+            pass  # the client went away, or stopped reading (timed out); nothing to tell it
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("metrics: %s %s", self.address_string(), format % args)

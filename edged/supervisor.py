@@ -104,7 +104,10 @@ class Supervisor:
 
     # -- lifecycle ---------------------------------------------------------
 
-    def run(self) -> int:
+    def run(self, held_signals: list[int] | None = None) -> int:
+        """Run until SIGTERM or SIGINT; ``held_signals``: those that arrived before
+        this installed its handlers (``edged run`` catches them into that list
+        from its start), handled first."""
         for name in leftover_segments():
             try:
                 if unlink_segment(name, tracked=False):
@@ -113,7 +116,7 @@ class Supervisor:
                 # Another user's (a root `edged run` that crashed): not ours to
                 # remove, and no reason not to start.
                 log.warning("cannot remove shared memory %s left by another user", name)
-        self._install_signals()
+        self._install_signals(held_signals)
         try:
             for name in self.names:
                 self.lock_camera(name)
@@ -174,13 +177,17 @@ class Supervisor:
         if fd is not None:
             os.close(fd)
 
-    def _install_signals(self) -> None:
+    def _install_signals(self, held: list[int] | None = None) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
         for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(sig, self._enqueue_signal)
+        if held:
+            # Read only now that nothing appends to it: before any signal that
+            # reached our own handler in between.
+            self.signals.extendleft(reversed(held))
 
     def _enqueue_signal(self, signum: int, frame: object) -> None:
         self.signals.append(signum)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -329,3 +330,45 @@ def test_events_command_shows_what_the_daemon_wrote(tmp_path, daemons):
     assert len(lines) == len(written)
     assert " cam1 frame seq=" in lines[0]
     assert edged_events("--camera", "nope").stdout == ""
+
+
+def _starting(d) -> bool:
+    """The daemon is past the interpreter's own start: it catches SIGHUP (edged's
+    first act), or its heavy imports have begun (numpy mapped) without that."""
+    if d.proc.poll() is not None:
+        raise AssertionError(f"edged exited while starting (rc {d.proc.returncode}):\n{d.log}")
+    try:
+        status = Path(f"/proc/{d.pid}/status").read_text()
+        maps = Path(f"/proc/{d.pid}/maps").read_text()
+    except OSError:
+        return False
+    caught = re.search(r"^SigCgt:\s*([0-9a-f]+)$", status, re.M)
+    assert caught is not None, status
+    return bool(int(caught[1], 16) >> (signal.SIGHUP - 1) & 1) or "_multiarray_umath" in maps
+
+
+def test_sighup_while_starting_does_not_kill_the_daemon(tmp_path, daemons):
+    d = start_daemon(daemons, tmp_path, _toml('source = "synthetic"'))
+    wait_for("edged starting", lambda: _starting(d), every=0.002)
+    assert "edged started" not in d.log  # the signals below come during the start
+
+    def hup() -> bool:
+        code = d.proc.poll()
+        assert code is None, f"a SIGHUP while starting ended edged (rc {code}):\n{d.log}"
+        d.proc.send_signal(signal.SIGHUP)
+        return "edged started" in d.log
+
+    wait_for("edged started", hup, timeout=20, every=0.02)
+    d.wait_log("camera cam1: streaming")
+    assert d.stop() == 0
+    assert "Traceback" not in d.log
+
+
+def test_sigterm_while_starting_stops_cleanly(tmp_path, daemons):
+    d = start_daemon(daemons, tmp_path, _toml('source = "synthetic"'))
+    wait_for("edged starting", lambda: _starting(d), every=0.002)
+    assert "edged started" not in d.log
+    d.proc.send_signal(signal.SIGTERM)
+    assert d.proc.wait(20) == 0, d.log
+    assert "SIGTERM" in d.log and "Traceback" not in d.log
+    assert shm_segments(d.pid) == []

@@ -958,3 +958,46 @@ def test_status_says_what_is_wrong_with_a_bad_url_or_config(
     cfg.write_bytes(b'[cameras.a]\nsource = "\xff"\n')
     with pytest.raises(ConfigError, match="not UTF-8"):
         status_url(cfg)
+
+
+def _handler_threads() -> int:
+    """Threads serving one HTTP connection each (socketserver names them by target)."""
+    import threading
+
+    return sum("process_request_thread" in t.name for t in threading.enumerate())
+
+
+def _closed_by_peer(sock: socket.socket) -> bool:
+    sock.settimeout(0)  # else recv() first waits for data, MSG_DONTWAIT or not
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+    except BlockingIOError:
+        return False  # open, nothing to read
+    except ConnectionResetError:
+        return True
+
+
+def test_idle_connections_are_bounded_timed_out_and_never_lock_healthz_out(
+    metrics: Metrics, capfd: pytest.CaptureFixture[str]
+) -> None:
+    metrics.idle_timeout = 1.5  # 10 s in the daemon
+    metrics.max_connections = 8
+    metrics.start()
+    host, port = metrics.address
+    # Slowloris: connections that send half a request line, then nothing.
+    idle = [socket.create_connection((host, port), timeout=5) for _ in range(40)]
+    try:
+        for sock in idle:
+            sock.sendall(b"GET /metr")
+        # The oldest idle ones were closed to make room for the newer.
+        wait_for("room made", lambda: sum(map(_closed_by_peer, idle)) >= 40 - 8)
+        assert _handler_threads() <= 8 + 1, _handler_threads()  # +1: one ending now
+        assert get(f"http://{host}:{port}/healthz") == (200, "ok\n")
+        started = time.monotonic()
+        wait_for("idle connections closed", lambda: all(map(_closed_by_peer, idle)), 5)
+        assert time.monotonic() - started >= 0.5  # by the timeout, not at once
+        wait_for("their threads gone", lambda: _handler_threads() == 0, 5)
+    finally:
+        for sock in idle:
+            sock.close()
+    assert "Traceback" not in capfd.readouterr().err

@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import re
+import socket
 import sqlite3
 import textwrap
 import time
@@ -654,3 +655,32 @@ def test_daemon_recovers_a_damaged_outbox(
     assert d.stop() == 0
     assert [p for p in state.iterdir() if ".corrupt-" in p.name]
     assert "Traceback" not in d.log
+
+
+# paho leaves the socket of a failed TLS handshake for the garbage collector.
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_broker_that_never_answers_is_reported_as_silence_not_a_tls_mistake(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], caplog: pytest.LogCaptureFixture
+) -> None:
+    # A plain TCP listener that never accepts: the kernel completes the TCP
+    # handshake for it (the backlog), and then nothing ever answers.
+    with socket.create_server(("127.0.0.1", 0), backlog=16) as silent, mosquitto.frozen():
+        fast = {"keepalive": 5}  # paho waits one keepalive for the CONNACK
+        mute = {"port": silent.getsockname()[1], **fast}
+        stopped = start_sink(sinks, mosquitto, tmp_path / "a", **fast)
+        listener = start_sink(sinks, mosquitto, tmp_path / "b", **mute)
+        tls = start_sink(sinks, mosquitto, tmp_path / "c", tls=True, tls_insecure=True, **mute)
+        for s in (stopped, listener, tls):
+            s.submit(record("cam1", 0))
+        wait_for("three reports", lambda: len(sink_lines(caplog, "within 5s")) >= 3, 20)
+        no_connack = sink_lines(caplog, "sent no CONNACK within 5s")
+        assert sorted(r.getMessage().split()[1] for r in no_connack) == sorted(
+            [stopped.where, listener.where]
+        )
+        [handshake] = sink_lines(caplog, "no answer to the TLS handshake within 5s")
+        assert tls.where in handshake.getMessage()
+        assert not sink_lines(caplog, "closed the connection before accepting it")
+        assert not sink_lines(caplog, "TLS listener")
+    # The broker, woken, takes the next try: the report was about silence, not settings.
+    wait_for("the thawed broker", lambda: stopped.connected, 15)
+    wait_for("the event", lambda: stopped.stats()["depth"] == 0)

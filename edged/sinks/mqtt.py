@@ -116,10 +116,18 @@ def publish_size(topic: str, payload: bytes, v5: bool) -> int:
     return 1 + length_bytes + remaining
 
 
-def _connect_error(exc: BaseException | None, tls: bool) -> str:
+def _connect_error(exc: BaseException | None, tls: bool, timeout: float) -> str:
     """What a failed connect says, for the log: the OS or TLS error, with a hint."""
     if exc is None:
         return "unknown error"
+    if isinstance(exc, TimeoutError):
+        # Silence, not a refusal: a hung or overloaded broker, or a firewall that drops.
+        if "handshake" in str(exc):
+            return (
+                f"TCP connected, but no answer to the TLS handshake within {timeout:g}s "
+                "(is the broker hung or overloaded?)"
+            )
+        return f"no answer within {timeout:g}s (is the broker down, or a firewall dropping?)"
     text = _SSL_LOCATION.sub("", str(exc)) or type(exc).__name__
     if isinstance(exc, ssl.SSLCertVerificationError):
         return f"{text} (check ca_file, or tls_insecure for testing)"
@@ -129,6 +137,11 @@ def _connect_error(exc: BaseException | None, tls: bool) -> str:
         # A plain MQTT listener drops a TLS ClientHello; the TCP connect itself worked.
         return f"{text} (during the TLS handshake? is this port a TLS listener? check tls and port)"
     return text
+
+
+def _timed_out(reason: ReasonCode) -> bool:
+    """Whether paho closed the connection itself because nothing came within a keepalive."""
+    return reason.getName() == "Keep alive timeout"
 
 
 class MqttSink:
@@ -207,6 +220,11 @@ class MqttSink:
         self.set_cameras(cameras or {}, configured)
         self._client = self._make_client()
 
+    @property
+    def keepalive(self) -> int:
+        """Seconds between pings, and how long paho waits for the CONNACK."""
+        return max(5, round(self.cfg.keepalive))
+
     def _report_stranded(self) -> None:
         # Switching between edged.service and edged@NAME units (or adding a camera to
         # a one-camera config) changes the outbox file: say what the old one still holds.
@@ -259,9 +277,7 @@ class MqttSink:
             self.prefix,
             "TLS" if self.cfg.use_tls else "no TLS",
         )
-        self._client.connect_async(
-            self.cfg.host, self.cfg.broker_port, keepalive=max(5, round(self.cfg.keepalive))
-        )
+        self._client.connect_async(self.cfg.host, self.cfg.broker_port, keepalive=self.keepalive)
         self._client.loop_start()
         self._thread = threading.Thread(target=self._deliver, name="edged-mqtt", daemon=True)
         self._thread.start()
@@ -425,7 +441,7 @@ class MqttSink:
         # paho calls this inside its `except OSError:` around the connect, with
         # no argument: the exception being handled is the reason. Its text is
         # the OS's or OpenSSL's, which never holds the password.
-        why = _connect_error(sys.exc_info()[1], self.cfg.use_tls)
+        why = _connect_error(sys.exc_info()[1], self.cfg.use_tls, client.connect_timeout)
         self._link_changed(
             f"unreachable: {why}",
             logging.WARNING,
@@ -446,7 +462,18 @@ class MqttSink:
         was = self.connected
         self.connected = False
         answered, self._answered = self._answered, False
-        if not was and not answered and not self._stopping.is_set():
+        if not was and not answered and not self._stopping.is_set() and _timed_out(reason):
+            # paho waits a keepalive for the CONNACK, then gives up: the broker said
+            # nothing at all (hung, stopped, overloaded), which no setting here explains.
+            self._link_changed(
+                "no CONNACK",
+                logging.WARNING,
+                "mqtt: %s accepted the TCP connection but sent no CONNACK within %ds "
+                "(is the broker hung or overloaded?); retrying with backoff",
+                self.where,
+                self.keepalive,
+            )
+        elif not was and not answered and not self._stopping.is_set():
             # TCP connected, then closed with no CONNACK: typically plain MQTT sent
             # to a TLS listener, or a broker rejecting the protocol outright.
             self._link_changed(

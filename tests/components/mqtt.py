@@ -25,6 +25,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -216,6 +217,17 @@ class Mosquitto:
     def restart(self) -> Mosquitto:
         self.stop()
         return self.start()
+
+    @contextlib.contextmanager
+    def frozen(self) -> Iterator[None]:
+        """SIGSTOP the broker for the block: the kernel still accepts TCP
+        connections on its port, and nothing answers them (a hung broker)."""
+        assert self._proc is not None
+        self._proc.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self._proc.send_signal(signal.SIGCONT)
 
     def __repr__(self) -> str:
         return f"Mosquitto({self._port}, {'running' if self.running else 'stopped'})"
