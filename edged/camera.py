@@ -10,11 +10,12 @@ import dataclasses
 import multiprocessing
 import time
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 
+from edged.child import Child, RestartPolicy
 from edged.config import CameraConfig
 from edged.frames import SlotOwner
-from edged.reader import Backoff
+from edged.reader import ReaderState
+from edged.states import CameraState, Role
 
 _CTX = multiprocessing.get_context("spawn")
 
@@ -42,20 +43,6 @@ class CameraSnapshot:
     last_error: str
 
 
-@dataclasses.dataclass
-class Child:
-    role: str
-    backoff: Backoff
-    process: BaseProcess | None = None
-    started: float = 0.0
-    due: float | None = 0.0  # monotonic time to (re)start it; None: do not
-    restarts: int = 0
-    last_exit: str = ""
-    hung: bool = False  # killed by us for a silent heartbeat
-    recent: list[float] = dataclasses.field(default_factory=list)  # restart times
-    crash_loop: bool = False
-
-
 class CameraRuntime:
     """Everything the supervisor keeps per camera."""
 
@@ -67,10 +54,10 @@ class CameraRuntime:
         self.events_r, self.events_w = _CTX.Pipe(duplex=False)
         # Pipes of workers that are gone, read to their end before they are closed.
         self.retired_events: list[Connection] = []
-        backoff = (cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
-        self.reader = Child("reader", Backoff(*backoff))
-        self.worker = Child("worker", Backoff(*backoff))
-        self.state = "starting"
+        policy = RestartPolicy(cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
+        self.reader = Child(Role.READER, policy)
+        self.worker = Child(Role.WORKER, policy)
+        self.state = CameraState.STARTING
         self.reason = ""
         self.ended = False
         self.totals: dict[str, float] = {}
@@ -85,20 +72,20 @@ class CameraRuntime:
         return self.cfg.name
 
     _COUNTERS = {
-        ("reader", "frames"): "frames_decoded",
-        ("reader", "opens"): "opens",
-        ("reader", "open_failures"): "open_failures",
-        ("worker", "frames"): "frames_processed",
-        ("worker", "skipped"): "frames_skipped",
-        ("worker", "errors"): "processor_errors",
-        ("worker", "events"): "events",
-        ("worker", "snapshots"): "snapshots_saved",
-        ("worker", "snapshot_failures"): "snapshot_failures",
+        (Role.READER, "frames"): "frames_decoded",
+        (Role.READER, "opens"): "opens",
+        (Role.READER, "open_failures"): "open_failures",
+        (Role.WORKER, "frames"): "frames_processed",
+        (Role.WORKER, "skipped"): "frames_skipped",
+        (Role.WORKER, "errors"): "processor_errors",
+        (Role.WORKER, "events"): "events",
+        (Role.WORKER, "snapshots"): "snapshots_saved",
+        (Role.WORKER, "snapshot_failures"): "snapshot_failures",
     }
 
-    def bank_counters(self, role: str) -> None:
+    def bank_counters(self, role: Role) -> None:
         """Before a child's status record is reused: keep its counters in the totals."""
-        record = self.slot.reader if role == "reader" else self.slot.worker
+        record = self.slot.reader if role == Role.READER else self.slot.worker
         for (r, field), name in self._COUNTERS.items():
             if r == role:
                 self.totals[name] = self.totals.get(name, 0.0) + record[field]
@@ -108,7 +95,7 @@ class CameraRuntime:
         """Counters over the camera's whole life, across child restarts."""
         out = {}
         for (role, field), name in self._COUNTERS.items():
-            record = self.slot.reader if role == "reader" else self.slot.worker
+            record = self.slot.reader if role == Role.READER else self.slot.worker
             out[name] = int(self.totals.get(name, 0.0) + record[field])
         out["stalls"] = self.stalls
         return out
@@ -122,18 +109,48 @@ class CameraRuntime:
             state=self.state,
             reason=self.reason,
             state_since=self.state_since,
-            up=self.state == "streaming",
+            up=self.state == CameraState.STREAMING,
             last_frame_time=rs["last_frame_wall"],
             frame_age=age,
-            fps=rs["fps"] if self.state == "streaming" else 0.0,
+            fps=rs["fps"] if self.state == CameraState.STREAMING else 0.0,
             width=int(rs["width"]),
             height=int(rs["height"]),
             stale_after=self.cfg.stale_after,
             counters=self.counters(),
-            restarts={"reader": self.reader.restarts, "worker": self.worker.restarts},
+            restarts={child.role: child.restarts for child in self.children()},
             restart_reasons=dict(self.restart_reasons),
             last_error=self.last_error,
         )
+
+    def state_at(self, now: float) -> tuple[CameraState, str]:
+        """The camera's state and why, from its children and its slot (a query: the
+        supervisor records a change, see ``Supervisor.check_health``)."""
+        if self.ended:
+            return CameraState.ENDED, "end of file"
+        for child in self.children():
+            if child.failed:
+                return CameraState.FAILED, f"{child.role} crash loop, last {child.last_exit}"
+        if self.reader.process is None:
+            return CameraState.RESTARTING, f"reader {self.reader.last_exit}"
+        # Frames that nobody processes make no events: not up either.
+        if self.worker.process is None:
+            return CameraState.RESTARTING, f"worker {self.worker.last_exit}"
+        if self.worker.hung:
+            return CameraState.RESTARTING, "worker stuck: killed"
+        rs = self.slot.reader
+        code = int(rs["state"])
+        if code == ReaderState.STREAMING:
+            last = rs["last_frame"]
+            if last and now - last > self.cfg.stale_after:
+                return CameraState.STALLED, f"no frame for {now - last:.1f}s"
+            if not self.slot.worker["pid"]:
+                return CameraState.STARTING, "processor setting up"
+            return CameraState.STREAMING, ""
+        if code == ReaderState.RECONNECTING:
+            return CameraState.RECONNECTING, self.slot.reader_reason
+        if code == ReaderState.ENDED:
+            return CameraState.ENDED, "end of file"
+        return CameraState.STARTING, ""
 
     def children(self) -> tuple[Child, Child]:
         return (self.reader, self.worker)

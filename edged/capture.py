@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 
+from edged.errors import EXIT_END_OF_STREAM
 from edged.frames import SlotOwner, SlotReader
 from edged.logs import LogSettings
 from edged.processor import Frame
-from edged.reader import EXIT_END_OF_STREAM, ReaderState, reader_main
+from edged.reader import ReaderState, reader_main
 
 log = logging.getLogger(__name__)
 

@@ -15,31 +15,14 @@ clock in tests.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import random
 import signal
 from multiprocessing.process import BaseProcess
 
 from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING
+from edged.states import RestartReason, Role
 
-__all__ = ["Backoff", "Child", "Exit", "RestartPolicy", "RestartReason", "Role", "describe_exit"]
-
-
-class Role(enum.StrEnum):
-    """Which child of a camera: its reader or its worker."""
-
-    READER = "reader"
-    WORKER = "worker"
-
-
-class RestartReason(enum.StrEnum):
-    """Why a child was restarted (the ``reason`` label of the restart metric)."""
-
-    CRASH = "crash"  # exited with an error
-    KILLED = "killed"  # by a signal we did not send
-    HUNG = "hung"  # killed by edged: a silent heartbeat or a process() over its timeout
-    SETUP = "setup"  # the processor or source plugin could not be set up (exit 78)
-    PROCESSOR = "processor"  # too many failed frames in a row
+__all__ = ["Backoff", "Child", "Exit", "RestartPolicy", "describe_exit"]
 
 
 class Backoff:

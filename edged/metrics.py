@@ -75,6 +75,7 @@ from edged import __version__
 from edged.config import _split_listen
 from edged.errors import EdgedError, exit_code_for
 from edged.sinks.outbox import DROP_REASONS
+from edged.states import CameraState, RestartReason, Role
 
 if TYPE_CHECKING:
     from edged.config import Config
@@ -94,9 +95,9 @@ MAX_CONNECTIONS = 32
 FRAME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5, 10)
 # Sinks may hold events through an outage: the tail is longer.
 LATENCY_BUCKETS = (0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.25, 2.5, 5, 10, 30, 60, 300)
-STATES = ("starting", "streaming", "stalled", "reconnecting", "restarting", "ended", "failed")
-ROLES = ("reader", "worker")
-RESTART_REASONS = ("crash", "killed", "hung", "setup", "processor")
+STATES = tuple(CameraState)
+ROLES = tuple(Role)
+RESTART_REASONS = tuple(RestartReason)
 # The classic text format: every name here is a legacy one, so the body is the
 # same as prometheus-client's newer 1.0.0, and every Prometheus 2.x and tool reads it.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"

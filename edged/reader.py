@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from edged.errors import EX_CONFIG, EdgedError, PluginError, SourceError
+from edged.child import Backoff
+from edged.errors import EX_CONFIG, EXIT_END_OF_STREAM, EdgedError, PluginError, SourceError
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXIT_END_OF_STREAM = 3  # a file without loop=true played to its end: do not restart
 SLOW_RETRY_CAUSES = {AUTH_FAILED, FORBIDDEN, NOT_FOUND}
 TOO_FAST = 1.5  # delivered fps above this times the nominal rate: the camera repeats frames
 
@@ -66,29 +66,6 @@ def prepare_child(role: str, camera: str) -> None:
     parent = multiprocessing.parent_process()
     if parent is not None and os.getppid() != parent.pid:
         os._exit(1)
-
-
-class Backoff:
-    """Exponential backoff with full jitter, reset after a stable period."""
-
-    def __init__(self, initial: float, maximum: float, stable_after: float = 30.0) -> None:
-        self.initial = initial
-        self.maximum = maximum
-        self.stable_after = stable_after
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        base = min(self.maximum, self.initial * 2.0**self.attempt)
-        # Capped: 2.0**1024 overflows, and a camera down for a weekend (or a
-        # worker that cannot set up, retried every 30 s) gets that far.
-        self.attempt = min(self.attempt + 1, 64)
-        # Jitter in [base/2, base]: never a hot loop, and a fleet of cameras
-        # that dropped together does not reconnect in lockstep.
-        return base / 2 + random.random() * base / 2
-
-    def succeeded(self, ran_for: float) -> None:
-        if ran_for >= self.stable_after:
-            self.attempt = 0
 
 
 class Reader:

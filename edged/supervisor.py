@@ -25,17 +25,19 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
-from edged.camera import CameraRuntime, CameraSnapshot, Child
+from edged.camera import CameraRuntime, CameraSnapshot
+from edged.child import Child
 from edged.config import Config, EventsConfig, load_config
-from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError, StartupError
+from edged.errors import EX_OK, EXIT_END_OF_STREAM, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, setup_logging
 from edged.metrics import Metrics
-from edged.reader import EXIT_END_OF_STREAM, ReaderState, reader_main
+from edged.reader import ReaderState, reader_main
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
+from edged.states import CameraState, Role
 from edged.systemd import Notifier, format_status
-from edged.worker import EXIT_PROCESSOR_FAILING, worker_main
+from edged.worker import worker_main
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,6 @@ HANG_MARGIN = 3.0  # seconds beyond a reader's own timeouts before it counts as 
 # A worker beats at least every 0.5 s outside process() (edged/worker.py):
 # silent this long there, it is stuck (process() itself has process_timeout).
 WORKER_SILENCE = 10.0
-CRASH_LOOP = 5  # restarts of one child within CRASH_WINDOW: the camera is failed
-CRASH_WINDOW = 300.0
 # Events held in memory while the event file cannot be written: at most
 # [events] max_pending_bytes of lines, and this many (a line costs ~40 bytes of
 # bookkeeping beside its own, which matters only for tiny events).
@@ -380,13 +380,14 @@ class Supervisor:
 
     def restart(self, cam: CameraRuntime, now: float) -> None:
         for child in cam.children():
-            if child.process is None and child.due is not None and now >= child.due:
+            if child.is_due(now):
                 cam.bank_counters(child.role)
-                proc = self.spawn_reader(cam) if child.role == "reader" else self.spawn_worker(cam)
+                reader = child.role == Role.READER
+                proc = self.spawn_reader(cam) if reader else self.spawn_worker(cam)
                 proc.start()
-                if child.role == "worker":
+                if not reader:
                     cam.handed_over()
-                child.process, child.started, child.due = proc, now, None
+                child.started_process(proc, now)
                 log.debug("camera %s: %s started (pid %s)", cam.name, child.role, proc.pid)
 
     def reap(self, cam: CameraRuntime, now: float) -> None:
@@ -396,55 +397,37 @@ class Supervisor:
                 continue
             proc.join()
             code, pid = proc.exitcode, proc.pid
-            child.process = None
             proc.close()
-            if child.role == "reader":
+            if child.role == Role.READER:
                 cam.slot.reap_writer()
             if self.stopping or cam.stopping:
+                child.stopped()
                 continue
-            if child.role == "reader" and code == EXIT_END_OF_STREAM:
+            if child.role == Role.READER and code == EXIT_END_OF_STREAM:
                 cam.ended = True
-                child.due = None
+                child.ended()
                 continue
-            ran = now - child.started
-            child.backoff.succeeded(ran)
-            delay = child.backoff.next_delay()
-            if code == EX_CONFIG:
-                # The processor or source plugin cannot be set up: retry slowly,
-                # it will not fix itself soon.
-                delay = max(delay, cam.cfg.restart_max_delay)
-            child.restarts += 1
-            child.recent = [t for t in child.recent if now - t < CRASH_WINDOW] + [now]
-            if len(child.recent) >= CRASH_LOOP:
-                delay = max(delay, cam.cfg.restart_max_delay)
-                if not child.crash_loop:
-                    child.crash_loop = True
-                    log.error(
-                        "camera %s: %s restarted %d times in %.0fs: crash loop; "
-                        "retrying every %.0fs",
-                        cam.name,
-                        child.role,
-                        len(child.recent),
-                        now - child.recent[0],
-                        cam.cfg.restart_max_delay,
-                    )
-            child.due = now + delay
-            child.last_exit = _describe_exit(code)
-            why = {EX_CONFIG: "setup", EXIT_PROCESSOR_FAILING: "processor"}.get(code or 0, "")
-            why = why or ("killed" if (code or 0) < 0 else "crash")
-            if child.hung:
-                why, child.hung = "hung", False
-            cam.restart_reasons[why] = cam.restart_reasons.get(why, 0) + 1
-            cam.last_error = f"{child.role} {child.last_exit}"
-            note = cam.slot.reader_note if child.role == "reader" else ""
+            exit_ = child.exited(code, now)
+            if exit_.crash_loop_began:
+                log.error(
+                    "camera %s: %s restarted %d times in %.0fs: crash loop; retrying every %.0fs",
+                    cam.name,
+                    child.role,
+                    exit_.recent,
+                    exit_.window_span,
+                    child.policy.maximum,
+                )
+            cam.restart_reasons[exit_.reason] = cam.restart_reasons.get(exit_.reason, 0) + 1
+            cam.last_error = f"{child.role} {exit_.description}"
+            note = cam.slot.reader_note if child.role == Role.READER else ""
             log.warning(
                 "camera %s: %s (pid %s) %s after %.1fs; restarting in %.1fs%s",
                 cam.name,
                 child.role,
                 pid,
-                child.last_exit,
-                ran,
-                delay,
+                exit_.description,
+                exit_.ran,
+                exit_.delay,
                 f"; last FFmpeg output: {note.replace(chr(10), ' | ')}" if note else "",
             )
 
@@ -470,11 +453,14 @@ class Supervisor:
                     silent,
                 )
         self._check_worker(cam, now)
-        state, reason = self._camera_state(cam, now)
+        for child in cam.children():
+            child.settle(now)
+        state, reason = cam.state_at(now)
         # A new cause while reconnecting is news too (a stall's reason, its
         # growing age, is not).
         if state != cam.state or (state == "reconnecting" and reason != cam.reason):
-            level = logging.INFO if state in ("streaming", "starting", "ended") else logging.WARNING
+            quiet = (CameraState.STREAMING, CameraState.STARTING, CameraState.ENDED)
+            level = logging.INFO if state in quiet else logging.WARNING
             log.log(
                 level,
                 "camera %s: %s%s",
@@ -482,9 +468,9 @@ class Supervisor:
                 state,
                 f" ({reason})" if reason else "",
             )
-            if state == "stalled":
+            if state == CameraState.STALLED:
                 cam.stalls += 1
-            if state not in ("streaming", "starting"):
+            if state not in (CameraState.STREAMING, CameraState.STARTING):
                 cam.last_error = f"{state}: {reason}" if reason else state
             if state != cam.state:
                 cam.state_since = time.time()
@@ -528,40 +514,9 @@ class Supervisor:
         """SIGKILL a child that stopped making progress, once: ``hung`` holds off
         the next check until it is reaped, and makes its restart count as hung."""
         log.error("camera %s: " + why, cam.name, *args)
-        child.hung = True
+        child.killed_as_hung()
         assert child.process is not None
         child.process.kill()
-
-    def _camera_state(self, cam: CameraRuntime, now: float) -> tuple[str, str]:
-        if cam.ended:
-            return "ended", "end of file"
-        for child in cam.children():
-            if child.crash_loop and child.process is None:
-                return "failed", f"{child.role} crash loop, last {child.last_exit}"
-            if child.crash_loop and now - child.started > cam.cfg.restart_reset_after:
-                child.crash_loop = False
-                child.recent.clear()
-        if cam.reader.process is None:
-            return "restarting", f"reader {cam.reader.last_exit}"
-        # Frames that nobody processes make no events: not up either.
-        if cam.worker.process is None:
-            return "restarting", f"worker {cam.worker.last_exit}"
-        if cam.worker.hung:
-            return "restarting", "worker stuck: killed"
-        rs = cam.slot.reader
-        code = int(rs["state"])
-        if code == ReaderState.STREAMING:
-            last = rs["last_frame"]
-            if last and now - last > cam.cfg.stale_after:
-                return "stalled", f"no frame for {now - last:.1f}s"
-            if not cam.slot.worker["pid"]:
-                return "starting", "processor setting up"
-            return "streaming", ""
-        if code == ReaderState.RECONNECTING:
-            return "reconnecting", cam.slot.reader_reason
-        if code == ReaderState.ENDED:
-            return "ended", "end of file"
-        return "starting", ""
 
     # -- events --------------------------------------------------------------
 
@@ -885,16 +840,3 @@ def _decode(line: bytes) -> dict[str, Any] | None:
     except (ValueError, RecursionError):
         return None
     return record if isinstance(record, dict) else None
-
-
-def _describe_exit(code: int | None) -> str:
-    if code is None:
-        return "vanished"
-    if code < 0:
-        try:
-            return f"killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"killed by signal {-code}"
-    if code == EX_CONFIG:
-        return "failed to set up (exit 78)"
-    return f"exited with code {code}"

@@ -18,29 +18,25 @@ a busy camera costs a few messages a second rather than one per frame.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import math
 import os
-import re
 import signal
 import threading
 import time
 import traceback
-import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from edged.errors import EX_CONFIG, EdgedError
+from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING, EdgedError
+from edged.event import make_event
 from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
-from edged.processor import Event, Frame, Processor, error_text, resolve_processor
+from edged.processor import Frame, Processor, error_text, resolve_processor
 from edged.reader import prepare_child
 from edged.redact import scrub
-from edged.sinks.jsonl import encode_event
 from edged.snapshots import SnapshotWriter
 from edged.sources import bgr_to_gray
 
@@ -48,9 +44,6 @@ if TYPE_CHECKING:
     from edged.config import CameraConfig
 
 log = logging.getLogger(__name__)
-
-SCHEMA_VERSION = 1
-EXIT_PROCESSOR_FAILING = 4  # too many failed frames in a row: the supervisor restarts us
 
 
 class ProcessorFailing(Exception):
@@ -60,80 +53,6 @@ class ProcessorFailing(Exception):
 TRACEBACK_INTERVAL = 60.0
 BATCH_INTERVAL = 0.25  # seconds the oldest unsent timing may wait for more
 IDLE_TIMEOUT = 0.5  # seconds between heartbeats while no frame comes
-_EVENT_TYPE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]{0,127}$")
-
-
-def _plain(obj: Any) -> Any:
-    if obj is None or isinstance(obj, bool | int | str):
-        return obj
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple | set | frozenset):
-        return [_plain(v) for v in obj]
-    if hasattr(obj, "tolist"):  # numpy scalars and arrays, what processors return most
-        return _plain(obj.tolist())
-    return repr(obj)
-
-
-def jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    """The processor's data as plain JSON types (NaN and infinities become null)."""
-    result: dict[str, Any] = _plain(data)
-    return result
-
-
-def utc_iso(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-# An event is a small record: every sink writes it in the supervisor's loop,
-# and brokers refuse big messages. A frame put in an event by mistake (a 1080p
-# array is 20 MB of JSON) would stall them all.
-MAX_EVENT_DATA = 64 * 1024  # bytes of the data's JSON
-_oversize_logged = False
-
-
-def make_event(
-    cam: str, processor: str, event: Event, frame: Frame, age: float, took: float
-) -> dict[str, Any]:
-    """The event record, exactly as written to JSONL and published to MQTT."""
-    global _oversize_logged
-    if not isinstance(event, Event):
-        raise TypeError(f"process() produced {type(event).__name__}, not edged.Event")
-    if not isinstance(event.type, str) or not _EVENT_TYPE.match(event.type):
-        raise ValueError(f"bad event type {event.type!r}: use letters, digits, '_', '.', '-'")
-    if not isinstance(event.data, dict):
-        raise TypeError(f"event data must be a dict, not {type(event.data).__name__}")
-    data = jsonable(event.data)
-    size = len(encode_event(data)) - 1  # as the sinks will write it, less the newline
-    if size > MAX_EVENT_DATA:
-        # The event still happened: keep it, and say what its data was.
-        if not _oversize_logged:
-            _oversize_logged = True
-            log.warning(
-                "camera %s: processor %s made a %s event with %d bytes of data, over the "
-                "%d-byte limit: its data is replaced by a note (save frames as snapshots, "
-                "not in events); further ones are not logged",
-                cam,
-                processor,
-                event.type,
-                size,
-                MAX_EVENT_DATA,
-            )
-        data = {"edged_error": "data too large", "bytes": size, "limit": MAX_EVENT_DATA}
-    return {
-        "schema": SCHEMA_VERSION,
-        "id": uuid.uuid4().hex,
-        "camera": cam,
-        "processor": processor,
-        "type": event.type,
-        "time": utc_iso(frame.timestamp),
-        "seq": frame.seq,
-        "frame_age_ms": round(age * 1000, 3),
-        "processing_ms": round(took * 1000, 3),
-        "data": data,
-    }
 
 
 class Worker:

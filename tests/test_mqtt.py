@@ -31,8 +31,8 @@ from daemon import Daemon, start_daemon, wait_for
 
 from edged.config import MqttConfig, parse_config
 from edged.errors import ConfigError
+from edged.event import encode_event
 from edged.sinks import mqtt as mqtt_sink
-from edged.sinks.jsonl import encode_event
 from edged.sinks.mqtt import MqttSink, outbox_path
 
 REPO = Path(__file__).resolve().parent.parent

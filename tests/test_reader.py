@@ -8,9 +8,10 @@ import time
 
 import pytest
 
+from edged.child import Backoff
 from edged.config import camera_from_dict
 from edged.frames import SlotOwner, SlotWriter
-from edged.reader import Backoff, Reader
+from edged.reader import Reader
 
 
 def test_backoff_doubles_with_jitter_up_to_its_ceiling() -> None:

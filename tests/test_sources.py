@@ -25,10 +25,10 @@ from components.rtsp import (
 )
 
 from edged.config import camera_from_dict
-from edged.errors import ConfigError, SourceError
+from edged.errors import EXIT_END_OF_STREAM, ConfigError, SourceError
 from edged.frames import SlotOwner, SlotWriter
 from edged.nativelog import AUTH_FAILED, NOT_FOUND, NOT_PLAYABLE
-from edged.reader import EXIT_END_OF_STREAM, Reader
+from edged.reader import Reader
 from edged.sources import OpenCVSource, PyAVSource, SyntheticSource, open_source
 
 

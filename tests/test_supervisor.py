@@ -10,8 +10,9 @@ import signal
 
 import pytest
 
-from edged.child import Child, RestartPolicy, RestartReason, Role, describe_exit
+from edged.child import Child, RestartPolicy, describe_exit
 from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING
+from edged.states import RestartReason, Role
 
 POLICY = RestartPolicy(initial=1.0, maximum=30.0, reset_after=60.0, crash_loop=5, window=300.0)
 

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+import edged.event
 import edged.worker
 from edged import Event, Frame, Processor
 from edged.camera import CameraRuntime
@@ -303,4 +304,4 @@ def test_an_event_with_a_frame_in_its_data_is_kept_with_a_note_instead(tmp_path:
     assert small["type"] == "small" and small["data"] == {"n": 1}
     assert big["type"] == "big" and big["seq"] == small["seq"]
     assert big["data"]["edged_error"] == "data too large"
-    assert big["data"]["bytes"] > 900_000 and big["data"]["limit"] == edged.worker.MAX_EVENT_DATA
+    assert big["data"]["bytes"] > 900_000 and big["data"]["limit"] == edged.event.MAX_EVENT_DATA

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import json
 import logging
-import math
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +24,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edged.errors import EdgedError, exit_code_for
+from edged.event import encode_event, encode_plain
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,6 @@ _OPEN_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
 _FILE_MODE = 0o640
 _DIR_MODE = 0o750
 _STAT_EVERY = 1.0  # seconds between checks that the path still names our file
-_MAX_DEPTH = 64  # nesting kept when coercing unserialisable data
 ROTATION_LOCK_WAIT = 0.5  # seconds a rotation waits for a reader listing the backups
 
 
@@ -81,89 +79,6 @@ class SinkError(EdgedError):
         reason = os.strerror(err.errno) if err is not None and err.errno else str(err or "")
         super().__init__(f"{path}: {what}" + (f": {reason}" if reason else ""))
         self.exit_code = exit_code_for(err)  # when it stops edged from starting
-
-
-def encode_event(event: dict[str, Any]) -> bytes:
-    """Serialise one event as a UTF-8 JSON line (ending in ``\\n``); never raises.
-
-    NaN and infinities become ``null``; values JSON cannot represent are
-    converted (numpy scalars and arrays to numbers and lists, datetimes to ISO
-    strings, anything else to its ``repr``) instead of losing the event.
-    """
-    try:
-        text = _dumps(event)
-    except (TypeError, ValueError, RecursionError):
-        text = _dumps(_coerce(event, 0, set()))
-    # A lone surrogate (from a badly decoded name, say) cannot be encoded as
-    # UTF-8; it can only sit inside a JSON string, where "\udc80" is a valid
-    # escape, so backslashreplace keeps the line valid JSON.
-    return (text + "\n").encode("utf-8", "backslashreplace")
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def _coerce(obj: Any, depth: int, active: set[int]) -> Any:
-    """A JSON-safe copy of ``obj``: see :func:`encode_event`."""
-    if obj is None or isinstance(obj, str | bool):
-        return obj
-    if isinstance(obj, int):
-        # Python refuses to print ints of more than 4300 digits (CVE-2020-10735).
-        return obj if obj.bit_length() < 4000 else f"<int of {obj.bit_length()} bits>"
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if depth >= _MAX_DEPTH:
-        return "<too deep>"
-    if isinstance(obj, dict | list | tuple):
-        if id(obj) in active:
-            return "<circular>"
-        active.add(id(obj))
-        try:
-            if isinstance(obj, dict):
-                return {_coerce_key(k): _coerce(v, depth + 1, active) for k, v in obj.items()}
-            return [_coerce(v, depth + 1, active) for v in obj]
-        finally:
-            active.discard(id(obj))
-    tolist = getattr(obj, "tolist", None)  # numpy arrays and scalars, without importing numpy
-    if callable(tolist):
-        try:
-            converted = tolist()
-        except Exception:
-            converted = obj
-        if converted is not obj:
-            return _coerce(converted, depth + 1, active)
-    isoformat = getattr(obj, "isoformat", None)
-    if callable(isoformat):
-        try:
-            return str(isoformat())
-        except Exception:
-            pass
-    try:
-        return repr(obj)
-    except Exception:
-        return f"<unrepresentable {type(obj).__name__}>"
-
-
-def _coerce_key(key: Any) -> str | int | bool | None:
-    if key is None or isinstance(key, str | bool):
-        return key
-    if isinstance(key, int) and key.bit_length() < 4000:
-        return key
-    if isinstance(key, float):
-        return repr(key)  # allow_nan=False rejects NaN keys too; "nan" is a fine string
-    tolist = getattr(key, "tolist", None)  # a numpy scalar
-    if callable(tolist):
-        try:
-            value = tolist()
-        except Exception:
-            value = key
-        if value is not key and (value is None or isinstance(value, str | bool | int | float)):
-            return _coerce_key(value)
-    try:
-        return repr(key)
-    except Exception:
-        return f"<unrepresentable {type(key).__name__}>"
 
 
 class JsonlWriter:
@@ -285,10 +200,9 @@ class JsonlWriter:
     def encode(self, event: dict[str, Any]) -> bytes:
         """``event`` as the line :meth:`write` appends (counting it in ``coerced``
         if its data had to be converted); never raises."""
-        try:
-            return (_dumps(event) + "\n").encode("utf-8")
-        except (TypeError, ValueError, RecursionError, UnicodeEncodeError):
-            pass
+        line = encode_plain(event)
+        if line is not None:
+            return line
         self.coerced += 1
         if self.coerced == 1:
             log.warning(

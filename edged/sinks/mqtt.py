@@ -74,9 +74,9 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode, MQTTProtocolVersi
 from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.config import CameraConfig, MqttConfig
+from edged.event import encode_event
 from edged.sinks import homeassistant as ha
 from edged.sinks import retained
-from edged.sinks.jsonl import encode_event
 from edged.sinks.outbox import Outbox, find_stranded
 
 if TYPE_CHECKING:
