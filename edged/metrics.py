@@ -35,16 +35,18 @@ Counter semantics that are not obvious from the name:
 - ``edged_event_latency_seconds{sink}``: from the frame's grab (the event's
   ``time``) to the sink's acknowledgement (``jsonl``: the line written).
 
-The MQTT sink reports through an optional ``supervisor.outbox_stats()``: a
-dict with ``depth``, ``bytes``, ``dropped_total``, ``oldest_age_s``,
-``held_in_memory`` and ``connected`` (``{}`` when MQTT is off; missing keys
-read 0, and every ``edged_outbox_*`` series reads 0 without MQTT), and its
-broker acknowledgements through :meth:`Metrics.event_acknowledged`.
+What the metrics read comes in through :class:`MetricsSources`: callables
+returning typed snapshots (the cameras', the event file's, the MQTT sink's),
+called at scrape time; nothing here reaches into the supervisor. Every
+``edged_outbox_*`` series reads 0 without MQTT; ``edged_mqtt_*`` ones exist
+only with it. Broker acknowledgements arrive through
+:meth:`Metrics.event_acknowledged`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import errno
 import json
@@ -55,7 +57,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -78,8 +80,10 @@ from edged.sinks.outbox import DROP_REASONS
 from edged.states import CameraState, RestartReason, Role
 
 if TYPE_CHECKING:
+    from edged.camera import CameraSnapshot
     from edged.config import Config
-    from edged.supervisor import CameraSnapshot, Supervisor
+    from edged.router import EventFileStats
+    from edged.sinks.mqtt import MqttStats
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +145,23 @@ def camera_ready(snap: CameraSnapshot) -> bool:
     return snap.up and snap.frame_age <= snap.stale_after
 
 
-class SupervisorCollector(Collector):
-    """Per-camera and sink series, read from the supervisor at scrape time."""
+@dataclasses.dataclass(frozen=True)
+class MetricsSources:
+    """What the metrics read, each called at scrape time (from the HTTP thread)."""
 
-    def __init__(self, supervisor: Supervisor) -> None:
-        self.supervisor = supervisor
+    cameras: Callable[[], Mapping[str, CameraSnapshot]]
+    event_file: Callable[[], EventFileStats]
+    mqtt: Callable[[], MqttStats | None]  # None without [mqtt]
+
+
+class SupervisorCollector(Collector):
+    """Per-camera and sink series, read from :class:`MetricsSources` at scrape time."""
+
+    def __init__(self, sources: MetricsSources) -> None:
+        self.sources = sources
 
     def collect(self) -> Iterator[Metric]:
-        sup = self.supervisor
-        snaps = sup.snapshot()
+        snaps = self.sources.cameras()
         cam = ["camera"]
 
         def gauge(name: str, doc: str, labels: list[str] = cam) -> GaugeMetricFamily:
@@ -240,14 +252,19 @@ class SupervisorCollector(Collector):
         yield build
 
     def _sinks(self) -> Iterator[Metric]:
-        sup = self.supervisor
         sink = ["sink"]
         errors = CounterMetricFamily(
-            "edged_sink_errors_total", "Failed writes or deliveries, by sink.", labels=sink
+            "edged_sink_errors_total", "Failed writes to the event file.", labels=sink
         )
         pending = GaugeMetricFamily(
             "edged_sink_pending_events",
             "Events held in memory because the sink cannot take them now.",
+            labels=sink,
+        )
+        pending_bytes = GaugeMetricFamily(
+            "edged_sink_pending_bytes",
+            "Bytes of the events held in memory for the event file "
+            "(bounded by [events] max_pending_bytes).",
             labels=sink,
         )
         dropped = CounterMetricFamily(
@@ -255,15 +272,20 @@ class SupervisorCollector(Collector):
             "Events dropped, oldest first, because too many were held for the sink.",
             labels=sink,
         )
-        errors.add_metric(["jsonl"], sup.writer.errors)
-        pending.add_metric(["jsonl"], len(sup.pending))
-        dropped.add_metric(["jsonl"], sup.dropped)
-        stats_fn = getattr(sup, "outbox_stats", None)
-        stats: dict[str, Any] = (stats_fn() or {}) if callable(stats_fn) else {}
-        if "held_in_memory" in stats:
-            pending.add_metric(["mqtt"], stats["held_in_memory"])
-        if "errors" in stats:
-            errors.add_metric(["mqtt"], stats["errors"])
+        coerced = CounterMetricFamily(
+            "edged_events_coerced_total",
+            "Events whose data JSON could not represent as it was, converted to strings "
+            "and numbers.",
+        )
+        file = self.sources.event_file()
+        errors.add_metric(["jsonl"], file.errors)
+        pending.add_metric(["jsonl"], file.pending)
+        pending_bytes.add_metric(["jsonl"], file.pending_bytes)
+        dropped.add_metric(["jsonl"], file.dropped)
+        coerced.add_metric([], file.coerced)
+        mqtt = self.sources.mqtt()
+        if mqtt is not None:
+            pending.add_metric(["mqtt"], mqtt.outbox.held_in_memory)
         depth = GaugeMetricFamily(
             "edged_outbox_events", "Events in the MQTT outbox, not yet acknowledged by the broker."
         )
@@ -279,19 +301,40 @@ class SupervisorCollector(Collector):
             "undeliverable (the broker closed the connection on it every time).",
             labels=["reason"],
         )
-        depth.add_metric([], stats.get("depth", 0))
-        size.add_metric([], stats.get("bytes", 0))
-        oldest.add_metric([], stats.get("oldest_age_s", 0))
-        reasons = {k[len("dropped_") :] for k in stats if k.startswith("dropped_")} - {"total"}
-        for reason in sorted(reasons | set(DROP_REASONS)):
-            lost.add_metric([reason], stats.get(f"dropped_{reason}", 0))
-        yield from (errors, pending, dropped, depth, size, oldest, lost)
-        if "connected" in stats:
-            connected = GaugeMetricFamily(
-                "edged_mqtt_connected", "1 while connected to the MQTT broker."
-            )
-            connected.add_metric([], stats["connected"])
-            yield connected
+        box = mqtt.outbox if mqtt is not None else None
+        depth.add_metric([], box.depth if box else 0)
+        size.add_metric([], box.bytes if box else 0)
+        oldest.add_metric([], box.oldest_age_s if box else 0)
+        by = box.dropped_by if box else {}
+        for reason in sorted(set(by) | set(DROP_REASONS)):
+            lost.add_metric([reason], by.get(reason, 0))
+        yield from (errors, pending, pending_bytes, dropped, coerced, depth, size, oldest, lost)
+        if mqtt is not None:
+            yield from _mqtt_series(mqtt)
+
+
+def _mqtt_series(mqtt: MqttStats) -> Iterator[Metric]:
+    connected = GaugeMetricFamily("edged_mqtt_connected", "1 while connected to the MQTT broker.")
+    connected.add_metric([], 1.0 if mqtt.connected else 0.0)
+    delivered = CounterMetricFamily(
+        "edged_mqtt_delivered_events_total",
+        "Events the broker acknowledged (PUBACK) since edged started.",
+    )
+    delivered.add_metric([], mqtt.delivered_total)
+    inflight = GaugeMetricFamily(
+        "edged_mqtt_inflight_events", "Events sent to the broker, not yet acknowledged."
+    )
+    inflight.add_metric([], mqtt.inflight)
+    published = CounterMetricFamily(
+        "edged_mqtt_snapshots_published_total", "Snapshot JPEGs published to the broker."
+    )
+    published.add_metric([], mqtt.snapshots_published)
+    missing = CounterMetricFamily(
+        "edged_mqtt_snapshots_missing_total",
+        "Snapshots an event named that were gone (retention) or unreadable when due to go out.",
+    )
+    missing.add_metric([], mqtt.snapshots_missing)
+    yield from (connected, delivered, inflight, published, missing)
 
 
 class Metrics:
@@ -304,15 +347,15 @@ class Metrics:
     :meth:`observe_frame` as an ``on_frame`` hook; sinks call :meth:`event_acknowledged`.
     """
 
-    def __init__(self, supervisor: Supervisor, config: Config) -> None:
+    def __init__(self, sources: MetricsSources, config: Config, cameras: Sequence[str]) -> None:
         # Series like edged_events_created would only double the exposition.
         disable_created_metrics()  # type: ignore[no-untyped-call]
-        self.supervisor = supervisor
-        self.listen = listen_address(config, supervisor.names)
+        self.sources = sources
+        self.listen = listen_address(config, cameras)
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
-        self.registry.register(SupervisorCollector(supervisor))
+        self.registry.register(SupervisorCollector(sources))
         self.frame_age = Histogram(
             "edged_frame_age_seconds",
             "Age of the frame (since its grab) when the processor started on it.",
@@ -341,9 +384,9 @@ class Metrics:
             registry=self.registry,
         )
         # Series exist from the start and read 0, rather than appearing later.
-        self._age = {n: self.frame_age.labels(n) for n in supervisor.names}
-        self._took = {n: self.processing.labels(n) for n in supervisor.names}
-        for name in supervisor.names:
+        self._age = {n: self.frame_age.labels(n) for n in cameras}
+        self._took = {n: self.processing.labels(n) for n in cameras}
+        for name in cameras:
             self.latency.labels(name, "jsonl")
         self._last_tick = time.monotonic()
         self.idle_timeout = IDLE_TIMEOUT
@@ -374,6 +417,10 @@ class Metrics:
         """``sink`` acknowledged an event of ``camera`` ``seconds`` after its frame's grab."""
         self.latency.labels(camera, sink).observe(max(0.0, seconds))
 
+    def file_written(self, record: dict[str, Any]) -> None:
+        """The event file has the event ``record``."""
+        self.event_acknowledged("jsonl", record)
+
     def event_acknowledged(self, sink: str, record: dict[str, Any]) -> None:
         """``sink`` has the event ``record`` (written, or acknowledged by the broker)."""
         seconds = event_latency(record)
@@ -391,7 +438,7 @@ class Metrics:
         """``{"ready": bool, "alive": bool, "cameras": {name: {...}}}`` for ``/readyz``."""
         alive, _ = self.alive()
         cameras: dict[str, Any] = {}
-        for name, snap in self.supervisor.snapshot().items():
+        for name, snap in self.sources.cameras().items():
             age, ready = snap.frame_age, camera_ready(snap)
             reason = snap.reason
             if not ready and not reason:

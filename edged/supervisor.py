@@ -9,9 +9,7 @@ sentinels and the signal wake-up socket with a tick, then dispatches:
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import json
 import logging
 import multiprocessing
 import os
@@ -22,17 +20,17 @@ from collections import deque
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
-from pathlib import Path
 from typing import Any
 
 from edged.camera import CameraRuntime, CameraSnapshot
 from edged.child import Child
-from edged.config import Config, EventsConfig, load_config
+from edged.config import Config, load_config
 from edged.errors import EX_OK, EXIT_END_OF_STREAM, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, setup_logging
-from edged.metrics import Metrics
+from edged.metrics import Metrics, MetricsSources
 from edged.reader import ReaderState, reader_main
+from edged.router import EventRouter, open_writer
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
 from edged.states import CameraState, Role
@@ -41,7 +39,7 @@ from edged.worker import worker_main
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CameraRuntime", "CameraSnapshot", "Child", "Supervisor"]
+__all__ = ["Supervisor"]
 
 TICK = 0.25
 HANG_MARGIN = 3.0  # seconds beyond a reader's own timeouts before it counts as hung
@@ -58,7 +56,12 @@ class Supervisor:
     def __init__(self, config: Config, cameras: list[str] | None = None) -> None:
         self.config = config
         self.requested = cameras  # from --camera; None: every camera in the config
-        self.names = cameras or list(config.cameras)
+        # What sets this process's own files in state_dir (outbox, spill file) and
+        # its MQTT session apart: its cameras joined by "." when it runs only some
+        # (edged@NAME), else "". Fixed for the process's life: a reload that adds
+        # or removes cameras does not move its files.
+        subset = cameras is not None and set(cameras) != set(config.cameras)
+        self.instance = ".".join(sorted(cameras)) if cameras and subset else ""
         self.ctx = multiprocessing.get_context("spawn")
         self.log_settings = LogSettings(config.logging.level, config.logging.format)
         self.cams: dict[str, CameraRuntime] = {}
@@ -70,37 +73,14 @@ class Supervisor:
         self._ticked = time.monotonic()  # when the last tick ended
         self.signals: deque[int] = deque()
         self.stopping = False
-        # Lines the event file would not take, oldest first, encoded: their
-        # length is what they cost (a decoded record costs several times more).
-        self.pending: deque[bytes] = deque()
-        self.pending_bytes = 0
-        self.dropped = 0  # held events dropped, this run
-        self._dropping = 0  # the same, since the file last took writes
-        self._spilled = 0  # held events at the front of pending also in the spill file
-        self.sink_failing = False
-        self.events_total = 0
-        self._failing_hooks: set[str] = set()
-        # Hooks for the sinks and metrics that live beside the JSONL file:
-        # on_event(record) for every event once it is in the file (the record:
-        # no other sink may carry an event it lacks), on_frame(camera, age, took)
-        # for every processed frame (workers batch these: up to 0.25 s late),
-        # on_state(snapshot) on every state change.
-        self.on_event: list[Callable[[dict[str, Any]], None]] = []
+        # Hooks for the metrics and sinks: on_frame(camera, age, took) for every
+        # processed frame (workers batch these: up to 0.25 s late), on_state(snapshot)
+        # on every state change. Events have their own owner, self.events.
         self.on_frame: list[Callable[[str, float, float], None]] = []
         self.on_state: list[Callable[[CameraSnapshot], None]] = []
         self.metrics: Metrics | None = None
         self.mqtt: MqttSink | None = None
-        self.writer = self._open_writer()
-
-    def _open_writer(self, ev: EventsConfig | None = None) -> JsonlWriter:
-        ev = ev or self.config.events
-        return JsonlWriter(
-            ev.path,
-            max_bytes=ev.max_bytes,
-            backups=ev.backups,
-            fsync=ev.fsync,
-            fsync_interval=ev.fsync_interval,
-        )
+        self.events = EventRouter(config.events, config.daemon.state_dir, self.instance)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -118,15 +98,23 @@ class Supervisor:
                 log.warning("cannot remove shared memory %s left by another user", name)
         self._install_signals(held_signals)
         try:
-            for name in self.names:
+            names = self.requested or list(self.config.cameras)
+            for name in names:
                 self.lock_camera(name)
-            for name in self.names:
+            for name in names:
                 self.cams[name] = CameraRuntime(self.config.cameras[name])
-            self.load_spill()  # under the camera locks: no other edged has this file
+            self.events.load_spill()  # under the camera locks: no other edged has this file
             if self.config.metrics.enabled:
-                self.metrics = Metrics(self, self.config)
+                sources = MetricsSources(
+                    cameras=self.snapshot,
+                    event_file=self.events.stats,
+                    mqtt=lambda: self.mqtt.stats() if self.mqtt is not None else None,
+                )
+                self.metrics = Metrics(sources, self.config, list(self.cams))
                 self.metrics.start()
                 self.on_frame.append(self.metrics.observe_frame)
+                self.events.on_accept.append(self.metrics.observe_event)
+                self.events.on_written.append(self.metrics.file_written)
             if self.config.mqtt is not None:
                 self.start_mqtt()
             log.info(
@@ -217,8 +205,7 @@ class Supervisor:
             if not self.stopping:
                 self.restart(cam, now)
                 self.check_health(cam, now)
-        self.flush_pending()
-        self.writer.tick()
+        self.events.tick()
         self.notify(now)
         if self.metrics is not None:
             self.metrics.loop_alive()
@@ -247,7 +234,7 @@ class Supervisor:
             if new.events != self.config.events:
                 # Opened before anything changes: a reload that cannot write
                 # its event file changes nothing, rather than stopping edged.
-                writer = self._open_writer(new.events)
+                writer = open_writer(new.events)
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("reload failed: %s", problem)
@@ -285,9 +272,7 @@ class Supervisor:
         if new.logging != old.logging:
             setup_logging(LogSettings(new.logging.level, new.logging.format))
             self.log_settings = LogSettings(new.logging.level, new.logging.format)
-        if writer is not None:
-            self.writer.close()
-            self.writer = writer
+        self.events.reconfigure(new.events, writer)
         # What a reload does not apply (the listener, the broker session, where
         # state lives) it says, rather than claim it reloaded.
         later = [f"[{s}]" for s in ("metrics", "mqtt") if getattr(new, s) != getattr(old, s)]
@@ -326,11 +311,11 @@ class Supervisor:
         """Start the MQTT sink; it runs in threads of its own and never blocks this one."""
         assert self.config.mqtt is not None
         # A process running some cameras (edged@NAME) keeps its own outbox and client id.
-        cameras = {n: self.config.cameras[n] for n in self.names}
+        cameras = {n: c.cfg for n, c in self.cams.items()}
         self.mqtt = MqttSink(
             self.config.mqtt,
             self.config.daemon.state_dir,
-            self.instance(),
+            self.instance,
             cameras,
             self.config.cameras,
         )
@@ -341,19 +326,8 @@ class Supervisor:
         for cam in self.cams.values():  # "starting", not the last run's retained state
             self.mqtt.on_state(cam.snapshot(now))
         self.mqtt.start()
-        self.on_event.append(self.mqtt.submit)
+        self.events.on_written.append(self.mqtt.submit)
         self.on_state.append(self.mqtt.on_state)
-
-    def instance(self) -> str:
-        """What sets this process's own files in state_dir apart: its cameras joined
-        by "." when it runs only some (``edged@NAME``), else the empty string."""
-        subset = set(self.names) != set(self.config.cameras)
-        return ".".join(sorted(self.names)) if subset else ""
-
-    def outbox_stats(self) -> dict[str, float]:
-        """The MQTT outbox: depth, bytes, dropped_total, oldest_age_s, held_in_memory,
-        delivered_total, inflight, connected (0/1); {} when MQTT is off."""
-        return self.mqtt.stats() if self.mqtt is not None else {}
 
     # -- children ----------------------------------------------------------
 
@@ -547,203 +521,7 @@ class Supervisor:
                 for hook in self.on_frame:
                     hook(cam.name, age, took)
             for record in msg["events"]:
-                self.accept(record)
-
-    def accept(self, record: dict[str, Any]) -> None:
-        self.events_total += 1
-        if self.metrics is not None:
-            self.metrics.observe_event(record)
-        line = self.writer.encode(record)
-        if self.pending:
-            self._hold(line)  # behind the older ones: the file keeps their order
-            return
-        try:
-            self.writer.write_line(line)
-        except SinkError as exc:
-            self._sink_failed(exc)
-            self._hold(line)
-        else:
-            self._written(record)
-
-    def _written(self, record: dict[str, Any]) -> None:
-        """The event is in the file (written, not necessarily synced): only now may
-        the other sinks see it. An event on MQTT but in no file (a SIGKILL between
-        the two) would be a record with a hole in it."""
-        if self.metrics is not None:
-            self.metrics.event_acknowledged("jsonl", record)
-        for hook in self.on_event:
-            try:
-                hook(record)
-            except Exception:
-                # A sink that breaks (MQTT's outbox on a failing disk) must not
-                # stop the supervisor, nor the other sinks.
-                self._hook_failed(hook)
-            else:
-                if self._failing_hooks:
-                    self._hook_recovered(hook)
-
-    def _hold(self, line: bytes) -> None:
-        self.pending.append(line)
-        self.pending_bytes += len(line)
-        limit = self.config.events.max_pending_bytes
-        # The newest stays, whatever its size: it is the one just accepted.
-        while len(self.pending) > 1 and (
-            self.pending_bytes > limit or len(self.pending) > MAX_PENDING
-        ):
-            self._drop_oldest()
-
-    def _drop_oldest(self) -> None:
-        old = self.pending.popleft()
-        self.pending_bytes -= len(old)
-        self._unspill()
-        self.dropped += 1
-        self._dropping += 1
-        if self._dropping == 1:  # once per run of drops; _file_writable() sums it up
-            log.error(
-                "event file %s still cannot be written and %d events (%d bytes) are held "
-                "in memory, the most [events] max_pending_bytes (%d) allows: dropping the "
-                "oldest, neither written nor sent to MQTT, until it can",
-                self.writer.path,
-                len(self.pending),
-                self.pending_bytes,
-                self.config.events.max_pending_bytes,
-            )
-
-    def _hook_failed(self, hook: Callable[..., None]) -> None:
-        name = getattr(hook, "__qualname__", repr(hook))
-        if name not in self._failing_hooks:
-            self._failing_hooks.add(name)
-            log.exception("event sink %s failed; the event file still gets every event", name)
-
-    def _hook_recovered(self, hook: Callable[..., None]) -> None:
-        name = getattr(hook, "__qualname__", repr(hook))
-        if name in self._failing_hooks:
-            self._failing_hooks.discard(name)
-            log.info("event sink %s works again", name)
-
-    def _sink_failed(self, exc: Exception) -> None:
-        if not self.sink_failing:
-            log.error(
-                "cannot write events: %s; holding them in memory (up to [events] "
-                "max_pending_bytes, %d bytes) and retrying; MQTT gets them once written",
-                exc,
-                self.config.events.max_pending_bytes,
-            )
-            self.sink_failing = True
-
-    def flush_pending(self) -> None:
-        while self.pending:
-            line = self.pending[0]
-            try:
-                self.writer.write_line(line)
-            except SinkError as exc:
-                self._sink_failed(exc)
-                return
-            self.pending.popleft()
-            self.pending_bytes -= len(line)
-            self._unspill()
-            record = _decode(line)
-            if record is not None:
-                self._written(record)
-        if self.sink_failing:
-            self._file_writable()
-
-    def _file_writable(self) -> None:
-        self.sink_failing = False
-        if self._dropping:
-            log.warning(
-                "event file writable again; %d events were dropped while it was not",
-                self._dropping,
-            )
-            self._dropping = 0
-        else:
-            log.info("event file writable again")
-
-    # -- events a stop could not write ------------------------------------------
-
-    def spill_path(self) -> Path:
-        """Where a stop keeps the events the event file would not take, for the next start."""
-        instance = self.instance()
-        name = f"events-unwritten-{instance}.jsonl" if instance else "events-unwritten.jsonl"
-        return self.config.daemon.state_dir / name
-
-    def load_spill(self) -> None:
-        """Hold the events an earlier stop could not write: the first tick writes them
-        before any new one (then MQTT gets them). The file goes once they are written."""
-        path = self.spill_path()
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            log.error("cannot read %s, events an earlier run could not write: %s", path, exc)
-            return
-        lines = [line + b"\n" for line in data.split(b"\n") if line.strip()]
-        good = [line for line in lines if _decode(line) is not None]
-        if len(good) < len(lines):
-            log.warning("%s: skipped %d lines that are not events", path, len(lines) - len(good))
-        log.info(
-            "%d events an earlier run could not write are in %s: writing them to %s first",
-            len(good),
-            path,
-            self.writer.path,
-        )
-        for line in good:
-            self._hold(line)
-        self._spilled = len(self.pending)
-        if not self._spilled:
-            self._remove_spill()
-
-    def _unspill(self) -> None:
-        if self._spilled:
-            self._spilled -= 1
-            if not self._spilled:
-                self._remove_spill()
-
-    def _remove_spill(self) -> None:
-        try:
-            self.spill_path().unlink(missing_ok=True)
-        except OSError as exc:
-            # Its events are in the event file: the next start writes them again.
-            log.error("cannot remove %s: %s; its events may be written twice", exc.filename, exc)
-
-    def _spill(self) -> None:
-        """At stop: keep what the event file would not take, or say it is lost."""
-        path = self.spill_path()
-        n = len(self.pending)
-        tmp = path.with_name(path.name + ".tmp")
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-            try:
-                with os.fdopen(fd, "wb", closefd=False) as f:
-                    f.writelines(self.pending)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)  # all of them or, as before, none
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-            log.error(
-                "stopping with %d events not written to the event file %s, nor sent to "
-                "MQTT (they wait for the file), and they cannot be kept in %s either (%s): "
-                "they are lost",
-                n,
-                self.writer.path,
-                path,
-                exc.strerror or exc,
-            )
-            return
-        log.error(
-            "stopping with %d events not written to the event file %s (not sent to MQTT "
-            "either: they wait for the file): kept in %s; the next start writes them, "
-            "then sends them",
-            n,
-            self.writer.path,
-            path,
-        )
+                self.events.accept(record)
 
     # -- shutdown ------------------------------------------------------------
 
@@ -781,14 +559,7 @@ class Supervisor:
     def shutdown(self) -> None:
         self.notifier.stopping()
         self.stop_cameras(list(self.cams.values()))
-        self.flush_pending()
-        if self._dropping:
-            log.error(
-                "%d events were dropped while the event file could not be written",
-                self._dropping,
-            )
-        if self.pending:
-            self._spill()
+        self.events.stop()
         if self.mqtt is not None:
             self.mqtt.stop()  # after the last events reached it
         for cam in self.cams.values():
@@ -805,7 +576,7 @@ class Supervisor:
                 cam.reader.restarts,
                 cam.worker.restarts,
             )
-        log.info("edged stopped: %d events written this run", self.writer.lines_written)
+        log.info("edged stopped: %d events written this run", self.events.writer.lines_written)
 
     def _close(self) -> None:
         if self.metrics is not None:
@@ -818,7 +589,7 @@ class Supervisor:
             cam.close()
         for name in list(self.locks):
             self.unlock_camera(name)
-        self.writer.close()
+        self.events.close()
         self.notifier.close()
         signal.set_wakeup_fd(-1)
         # multiprocessing's resource tracker would outlive us until exit, and
@@ -830,13 +601,3 @@ class Supervisor:
             resource_tracker._resource_tracker._stop()  # type: ignore[attr-defined]
         except Exception:
             log.debug("could not stop the resource tracker", exc_info=True)
-
-
-def _decode(line: bytes) -> dict[str, Any] | None:
-    """A held line back as the record the hooks take (the same bytes when encoded
-    again); None for one that is not an event (from a damaged spill file)."""
-    try:
-        record = json.loads(line)
-    except (ValueError, RecursionError):
-        return None
-    return record if isinstance(record, dict) else None

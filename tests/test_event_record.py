@@ -54,38 +54,38 @@ def supervisor(tmp_path: Path, extra: str = "", *, full: bool = False) -> Iterat
     try:
         yield sup
     finally:
-        sup.writer.close()
+        sup.events.writer.close()
         sup.notifier.close()
 
 
 def disk_back(sup: Supervisor, path: Path) -> None:
     """A real file again: the writer notices within a second that the path moved."""
     path.unlink()
-    wait_for("the held events written", lambda: sup.flush_pending() or not sup.pending)
+    wait_for("the held events written", lambda: sup.events.flush() or not sup.events.pending)
 
 
 def test_other_sinks_see_an_event_only_once_it_is_in_the_file(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     with supervisor(tmp_path) as sup:
         in_file_when_seen: list[bool] = []
-        sup.on_event.append(lambda r: in_file_when_seen.append(r["id"] in ids_in(path)))
+        sup.events.on_written.append(lambda r: in_file_when_seen.append(r["id"] in ids_in(path)))
         for n in range(3):
-            sup.accept(record(n))
+            sup.events.accept(record(n))
         assert in_file_when_seen == [True, True, True]
 
 
 def test_held_events_reach_other_sinks_only_once_written(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, "edged.supervisor")
+    caplog.set_level(logging.INFO, "edged.router")
     path = tmp_path / "events.jsonl"
     with supervisor(tmp_path, full=True) as sup:
         seen: list[tuple[str, bool]] = []
-        sup.on_event.append(lambda r: seen.append((r["id"], r["id"] in ids_in(path))))
+        sup.events.on_written.append(lambda r: seen.append((r["id"], r["id"] in ids_in(path))))
         for n in range(1, 6):
-            sup.accept(record(n))
-            sup.flush_pending()
-        assert seen == [] and len(sup.pending) == 5
+            sup.events.accept(record(n))
+            sup.events.flush()
+        assert seen == [] and len(sup.events.pending) == 5
         assert "cannot write events" in caplog.text and "No space left" in caplog.text
         disk_back(sup, path)
         assert seen == [(f"e{n}", True) for n in range(1, 6)]
@@ -99,16 +99,16 @@ def test_held_events_are_bounded_in_bytes_oldest_dropped_and_counted(
     path = tmp_path / "events.jsonl"
     with supervisor(tmp_path, 'max_pending_bytes = "1MiB"', full=True) as sup:
         for n in range(100):  # 5 MB of 50 KB events
-            sup.accept(record(n, pad=50_000))
-        assert sup.pending_bytes <= 1024**2
-        kept = len(sup.pending)
-        assert 15 <= kept <= 21 and sup.dropped == 100 - kept
+            sup.events.accept(record(n, pad=50_000))
+        assert sup.events.pending_bytes <= 1024**2
+        kept = len(sup.events.pending)
+        assert 15 <= kept <= 21 and sup.events.dropped == 100 - kept
         drops = [r for r in caplog.records if "dropping the oldest" in r.getMessage()]
         assert len(drops) == 1 and drops[0].levelno == logging.ERROR  # one per run of drops
         disk_back(sup, path)
         assert ids_in(path) == [f"e{n}" for n in range(100 - kept, 100)]
         assert f"{100 - kept} events were dropped while it was not" in caplog.text
-        assert sup.dropped == 100 - kept  # the metric's source
+        assert sup.events.dropped == 100 - kept  # the metric's source
 
 
 def test_a_stop_keeps_unwritten_events_for_the_next_start_which_writes_them_first(
@@ -117,9 +117,9 @@ def test_a_stop_keeps_unwritten_events_for_the_next_start_which_writes_them_firs
     path = tmp_path / "events.jsonl"
     with supervisor(tmp_path, full=True) as sup:
         for n in range(4):
-            sup.accept(record(n))
+            sup.events.accept(record(n))
         sup.shutdown()
-        spill = sup.spill_path()
+        spill = sup.events.spill_path()
     assert spill.parent == tmp_path / "state"
     assert "stopping with 4 events not written to the event file" in caplog.text
     assert f"kept in {spill}" in caplog.text
@@ -127,10 +127,10 @@ def test_a_stop_keeps_unwritten_events_for_the_next_start_which_writes_them_firs
     path.unlink()
     with supervisor(tmp_path) as again:
         seen: list[str] = []
-        again.on_event.append(lambda r: seen.append(r["id"]))
-        again.load_spill()
-        again.accept(record(4))  # a new event waits behind the older ones
-        again.flush_pending()
+        again.events.on_written.append(lambda r: seen.append(r["id"]))
+        again.events.load_spill()
+        again.events.accept(record(4))  # a new event waits behind the older ones
+        again.events.flush()
         assert ids_in(path) == ["e0", "e1", "e2", "e3", "e4"] == seen
         assert not spill.exists()
 
@@ -140,7 +140,7 @@ def test_a_stop_that_cannot_keep_them_says_they_are_lost(
 ) -> None:
     with supervisor(tmp_path, full=True) as sup:
         (tmp_path / "state").write_text("not a folder")  # no spill file can be made in it
-        sup.accept(record(0))
+        sup.events.accept(record(0))
         sup.shutdown()
     [line] = [r for r in caplog.records if "stopping with" in r.getMessage()]
     assert line.levelno == logging.ERROR

@@ -9,6 +9,7 @@ with promtool.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -22,7 +23,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,12 +32,22 @@ from components.rtsp import free_port
 from daemon import Daemon, start_daemon, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from edged.camera import CameraRuntime, CameraSnapshot
 from edged.config import parse_config
 from edged.errors import ConfigError
-from edged.metrics import Metrics, MetricsError, event_latency, listen_address, url_for
+from edged.metrics import (
+    Metrics,
+    MetricsError,
+    MetricsSources,
+    event_latency,
+    listen_address,
+    url_for,
+)
 from edged.reader import ReaderState
+from edged.sinks.mqtt import MqttStats
+from edged.sinks.outbox import OutboxStats
 from edged.status import quantile, run_status_command, status_url
-from edged.supervisor import CameraRuntime, Supervisor
+from edged.supervisor import Supervisor
 
 REPO = Path(__file__).resolve().parent.parent
 ALERTS = REPO / "contrib" / "prometheus-alerts.yml"
@@ -126,21 +137,56 @@ def supervisor(tmp_path: Path) -> Iterator[Supervisor]:
     """A real Supervisor, not running, with its cameras' shared status records."""
     config = parse_config(TOML, tmp_path / "edged.toml")
     sup = Supervisor(config)
-    for name in sup.names:
+    for name in config.cameras:
         sup.cams[name] = CameraRuntime(config.cameras[name])
     yield sup
     for cam in sup.cams.values():
         cam.slot.close()
         cam.events_r.close()
         cam.events_w.close()
-    sup.writer.close()
+    sup.events.close()
+
+
+@dataclasses.dataclass
+class Feeds:
+    """What a test hands the metrics beside the supervisor's own: the MQTT sink's stats."""
+
+    mqtt: MqttStats | None = None
 
 
 @pytest.fixture
-def metrics(supervisor: Supervisor) -> Iterator[Metrics]:
-    m = Metrics(supervisor, supervisor.config)
+def feeds() -> Feeds:
+    return Feeds()
+
+
+def sources_of(sup: Supervisor, feeds: Feeds | None = None) -> MetricsSources:
+    """What the running supervisor hands its metrics, and the test's MQTT stats."""
+    return MetricsSources(
+        cameras=sup.snapshot,
+        event_file=sup.events.stats,
+        mqtt=lambda: feeds.mqtt if feeds is not None else None,
+    )
+
+
+@pytest.fixture
+def metrics(supervisor: Supervisor, feeds: Feeds) -> Iterator[Metrics]:
+    m = Metrics(sources_of(supervisor, feeds), supervisor.config, list(supervisor.cams))
     yield m
     m.stop()
+
+
+def mqtt_stats(connected: bool = True, **outbox: Any) -> MqttStats:
+    box = {"depth": 0, "bytes": 0, "dropped_total": 0, "oldest_age_s": 0.0, "held_in_memory": 0}
+    box.update(outbox)
+    box.setdefault("dropped_by", {})
+    return MqttStats(
+        outbox=OutboxStats(**box),
+        delivered_total=100,
+        inflight=1,
+        connected=connected,
+        snapshots_published=4,
+        snapshots_missing=1,
+    )
 
 
 def streaming(cam: CameraRuntime, age: float = 0.0) -> None:
@@ -223,8 +269,8 @@ def test_collector_reads_the_supervisor_at_scrape_time(
     cam.stalls = 1
     cam.reader.restarts = 2
     cam.restart_reasons = {"hung": 1, "crash": 1}
-    supervisor.dropped = 5
-    supervisor.pending.extend([{}, {}])
+    supervisor.events.dropped = 5
+    supervisor.events.pending.extend([b"{}\n", b"{}\n"])
     s = parse(metrics.render().decode())
     one = {"camera": "cam1"}
     assert s.value("edged_camera_up", **one) == 1
@@ -255,21 +301,17 @@ def test_collector_reads_the_supervisor_at_scrape_time(
     assert parse(metrics.render().decode()).value("edged_camera_up", **one) == 0
 
 
-def test_outbox_series_read_an_mqtt_sinks_stats(supervisor: Supervisor, metrics: Metrics) -> None:
+def test_outbox_series_read_an_mqtt_sinks_stats(metrics: Metrics, feeds: Feeds) -> None:
     assert parse(metrics.render().decode()).value("edged_mqtt_connected") is None
-    stats = {
-        "depth": 12.0,
-        "bytes": 4096.0,
-        "dropped_total": 3.0,
-        "dropped_size": 2.0,
-        "dropped_oversize": 1.0,
-        "oldest_age_s": 42.5,
-        "held_in_memory": 2.0,
-        "delivered_total": 100.0,
-        "inflight": 1.0,
-        "connected": 0.0,
-    }
-    supervisor.outbox_stats = lambda: stats  # type: ignore[method-assign]
+    feeds.mqtt = mqtt_stats(
+        connected=False,
+        depth=12,
+        bytes=4096,
+        dropped_total=3,
+        dropped_by={"size": 2, "oversize": 1},
+        oldest_age_s=42.5,
+        held_in_memory=2,
+    )
     text = metrics.render().decode()
     s = parse(text)
     assert s.value("edged_outbox_events") == 12
@@ -280,6 +322,11 @@ def test_outbox_series_read_an_mqtt_sinks_stats(supervisor: Supervisor, metrics:
     assert s.value("edged_outbox_dropped_events_total", reason="oversize") == 1
     assert s.value("edged_sink_pending_events", sink="mqtt") == 2
     assert s.value("edged_mqtt_connected") == 0
+    # every field of the sink's stats is exported
+    assert s.value("edged_mqtt_delivered_events_total") == 100
+    assert s.value("edged_mqtt_inflight_events") == 1
+    assert s.value("edged_mqtt_snapshots_published_total") == 4
+    assert s.value("edged_mqtt_snapshots_missing_total") == 1
     promtool_check_metrics(text)
 
 
@@ -361,20 +408,28 @@ def test_endpoints_metrics_healthz_readyz(supervisor: Supervisor, metrics: Metri
 
 
 def test_a_failing_scrape_answers_500_and_the_endpoint_survives(
-    supervisor: Supervisor, metrics: Metrics, monkeypatch: pytest.MonkeyPatch, caplog
+    supervisor: Supervisor, caplog
 ) -> None:
+    broken = False  # the registry describes its collectors once at the start
+
+    def cameras() -> Mapping[str, CameraSnapshot]:
+        if broken:
+            raise RuntimeError("snapshot blew up")
+        return supervisor.snapshot()
+
+    sources = dataclasses.replace(sources_of(supervisor), cameras=cameras)
+    metrics = Metrics(sources, supervisor.config, list(supervisor.cams))
     metrics.start()
-    base = "http://{}:{}".format(*metrics.address)
-
-    def broken() -> dict[str, Any]:
-        raise RuntimeError("snapshot blew up")
-
-    monkeypatch.setattr(supervisor, "snapshot", broken)
-    assert get(base + "/metrics")[0] == 500
-    assert get(base + "/readyz")[0] == 500
-    assert "snapshot blew up" in caplog.text
-    monkeypatch.undo()
-    assert get(base + "/metrics")[0] == 200
+    try:
+        base = "http://{}:{}".format(*metrics.address)
+        broken = True
+        assert get(base + "/metrics")[0] == 500
+        assert get(base + "/readyz")[0] == 500
+        assert "snapshot blew up" in caplog.text
+        broken = False
+        assert get(base + "/metrics")[0] == 200
+    finally:
+        metrics.stop()
 
 
 def test_an_address_in_use_is_a_clear_error(supervisor: Supervisor) -> None:
@@ -389,7 +444,7 @@ def test_an_address_in_use_is_a_clear_error(supervisor: Supervisor) -> None:
                 )
             }
         )
-        m = Metrics(supervisor, config)
+        m = Metrics(sources_of(supervisor), config, list(supervisor.cams))
         with pytest.raises(MetricsError, match=f"cannot serve metrics on 127.0.0.1:{port}: "):
             m.start()
 
@@ -548,11 +603,9 @@ tests:
     assert r.returncode == 0, r.stdout + r.stderr
 
 
-def test_dashboard_and_rules_use_only_exported_metrics(
-    supervisor: Supervisor, metrics: Metrics
-) -> None:
+def test_dashboard_and_rules_use_only_exported_metrics(metrics: Metrics, feeds: Feeds) -> None:
     metrics.observe_event({"camera": "cam1", "type": "x"})
-    supervisor.outbox_stats = lambda: {"connected": 1.0}  # type: ignore[method-assign]
+    feeds.mqtt = mqtt_stats()
     exported = {k[0] for k in parse(metrics.render().decode())}
     exported |= {n.removesuffix("_bucket") for n in exported}
     dashboard = json.loads(DASHBOARD.read_text())

@@ -203,9 +203,9 @@ def test_events_state_and_availability_reach_the_broker(
         "reason": "no frame for 5.0s",
         "since": "2027-01-15T08:00:00.000000Z",
     }
-    wait_for("an empty outbox", lambda: sink.stats()["depth"] == 0)
+    wait_for("an empty outbox", lambda: sink.stats().outbox.depth == 0)
     stats = sink.stats()
-    assert (stats["delivered_total"], stats["dropped_total"], stats["connected"]) == (30, 0, 1)
+    assert (stats.delivered_total, stats.outbox.dropped_total, stats.connected) == (30, 0, 1)
     sink.stop()
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"offline"
     assert "Client edged-box1 disconnected." in mosquitto.log  # a clean DISCONNECT
@@ -226,10 +226,10 @@ def test_broker_outage_events_wait_in_the_outbox_and_arrive_in_order(
     wait_for("disconnected", lambda: not sink.connected)
     for n in range(40):
         sink.submit(record("cam1" if n % 3 else "cam2", n))
-    assert sink.stats()["depth"] == 40
+    assert sink.stats().outbox.depth == 40
     wait_for("retries", lambda: "cannot connect to" in caplog.text, timeout=5)
     mosquitto.start()
-    wait_for("the outbox to drain", lambda: sink.stats()["depth"] == 0, timeout=20)
+    wait_for("the outbox to drain", lambda: sink.stats().outbox.depth == 0, timeout=20)
     wait_for("every event", lambda: len(first_ids(all_events(sub))) >= 40, timeout=20)
     assert first_ids(events(sub, "cam1")) == [f"cam1-{n}" for n in range(40) if n % 3]
     assert first_ids(events(sub, "cam2")) == [f"cam2-{n}" for n in range(40) if not n % 3]
@@ -254,8 +254,8 @@ def test_outbox_bound_drops_the_oldest_counts_and_delivers_the_newest(
     for r in recs:
         sink.submit(r)
     stats = sink.stats()
-    assert stats["bytes"] <= 4096 and stats["dropped_total"] == 200 - stats["depth"] > 0
-    kept = int(stats["depth"])
+    assert stats.outbox.bytes <= 4096 and stats.outbox.dropped_total == 200 - stats.outbox.depth > 0
+    kept = int(stats.outbox.depth)
     assert "dropped the" in caplog.text and "outbox_max_bytes" in caplog.text
     assert caplog.text.count("dropped the") <= 2  # one line per burst (and its summary)
     mosquitto.start()
@@ -280,7 +280,7 @@ def test_wrong_password_is_a_clear_error_and_events_stay_in_the_outbox(
     assert len(refused) == 1 and refused[0].levelno == logging.ERROR
     assert "check username and password" in refused[0].getMessage()
     assert "wrong-pw-77" not in caplog.text
-    assert sink.stats()["depth"] == 5 and not sink.connected
+    assert sink.stats().outbox.depth == 5 and not sink.connected
 
 
 # paho leaves the socket of a failed TLS handshake for the garbage collector.
@@ -311,7 +311,7 @@ def test_tls_with_a_generated_ca_and_a_password(
     wait_for("the event over TLS", lambda: first_ids(events(sub, "cam2")) == ["cam2-1"])
     wait_for("tls_insecure", lambda: first_ids(events(sub, "cam3")) == ["cam3-2"])
     wait_for("the failure logged", lambda: "cannot connect to" in caplog.text)
-    assert untrusting.stats()["depth"] == 1 and not untrusting.connected
+    assert untrusting.stats().outbox.depth == 1 and not untrusting.connected
     assert events(sub, "cam1") == []
     # Collect paho's leftover sockets now, while the warning is ignored, not in
     # whichever later test the garbage collector happens to run.
@@ -347,7 +347,11 @@ def test_mqtt5_event_over_the_brokers_packet_limit_is_dropped_and_the_rest_deliv
     wait_for("the small events", lambda: first_ids(events(sub, "cam1")) == ["cam1-1", "cam1-2",
              "cam1-3"])  # fmt: skip
     stats = sink.stats()
-    assert (stats["depth"], stats["dropped_total"], stats["dropped_oversize"]) == (0, 1, 1)
+    assert (
+        stats.outbox.depth,
+        stats.outbox.dropped_total,
+        stats.outbox.dropped_by["oversize"],
+    ) == (0, 1, 1)
     [line] = sink_lines(caplog, "over the limit")
     assert "event 1 of camera cam1" in line.getMessage() and "limit of 10000" in line.getMessage()
     assert broker.log.count("New client connected") == 2  # the subscriber and the sink, once
@@ -368,8 +372,8 @@ def test_event_over_max_payload_is_dropped_counted_and_logged_once(
         sink.submit(big_record("cam1", n, 6000) if n % 2 else record("cam1", n))
     wait_for("the small events", lambda: first_ids(events(sub, "cam1")) == ["cam1-0", "cam1-2",
              "cam1-4"])  # fmt: skip
-    wait_for("an empty outbox", lambda: sink.stats()["depth"] == 0)
-    assert sink.stats()["dropped_oversize"] == 3 == sink.stats()["dropped_total"]
+    wait_for("an empty outbox", lambda: sink.stats().outbox.depth == 0)
+    assert sink.stats().outbox.dropped_by["oversize"] == 3 == sink.stats().outbox.dropped_total
     errors = [r for r in sink_lines(caplog, "over the limit") if r.levelno >= logging.WARNING]
     assert len(errors) == 1 and "limit of 5000 (max_payload)" in errors[0].getMessage()
     assert "oldest" not in " ".join(r.getMessage() for r in sink_lines(caplog, "dropped the"))
@@ -390,8 +394,8 @@ def test_mqtt311_broker_closing_on_the_same_event_drops_it_as_undeliverable(
     sink.submit(big_record("cam1", 0, 20000))
     sink.submit(record("cam1", 1))
     wait_for("the event behind it", lambda: first_ids(events(sub, "cam1")) == ["cam1-1"], 30)
-    wait_for("an empty outbox", lambda: sink.stats()["depth"] == 0)
-    assert sink.stats()["dropped_undeliverable"] == 1 == sink.stats()["dropped_total"]
+    wait_for("an empty outbox", lambda: sink.stats().outbox.depth == 0)
+    assert sink.stats().outbox.dropped_by["undeliverable"] == 1 == sink.stats().outbox.dropped_total
     [line] = sink_lines(caplog, "undeliverable")
     assert line.levelno == logging.ERROR and "event 1 " in line.getMessage()
     drops = broker.log.count("disconnected due to oversize packet")
@@ -436,7 +440,7 @@ def test_plain_mqtt_to_a_tls_listener_is_one_clear_error(
     wait_for_more_tries(broker, 3)
     [line] = sink_lines(caplog, "closed the connection before accepting it")
     assert line.levelno == logging.ERROR and "TLS listener" in line.getMessage()
-    assert sink.stats()["depth"] == 1 and not sink.connected
+    assert sink.stats().outbox.depth == 1 and not sink.connected
 
 
 # paho leaves the socket of a failed TLS handshake for the garbage collector.
@@ -683,4 +687,4 @@ def test_a_broker_that_never_answers_is_reported_as_silence_not_a_tls_mistake(
         assert not sink_lines(caplog, "TLS listener")
     # The broker, woken, takes the next try: the report was about silence, not settings.
     wait_for("the thawed broker", lambda: stopped.connected, 15)
-    wait_for("the event", lambda: stopped.stats()["depth"] == 0)
+    wait_for("the event", lambda: stopped.stats().outbox.depth == 0)

@@ -46,9 +46,9 @@ def test_rows_come_back_in_order_and_go_when_acknowledged(tmp_path: Path) -> Non
     box.remove([2, 1, 7, 999])  # out of order, and one unknown id
     assert ids(box.fetch(0, 100)) == [3, 4, 5, 6, 8, 9, 10]
     stats = box.stats()
-    assert stats["depth"] == 7
-    assert stats["bytes"] == sum(len(payload(i)) for i in (2, 3, 4, 5, 7, 8, 9))
-    assert stats["dropped_total"] == 0
+    assert stats.depth == 7
+    assert stats.bytes == sum(len(payload(i)) for i in (2, 3, 4, 5, 7, 8, 9))
+    assert stats.dropped_total == 0
     box.close()
 
 
@@ -89,8 +89,8 @@ def test_size_bound_drops_the_oldest_counts_and_logs_once_per_burst(
     rows = box.fetch(0, 100)
     assert [r[2] for r in rows] == [payload(i) for i in range(15, 25)]  # the newest kept
     stats = box.stats()
-    assert (stats["depth"], stats["dropped_total"]) == (10, 15)
-    assert stats["bytes"] <= 10 * len(payload(0))
+    assert (stats.depth, stats.dropped_total) == (10, 15)
+    assert stats.bytes <= 10 * len(payload(0))
     lines = [r.getMessage() for r in caplog.records]
     assert len(lines) == 1, lines  # one line for the burst, not one per event
     assert "dropped the 1 oldest undelivered event" in lines[0]
@@ -118,11 +118,11 @@ def test_age_bound_drops_old_events(tmp_path: Path, caplog: pytest.LogCaptureFix
     for i in range(5):
         box.put("cam1", payload(i))
         clock.now += 10
-    assert box.stats()["oldest_age_s"] == pytest.approx(50)
+    assert box.stats().oldest_age_s == pytest.approx(50)
     clock.now += 25  # the first two are now more than 60 s old
     box.maintain()
     assert ids(box.fetch(0, 10)) == [3, 4, 5]
-    assert box.stats()["dropped_total"] == 2
+    assert box.stats().dropped_total == 2
     assert "older than outbox_max_age" in caplog.text
     box.close()
 
@@ -180,7 +180,7 @@ def test_full_disk_holds_new_events_in_memory_and_delivery_goes_on(
     assert "cannot write" in caplog.text and "full" in caplog.text
     assert caplog.text.count("cannot write") == 1  # once, not per event
     stats = box.stats()
-    assert (stats["depth"], stats["held_in_memory"]) == (6, 3)
+    assert (stats.depth, stats.held_in_memory) == (6, 3)
     # Everything is still delivered in order, the stored ones can still be removed.
     assert ids(box.fetch(0, 100)) == [1, 2, 3, 4, 5, 6]
     box.remove([1, 2, 4])
@@ -188,7 +188,7 @@ def test_full_disk_holds_new_events_in_memory_and_delivery_goes_on(
     box._db.execute("PRAGMA max_page_count=1000000")  # space again
     box.maintain()
     assert "takes writes again" in caplog.text
-    assert box.stats()["held_in_memory"] == 0
+    assert box.stats().held_in_memory == 0
     box.close()
     again = make(tmp_path / "o.sqlite3")
     assert ids(again.fetch(0, 100)) == [3, 5, 6]
@@ -227,7 +227,7 @@ def test_a_page_damaged_while_running_neither_escapes_put_nor_loses_events(
     assert "cannot write" not in caplog.text and "takes writes again" not in caplog.text
     assert ids(box.fetch(40, 100)) == [41, 42, 43, 44, 45]  # stored, beyond the damage
     assert box.fetch(0, 100) == []  # what cannot be read is not skipped either
-    assert box.stats()["dropped_total"] == 0
+    assert box.stats().dropped_total == 0
     box.close()
     again = make(path)  # the next start salvages what can still be read
     assert "is damaged" in caplog.text
@@ -245,7 +245,7 @@ def test_held_events_wait_behind_stored_rows_that_cannot_be_read(tmp_path: Path)
     box._db.execute(f"PRAGMA max_page_count={pages}")  # and the disk is full
     for i in range(40, 43):
         box.put("cam1", payload(i, 3000))
-    assert box.stats()["held_in_memory"] == 3
+    assert box.stats().held_in_memory == 3
     # Handing out 41.. now would move the delivery cursor past 1..40 for good.
     assert box.fetch(0, 100) == []
     assert ids(box.fetch(40, 100)) == [41, 42, 43]  # past the stored rows they still go
@@ -301,12 +301,16 @@ def test_drops_are_counted_by_reason_in_the_stats(
     box.drop(rows[2:3], "undeliverable")
     box.maintain()
     stats = box.stats()
-    assert (stats["dropped_total"], stats["dropped_oversize"], stats["dropped_undeliverable"]) == (
+    assert (
+        stats.dropped_total,
+        stats.dropped_by["oversize"],
+        stats.dropped_by["undeliverable"],
+    ) == (
         3,
         2,
         1,
     )
-    assert stats["dropped_size"] == stats["dropped_age"] == 0 and stats["depth"] == 1
+    assert stats.dropped_by["size"] == stats.dropped_by["age"] == 0 and stats.depth == 1
     assert "larger than the MQTT payload limit" in caplog.text
     assert "oldest" not in caplog.text  # not the oldest: these were picked out
     box.close()

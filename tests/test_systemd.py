@@ -35,8 +35,8 @@ from components.rtsp import free_port
 from components.systemd import SystemdSandbox, sandbox_problem
 from daemon import Daemon, wait_for
 
+from edged.camera import CameraSnapshot
 from edged.install import MARKER, render_config, render_unit, run_install
-from edged.supervisor import CameraSnapshot
 from edged.systemd import Notifier, format_status, sanitize_status
 
 REPO = Path(__file__).resolve().parent.parent
@@ -244,19 +244,29 @@ def test_notifier_send_to_a_full_queue_does_not_hang(clean_env, notify_socket, m
     monkeypatch.setattr("edged.systemd.SEND_TIMEOUT", 0.2)
     clean_env.setenv("NOTIFY_SOCKET", notify_socket.address)
     n = Notifier()
-    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    filler.setblocking(False)
-    filler.connect("\0" + notify_socket.name)
-    with contextlib.suppress(BlockingIOError):
-        for _ in range(100_000):
-            filler.send(b"STATUS=filler")
-    filler.close()
+    # A sender also stops at its own buffer's limit: more senders until a new
+    # one cannot send a single datagram, which is the receiver's queue full.
+    fillers: list[socket.socket] = []
+    while len(fillers) < 1000:
+        filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        fillers.append(filler)
+        filler.setblocking(False)
+        filler.connect("\0" + notify_socket.name)
+        sent = 0
+        with contextlib.suppress(BlockingIOError):
+            for _ in range(100_000):
+                filler.send(b"STATUS=filler")
+                sent += 1
+        if not sent:
+            break
     done = threading.Event()
     worker = threading.Thread(target=lambda: (n.status("blocked?"), done.set()), daemon=True)
     worker.start()
     assert done.wait(10), "Notifier.status() blocked on systemd's full queue"
     assert "cannot notify systemd" in caplog.text
     n.close()
+    for filler in fillers:
+        filler.close()
 
 
 # ======================================================================================

@@ -117,7 +117,7 @@ def running_worker(
     thread = threading.Thread(target=worker.run, daemon=True)
     r = Rig(sup, cam, writer, conn, stop, thread)
     sup.on_frame.append(lambda name, age, took: r.timings.append((age, took)))
-    sup.on_event.append(r.events.append)
+    sup.events.on_written.append(r.events.append)
     thread.start()
     try:
         # The worker takes only frames published after it started.
@@ -131,7 +131,7 @@ def running_worker(
         cam.slot.close()
         events_r.close()
         cam.events_w.close()
-        sup.writer.close()
+        sup.events.close()
 
 
 @pytest.fixture
@@ -213,7 +213,7 @@ def supervisor_with_camera(tmp_path: Path) -> Iterator[tuple[Supervisor, CameraR
         yield sup, cam
     finally:
         cam.close()
-        sup.writer.close()
+        sup.events.close()
 
 
 def _spawned_worker_end(cam: CameraRuntime) -> Connection:
@@ -235,7 +235,7 @@ def _collect_within(sup: Supervisor, seconds: float = 10.0) -> None:
 def test_a_message_torn_by_a_killed_worker_ends_its_pipe(tmp_path: Path) -> None:
     with supervisor_with_camera(tmp_path) as (sup, cam):
         accepted: list[dict[str, Any]] = []
-        sup.on_event.append(accepted.append)
+        sup.events.on_written.append(accepted.append)
         w = _spawned_worker_end(cam)
         record = {"id": "e1", "camera": "cam1", "type": "t", "seq": 1}
         w.send({"timings": [[0.01, 0.02]], "events": [record]})
@@ -258,7 +258,7 @@ def test_events_left_in_a_dead_workers_pipe_are_read_after_its_successor_starts(
 ) -> None:
     with supervisor_with_camera(tmp_path) as (sup, cam):
         accepted: list[str] = []
-        sup.on_event.append(lambda r: accepted.append(r["id"]))
+        sup.events.on_written.append(lambda r: accepted.append(r["id"]))
         old = _spawned_worker_end(cam)
         old.send({"timings": [], "events": [{"id": "old"}]})
         old.close()
@@ -278,12 +278,12 @@ def test_a_failing_event_sink_keeps_nothing_from_the_event_file(
         def broken_outbox(record: dict[str, Any]) -> None:
             raise OSError(5, "Input/output error")
 
-        sup.on_event.append(broken_outbox)
+        sup.events.on_written.append(broken_outbox)
         for i in range(3):
-            sup.accept({"id": f"e{i}", "camera": "cam1"})
-        sup.on_event.remove(broken_outbox)
-        sup.on_event.append(lambda record: None)
-        sup.writer.close()
+            sup.events.accept({"id": f"e{i}", "camera": "cam1"})
+        sup.events.on_written.remove(broken_outbox)
+        sup.events.on_written.append(lambda record: None)
+        sup.events.close()
         lines = (tmp_path / "events.jsonl").read_text().splitlines()
         assert [json.loads(line)["id"] for line in lines] == ["e0", "e1", "e2"]
         failed = [r for r in caplog.records if "failed; the event file still gets" in r.message]

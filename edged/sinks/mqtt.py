@@ -56,6 +56,7 @@ event is dropped as ``undeliverable``, counted and logged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import json
 import logging
@@ -77,7 +78,7 @@ from edged.config import CameraConfig, MqttConfig
 from edged.event import encode_event
 from edged.sinks import homeassistant as ha
 from edged.sinks import retained
-from edged.sinks.outbox import Outbox, find_stranded
+from edged.sinks.outbox import Outbox, OutboxStats, find_stranded
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -142,6 +143,18 @@ def _connect_error(exc: BaseException | None, tls: bool, timeout: float) -> str:
 def _timed_out(reason: ReasonCode) -> bool:
     """Whether paho closed the connection itself because nothing came within a keepalive."""
     return reason.getName() == "Keep alive timeout"
+
+
+@dataclasses.dataclass(frozen=True)
+class MqttStats:
+    """The MQTT sink as metrics see it."""
+
+    outbox: OutboxStats
+    delivered_total: int  # events the broker acknowledged (PUBACK), this run
+    inflight: int  # events handed to the client, not yet acknowledged
+    connected: bool
+    snapshots_published: int
+    snapshots_missing: int  # deleted (retention) or unreadable before they went out
 
 
 class MqttSink:
@@ -353,16 +366,16 @@ class MqttSink:
             self._dirty.add(snap.name)
         self._wake.set()
 
-    def stats(self) -> dict[str, float]:
-        """The outbox's stats (``depth``, ``bytes``, ``dropped_total``, ``oldest_age_s``,
-        ``held_in_memory``) plus ``delivered_total``, ``inflight`` and ``connected`` (0/1)."""
-        out = self.outbox.stats()
-        out["delivered_total"] = float(self.delivered_total)
-        out["inflight"] = float(len(self._inflight))
-        out["connected"] = 1.0 if self.connected else 0.0
-        out["snapshots_published"] = float(self.snapshots_published)
-        out["snapshots_missing"] = float(self.snapshots_missing)
-        return out
+    def stats(self) -> MqttStats:
+        """The outbox's stats and the broker session's."""
+        return MqttStats(
+            outbox=self.outbox.stats(),
+            delivered_total=self.delivered_total,
+            inflight=len(self._inflight),
+            connected=self.connected,
+            snapshots_published=self.snapshots_published,
+            snapshots_missing=self.snapshots_missing,
+        )
 
     def stop(self) -> None:
         """Deliver what is waiting (briefly), publish ``offline``, disconnect cleanly.
@@ -392,7 +405,7 @@ class MqttSink:
                 info.wait_for_publish(OFFLINE_TIMEOUT)
         self._client.disconnect()
         self._client.loop_stop()
-        waiting = self.outbox.stats()["depth"]
+        waiting = self.outbox.stats().depth
         self.outbox.close()
         log.info(
             "mqtt: stopped: %d events delivered this run, %d kept in the outbox for the next",

@@ -50,6 +50,7 @@ the supervisor's thread, the others by the MQTT delivery thread and metrics.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import logging
@@ -86,6 +87,18 @@ DROP_REASONS = {
     "oversize": "each was larger than the MQTT payload limit",
     "undeliverable": "the broker closed the connection on each, again and again",
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxStats:
+    """The outbox as metrics and the MQTT sink see it."""
+
+    depth: int  # events waiting for the broker's acknowledgement
+    bytes: int  # their payload
+    dropped_total: int
+    oldest_age_s: float  # age of the oldest waiting event (0 when empty)
+    held_in_memory: int  # events the outbox's own file would not take
+    dropped_by: dict[str, int]  # by reason, every reason of DROP_REASONS present
 
 
 class Outbox:
@@ -209,10 +222,8 @@ class Outbox:
                 self._vacuum()
             self._log_drops(self._clock())
 
-    def stats(self) -> dict[str, float]:
-        """``depth`` (events waiting), ``bytes`` (their payload), ``dropped_total``,
-        ``oldest_age_s`` (0 when empty), ``held_in_memory`` (events the file would not take),
-        and ``dropped_REASON`` for each reason in ``dropped_by`` (they sum to ``dropped_total``)."""
+    def stats(self) -> OutboxStats:
+        """What is waiting, and what was dropped (by reason; they sum to ``dropped_total``)."""
         with self._lock:
             oldest: float | None = None
             try:
@@ -222,14 +233,14 @@ class Outbox:
                 pass
             if oldest is None and self._held:
                 oldest = self._held[0][2]
-            return {
-                "depth": float(self._depth + len(self._held)),
-                "bytes": float(self._bytes + self._held_bytes),
-                "dropped_total": float(self.dropped_total),
-                "oldest_age_s": max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
-                "held_in_memory": float(len(self._held)),
-                **{f"dropped_{r}": float(n) for r, n in self.dropped_by.items()},
-            }
+            return OutboxStats(
+                depth=self._depth + len(self._held),
+                bytes=self._bytes + self._held_bytes,
+                dropped_total=self.dropped_total,
+                oldest_age_s=max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
+                held_in_memory=len(self._held),
+                dropped_by=dict(self.dropped_by),
+            )
 
     def close(self) -> None:
         """Log unlogged drops, checkpoint and close. Idempotent."""
