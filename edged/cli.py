@@ -131,13 +131,15 @@ def main(argv: list[str] | None = None) -> int:
         "status": cmd_status,
         "install-systemd": install.main,
     }
+    from edged.logs import print_error
+
     try:
         return handler[args.command](args)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print_error(str(exc))
         return EX_CONFIG
     except EdgedError as exc:
-        print(f"edged: {exc}", file=sys.stderr)
+        print_error(f"edged: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -147,7 +149,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception:
-        log.exception("edged: internal error")
+        if not logging.getLogger().handlers:
+            # check-config and the other short commands set up no logging: without
+            # this, Python's last-resort handler would print it without a priority.
+            from edged.logs import LogSettings, setup_logging
+
+            setup_logging(LogSettings())
+        log.critical("edged: internal error", exc_info=True)
         return EX_SOFTWARE
 
 

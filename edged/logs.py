@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import sys
+from typing import TextIO
 
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -39,6 +40,21 @@ def under_journal() -> bool:
     except (OSError, ValueError):
         return False
     return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def print_error(text: str, priority: int = logging.ERROR, file: TextIO | None = None) -> None:
+    """Print why a command failed, ``text`` scrubbed, on stderr. Under the journal each line
+    carries the syslog prefix of ``priority`` (a logging level), as a log record would:
+    the CLI prints fatal errors before (or without) logging being set up, and
+    ``journalctl -p warning`` must show them all the same."""
+    from edged.redact import scrub
+
+    out = sys.stderr if file is None else file
+    lines = scrub(text).splitlines() or [""]
+    if under_journal():
+        prio = _PRIORITY.get(priority, 3)
+        lines = [f"<{prio}>{line}" for line in lines]
+    print("\n".join(lines), file=out, flush=True)
 
 
 class _ScrubFilter(logging.Filter):

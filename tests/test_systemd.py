@@ -346,6 +346,59 @@ def test_daemon_reloading_then_ready_around_sighup(notified):
 
 
 # ======================================================================================
+# Fatal errors under the journal: every line with its priority
+# ======================================================================================
+
+
+def _edged_under_journal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Run the real ``edged`` with stderr on a file that JOURNAL_STREAM names, as systemd
+    sets it up for a unit: (exit status, what it wrote)."""
+    out = tmp_path / "journal-stream.log"
+    with open(out, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        env.pop("NOTIFY_SOCKET", None)
+        code = subprocess.run(
+            [sys.executable, "-m", "edged", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=f,
+            env=env,
+            timeout=60,
+        ).returncode
+    return code, out.read_text()
+
+
+def _all_prefixed(text: str, priorities: str = "23") -> bool:
+    return bool(text.strip()) and all(
+        re.match(rf"<[{priorities}]>", line) for line in text.splitlines()
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_config_errors_carry_the_err_priority_under_the_journal(tmp_path, command):
+    config = tmp_path / "edged.toml"
+    config.write_text(SYNTHETIC.replace("fps = 25", "fps = -5"))
+    args = ["run", "--config", str(config)] if command == "run" else ["check-config", str(config)]
+    code, text = _edged_under_journal(tmp_path, *args)
+    assert code == 78, text
+    assert "cameras.cam1.fps" in text and _all_prefixed(text, "3"), text
+
+
+def test_a_busy_metrics_address_is_logged_at_err_priority(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "edged.toml"
+        config.write_text(SYNTHETIC + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        code, text = _edged_under_journal(tmp_path, "run", "--config", str(config))
+    assert code == 70, text
+    (line,) = [ln for ln in text.splitlines() if "cannot serve metrics" in ln]
+    assert line.startswith("<3>edged: cannot serve metrics") and "Address already in use" in line
+
+
+# ======================================================================================
 # The units and install-systemd, on this machine's files
 # ======================================================================================
 
@@ -647,8 +700,9 @@ def test_watchdog_kills_and_restarts_a_stopped_daemon(box, rtsp_server):
     wait_for("a watchdog restart", restarted, timeout=30)
     journal = box.journal(unit)
     assert "Watchdog timeout" in journal
-    # SIGABRT, and PYTHONFAULTHANDLER shows where the supervisor was
+    # SIGABRT, and PYTHONFAULTHANDLER shows where the supervisor was, at error priority
     assert "Fatal Python error: Aborted" in journal, journal
+    assert "Fatal Python error: Aborted" in box.journal(unit, "-p", "err"), journal
     assert not [p for p in old if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     _wait_streaming(box, unit, "cam1")
 
@@ -693,6 +747,7 @@ def test_bad_config_fails_once_with_78(box):
     }, state
     journal = box.journal(unit)
     assert "cameras.cam1.fps" in journal, journal
+    assert "cameras.cam1.fps" in box.journal(unit, "-p", "err"), journal
 
 
 @pytest.mark.slow
@@ -717,7 +772,7 @@ def test_instances_side_by_side_and_the_all_cameras_unit_refuses(box, rtsp_serve
     assert box.systemctl("start", "edged.service", check=False).returncode != 0
     state = _show(box, "edged.service", "ActiveState", "ExecMainStatus", "NRestarts")
     assert state == {"ActiveState": "failed", "ExecMainStatus": "78", "NRestarts": "0"}, state
-    assert "already captured by another edged" in box.journal("edged.service")
+    assert "already captured by another edged" in box.journal("edged.service", "-p", "err")
     for unit, cam in (("edged@cam1.service", "cam1"), ("edged@cam2.service", "cam2")):
         assert _status_text(box, unit).startswith(f"{cam} streaming")
     assert _show(box, "edged@cam1.service", "MainPID")["MainPID"] == main1
