@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file; exit 78 if invalid")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    check.add_argument(
+        "--camera",
+        action="append",
+        metavar="NAME",
+        help="read the secrets of this camera only, as `edged run --camera` does "
+        "(repeatable; default: every camera's)",
+    )
 
     events = sub.add_parser("events", help="print events from the event file")
     events.add_argument("--config", "-c", default=DEFAULT_CONFIG)
@@ -60,10 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path: str, credentials_optional: bool = False):  # type: ignore[no-untyped-def]
+def _load(  # type: ignore[no-untyped-def]
+    path: str, credentials_optional: bool = False, cameras: list[str] | None = None
+):
     from edged.config import load_config
 
-    return load_config(path, credentials_optional)
+    return load_config(path, credentials_optional, cameras)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -71,7 +80,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edged.supervisor import Supervisor
 
     setup_logging(LogSettings())
-    config = _load(args.config)
+    # Only the cameras run need their secrets: edged@cam2 has no LoadCredential= of cam1's.
+    config = _load(args.config, cameras=args.camera)
     setup_logging(LogSettings(config.logging.level, config.logging.format))
     cameras = args.camera or None
     if cameras:
@@ -89,15 +99,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from edged.redact import scrub
 
     # Run in a shell, where $CREDENTIALS_DIRECTORY is unset although the unit sets it.
-    config = _load(args.config, credentials_optional=True)
+    config = _load(args.config, credentials_optional=True, cameras=args.camera)
     lines = [f"{args.config}: OK, {len(config.cameras)} camera(s)"]
     for cam in config.cameras.values():
         grey = ", grey frames" if cam.frame_format == "gray" else ""
         lines.append(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
     for key in config.unread_credentials():
+        section, _, rest = key.partition(".")
+        camera = rest.partition(".")[0] if section == "cameras" else None
+        if args.camera and camera is not None and camera not in args.camera:
+            continue  # not read, as `edged run --camera` does not read it
+        owner = config.cameras[camera] if camera is not None else config.mqtt
+        units = f"edged@{camera} and edged.service need" if camera else "every edged unit needs"
         lines.append(
             f"  note: {key}: not checked: $CREDENTIALS_DIRECTORY is not set "
-            "(systemd's LoadCredential= sets it for the unit)"
+            f"(systemd's LoadCredential= sets it for the unit): {units} "
+            f"LoadCredential={owner.password_credential}:FILE"
         )
     print("\n".join(scrub(line) for line in lines))
     sys.stdout.flush()  # a closed pipe raises here, where main() handles it

@@ -224,7 +224,7 @@ class Supervisor:
         log.info("received SIGHUP: reloading %s", path)
         writer = None
         try:
-            new = load_config(path)
+            new = load_config(path, cameras=self.requested)
             if new.events != self.config.events:
                 # Opened before anything changes: a reload that cannot write
                 # its event file changes nothing, rather than stopping edged.

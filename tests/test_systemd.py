@@ -776,3 +776,33 @@ def test_instances_side_by_side_and_the_all_cameras_unit_refuses(box, rtsp_serve
     for unit, cam in (("edged@cam1.service", "cam1"), ("edged@cam2.service", "cam2")):
         assert _status_text(box, unit).startswith(f"{cam} streaming")
     assert _show(box, "edged@cam1.service", "MainPID")["MainPID"] == main1
+
+
+@pytest.mark.slow
+def test_a_credential_of_one_camera_unit_is_not_needed_by_the_others(box):
+    secret = box.root / "etc/edged/cam1.pw"
+    secret.write_text(f"pw-{uuid.uuid4().hex}\n")
+    secret.chmod(0o600)  # root's: systemd reads it for the unit's LoadCredential=
+    dropin = box.root / UNIT_DIR / "edged@cam1.service.d" / "credential.conf"
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text("[Service]\nLoadCredential=cam1.pw:/etc/edged/cam1.pw\n")
+    box.systemctl("daemon-reload")
+    try:
+        cam1 = 'source = "synthetic"\nusername = "u"\npassword_credential = "cam1.pw"'
+        _write_config(box, {"cam1": cam1, "cam2": 'source = "synthetic"'})
+        box.systemctl("start", "edged@cam2.service")  # has no credential, needs none
+        _wait_streaming(box, "edged@cam2.service", "cam2")
+        box.systemctl("start", "edged@cam1.service")
+        _wait_streaming(box, "edged@cam1.service", "cam1")
+        box.systemctl("reload", "edged@cam2.service")
+        assert _status_text(box, "edged@cam2.service").startswith("cam2 ")
+        box.systemctl("stop", "edged@cam1.service", "edged@cam2.service")
+        # Every camera in one unit: it needs cam1's credential, and says which.
+        assert box.systemctl("start", "edged.service", check=False).returncode != 0
+        assert _show(box, "edged.service", "ExecMainStatus")["ExecMainStatus"] == "78"
+        errors = box.journal("edged.service", "-p", "err")
+        assert "cameras.cam1.password_credential" in errors, errors
+        assert "LoadCredential=cam1.pw:FILE" in errors, errors
+    finally:
+        shutil.rmtree(dropin.parent)
+        box.systemctl("daemon-reload")

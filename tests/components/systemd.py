@@ -3,7 +3,8 @@
 Read ../../../shared/notes/systemd-sandbox.md first: booted carelessly, this
 systemd empties the host's /tmp. The boot script below is the note's, word for
 word: its own tmpfs on /run, /tmp and /var/tmp, the boot-time units that touch
-the host masked before systemd starts. The sandbox is never powered off from
+the host masked before systemd starts, and `mount --make-rshared /` (the note's
+LoadCredential= section) so credentials reach the units. The sandbox is never powered off from
 inside; :meth:`SystemdSandbox.stop` sends SIGKILL to its PID 1 from outside,
 which ends every process in the namespace.
 
@@ -31,6 +32,9 @@ BOOT_SCRIPT = """\
 #!/bin/sh
 mount -t proc proc /proc
 for d in /run /tmp /var/tmp; do mount -t tmpfs tmpfs $d; done
+# LoadCredential= mounts must reach the unit; the host's / stays private
+# (unshare --propagation private).
+mount --make-rshared /
 mkdir -p /run/systemd/system /run/systemd/journald.conf.d
 printf '[Journal]\\nStorage=volatile\\n' > /run/systemd/journald.conf.d/volatile.conf
 printf '[Unit]\\nDescription=test target\\n' > /run/systemd/system/sandbox.target
