@@ -439,13 +439,55 @@ def test_install_and_uninstall_in_a_prefix(tmp_path, capsys):
     wants.mkdir()
     (wants / "edged@cam1.service").symlink_to("/etc/systemd/system/edged@.service")
     (tmp_path / "var/lib/private/edged").mkdir(parents=True)
+    dropin = units / "edged@cam1.service.d"  # systemctl edit edged@cam1
+    dropin.mkdir()
+    (dropin / "override.conf").write_text("[Service]\nLoadCredential=cam1.pw:/etc/cam1.pw\n")
     assert run_install(tmp_path, uninstall=True, dry_run=True) == 0
     assert (units / "edged.service").exists()
+    capsys.readouterr()
     assert run_install(tmp_path, uninstall=True) == 0
-    assert list(units.iterdir()) == [wants] and list(wants.iterdir()) == []
+    assert f"kept the drop-ins {dropin} (--purge removes them)" in capsys.readouterr().out
+    assert sorted(units.iterdir()) == [dropin, wants] and list(wants.iterdir()) == []
     assert config.exists() and (tmp_path / "var/lib/private/edged").exists()
     assert run_install(tmp_path, uninstall=True, purge=True) == 0
     assert not config.parent.exists() and not (tmp_path / "var/lib/private/edged").exists()
+    assert f"removed {dropin} (drop-ins)" in capsys.readouterr().out
+    assert list(units.iterdir()) == [wants]
+
+
+def test_the_installed_config_passes_its_check_and_names_a_camera_that_runs(tmp_path):
+    edged = [sys.executable, "-m", "edged"]
+    done = subprocess.run(
+        [*edged, "install-systemd", "--prefix", str(tmp_path), "--no-reload"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "systemctl enable --now edged@demo " in done.stdout
+    config = tmp_path / "etc/edged/edged.toml"
+    text = config.read_text()
+    assert "# [cameras.front-door]" in text and "# [cameras.yard.processor]" in text
+    check = subprocess.run(
+        [*edged, "check-config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "OK, 1 camera(s)" in check.stdout and "  demo: synthetic" in check.stdout
+
+
+def test_install_refusals_are_usage_errors_not_internal_ones(tmp_path, monkeypatch, capsys):
+    from edged import cli, install
+
+    monkeypatch.setattr(install, "edged_command", lambda: ["/root/venv/bin/edged"])
+    assert cli.main(["install-systemd", "--prefix", str(tmp_path)]) == 64
+    err = capsys.readouterr().err
+    assert "/root/venv/bin/edged is under /root, which ProtectHome=yes hides" in err, err
+    assert "internal error" not in err
+    monkeypatch.undo()
+    monkeypatch.setattr(install, "ROOT", tmp_path)  # as if installed from a wheel
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["install-systemd", "--prefix", str(tmp_path / "root")]) == 64
+    assert "run install-systemd in a checkout of edged" in capsys.readouterr().err
 
 
 def test_install_finds_the_units_in_the_checkout_it_runs_in(tmp_path, monkeypatch):
@@ -806,3 +848,16 @@ def test_a_credential_of_one_camera_unit_is_not_needed_by_the_others(box):
     finally:
         shutil.rmtree(dropin.parent)
         box.systemctl("daemon-reload")
+
+
+@pytest.mark.slow
+def test_the_installed_config_runs_as_installed(box):
+    config = box.root / "etc/edged/edged.toml"
+    config.unlink()
+    units = str(box.root / UNIT_DIR)
+    install = ["install-systemd", "--prefix", str(box.root), "--unit-dir", units, "--no-reload"]
+    done = subprocess.run([sys.executable, "-m", "edged", *install], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (step,) = re.findall(r"systemctl enable --now (edged@\S+)", done.stdout)
+    box.systemctl("start", step)  # the printed next step, less enable
+    _wait_streaming(box, f"{step}.service", "demo")
