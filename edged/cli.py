@@ -61,6 +61,15 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="the daemon's metrics URL (default: from the config)")
     status.add_argument("--camera", help="the edged@NAME daemon of this camera, only this camera")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    reload = sub.add_parser(
+        "reload",
+        help="reload a running daemon's config and wait for its verdict; exit 78 if rejected",
+    )
+    reload.add_argument("--pid", type=int, required=True, help="the daemon (systemd: $MAINPID)")
+    reload.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    reload.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait (default: %(default)s)"
+    )
     install.add_arguments(
         sub.add_parser("install-systemd", help="install the systemd units and a config")
     )
@@ -139,6 +148,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     return run_status_command(url, args.json, camera=args.camera)
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    from edged.reload import run_reload_command
+
+    return run_reload_command(args.pid, args.config, args.timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handler = {
@@ -146,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "events": cmd_events,
         "status": cmd_status,
+        "reload": cmd_reload,
         "install-systemd": install.main,
     }
     from edged.logs import print_error

@@ -103,7 +103,9 @@ def render_unit(text: str, command: Sequence[str], source: str = "") -> str:
         raise InstallError(f"{source or 'unit'}: no ExecStart={SHIPPED_EXEC} to replace")
     exec_ = " ".join(_quote(a) for a in command)
     lines = [
-        line.replace(SHIPPED_EXEC, exec_, 1) if line.startswith("ExecStart=") else line
+        line.replace(SHIPPED_EXEC, exec_, 1)
+        if line.startswith(("ExecStart=", "ExecReload="))
+        else line
         for line in text.splitlines()
     ]
     head = [

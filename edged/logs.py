@@ -8,10 +8,12 @@ scrubs URL credentials, whatever code logged it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Iterator
 from typing import TextIO
 
 _PRIORITY = {
@@ -94,3 +96,26 @@ def setup_logging(settings: LogSettings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.addFilter(_ScrubFilter())
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def errors_logged() -> Iterator[list[str]]:
+    """The messages logged at error or above inside the ``with`` block, scrubbed (the
+    reasons a reload gives ``edged reload``)."""
+    collector = _Collector()
+    root = logging.getLogger()
+    root.addHandler(collector)
+    try:
+        yield collector.messages
+    finally:
+        root.removeHandler(collector)

@@ -26,9 +26,10 @@ from edged.camera import CameraRuntime, CameraSnapshot, Child
 from edged.config import Config, EventsConfig, load_config
 from edged.errors import EX_CONFIG, EX_OK, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
-from edged.logs import LogSettings, setup_logging
+from edged.logs import LogSettings, errors_logged, setup_logging
 from edged.metrics import Metrics
 from edged.reader import EXIT_END_OF_STREAM, ReaderState, reader_main
+from edged.reload import ReloadVerdicts
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
 from edged.systemd import Notifier, format_status
@@ -78,6 +79,7 @@ class Supervisor:
         self.on_state: list[Callable[[CameraSnapshot], None]] = []
         self.metrics: Metrics | None = None
         self.mqtt: MqttSink | None = None
+        self.verdicts: ReloadVerdicts | None = None  # for `edged reload`, once started
         self.writer = self._open_writer()
 
     def _open_writer(self, ev: EventsConfig | None = None) -> JsonlWriter:
@@ -120,6 +122,8 @@ class Supervisor:
                 ", ".join(self.cams),
                 os.getpid(),
             )
+            self.verdicts = ReloadVerdicts(self.config.daemon.state_dir)
+            self.verdicts.start()
             # Children are spawned by the first tick; a camera still connecting
             # does not hold up READY.
             self.tick()
@@ -190,7 +194,7 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.handle_term(signum)
             elif signum == signal.SIGHUP:
-                self.handle_hup()
+                self.reload()
         self.collect_events()
         now = time.monotonic()
         for cam in self.cams.values():
@@ -217,6 +221,13 @@ class Supervisor:
     def handle_term(self, signum: int) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
+
+    def reload(self) -> None:
+        """handle_hup(), its verdict (and the errors it logged) kept for `edged reload`."""
+        with errors_logged() as problems:
+            self.handle_hup()
+        if self.verdicts is not None:
+            self.verdicts.record(not self._status_prefix, problems)
 
     def handle_hup(self) -> None:
         self.notifier.reloading()
@@ -690,6 +701,8 @@ class Supervisor:
             cam.close()
         for name in list(self.locks):
             self.unlock_camera(name)
+        if self.verdicts is not None:
+            self.verdicts.close()
         self.writer.close()
         self.notifier.close()
         signal.set_wakeup_fd(-1)

@@ -399,6 +399,48 @@ def test_a_busy_metrics_address_is_logged_at_err_priority(tmp_path):
 
 
 # ======================================================================================
+# edged reload: SIGHUP and the daemon's verdict
+# ======================================================================================
+
+
+def _edged_reload(d: Daemon) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "edged", "reload", "--pid", str(d.pid), "--config", str(d.config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_edged_reload_waits_for_the_verdict_and_fails_when_rejected(tmp_path):
+    config = SYNTHETIC + "[metrics]\nenabled = false\n"  # the verdict needs no listener
+    d = Daemon(tmp_path, config)
+    d.start()
+    try:
+        d.wait_log("edged started")
+        ok = _edged_reload(d)
+        assert ok.returncode == 0 and f"pid {d.pid} reloaded" in ok.stdout, ok.stderr
+        d.config.write_text(config.replace("fps = 25", "fps = 25\nbogus = 1"))
+        bad = _edged_reload(d)
+        assert bad.returncode == 78, bad.stdout + bad.stderr
+        assert f"pid {d.pid} rejected" in bad.stderr and "cameras.cam1.bogus" in bad.stderr
+        assert d.proc is not None and d.proc.poll() is None
+        d.config.write_text("[cameras.cam1\n")  # not even TOML: refused before signalling
+        broken = _edged_reload(d)
+        assert broken.returncode == 78 and "TOML syntax error" in broken.stderr, broken.stderr
+        d.config.write_text(config)
+        assert _edged_reload(d).returncode == 0
+        gone = subprocess.run(
+            [sys.executable, "-m", "edged", "reload", "--pid", "1", "--config", str(d.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gone.returncode == 70 and "pid 1 is not an edged daemon" in gone.stderr
+        assert d.stop() == 0
+        assert not list((tmp_path / "state").glob("reload-*.json"))
+    finally:
+        d.kill()
+
+
+# ======================================================================================
 # The units and install-systemd, on this machine's files
 # ======================================================================================
 
@@ -686,9 +728,10 @@ def test_reload_applies_changes_and_survives_a_broken_config(box, rtsp_server):
     main = _show(box, unit, "MainPID")["MainPID"]
     before = _children(box, unit)
 
-    def reload(expect: str) -> None:
+    def reload(expect: str, ok: bool = True) -> None:
         n = box.journal(unit).count(expect)
-        box.systemctl("reload", unit)
+        # ExecReload= waits for the verdict: systemctl reload fails when edged rejects it
+        assert (box.systemctl("reload", unit, check=False).returncode == 0) == ok
         wait_for(f"{expect!r} after reload", lambda: box.journal(unit).count(expect) > n)
 
     # another camera changed: cam1 keeps its processes
@@ -705,12 +748,13 @@ def test_reload_applies_changes_and_survives_a_broken_config(box, rtsp_server):
     _wait_streaming(box, unit, "cam1")
     # broken: still running, the failure in STATUS and in the journal at error priority
     _write_config(box, {"cam1": cams["cam1"] + "\nstale_afer = 3"})
-    reload("still running the previous configuration")
+    reload("still running the previous configuration", ok=False)
     state = _show(box, unit, "ActiveState", "MainPID", "StatusText")
     assert state["ActiveState"] == "active" and state["MainPID"] == main, state
     assert state["StatusText"].startswith("reload failed: "), state
     errors = box.journal(unit, "-p", "err")
     assert "cameras.cam1.stale_afer" in errors, box.journal(unit, "-o", "short-monotonic")
+    assert f"edged reload: pid {main} rejected /etc/edged/edged.toml" in errors, errors
     assert "edged started" not in errors
     warnings = box.journal(unit, "-p", "warning")
     assert "reload failed" in warnings and "camera cam1: streaming" not in warnings
