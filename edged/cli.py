@@ -142,8 +142,13 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edged.status import run_status_command, status_url
+    from edged.status import run_status_all, run_status_command, status_targets, status_url
 
+    if args.url is None and args.camera is None:
+        # Cameras with their own metrics_listen run as edged@NAME units: ask each.
+        urls, cameras = status_targets(args.config)
+        if len(urls) > 1:
+            return run_status_all(urls, cameras, args.json)
     url = args.url or status_url(args.config, args.camera)
     return run_status_command(url, args.json, camera=args.camera)
 

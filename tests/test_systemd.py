@@ -441,6 +441,49 @@ def test_edged_reload_waits_for_the_verdict_and_fails_when_rejected(tmp_path):
 
 
 # ======================================================================================
+# edged status of per-camera daemons
+# ======================================================================================
+
+
+@pytest.mark.slow
+def test_status_without_camera_asks_every_per_camera_daemon(tmp_path):
+    ports = {name: free_port() for name in ("default", "cam1", "cam2")}
+    toml = (
+        f'[metrics]\nlisten = "127.0.0.1:{ports["default"]}"\n'
+        '[daemon]\nstate_dir = "state"\n'
+        + "".join(
+            f'[cameras.{cam}]\nsource = "synthetic"\nwidth = 160\nheight = 90\nfps = 10\n'
+            f'metrics_listen = "127.0.0.1:{ports[cam]}"\n'
+            for cam in ("cam1", "cam2")
+        )
+    )
+    for cam in ("cam1", "cam2"):
+        (tmp_path / cam).mkdir()  # each its own state and log; the same config
+    units = [Daemon(tmp_path / cam, toml, "--camera", cam) for cam in ("cam1", "cam2")]
+    config = units[0].config
+
+    def status() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "edged", "status", "--config", str(config)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    try:
+        for d in units:
+            d.start()
+        done = wait_for("both cameras healthy", lambda: (r := status()).returncode == 0 and r)
+        for cam in ("cam1", "cam2"):
+            assert f"edged at http://127.0.0.1:{ports[cam]}: healthy" in done.stdout, done
+            assert re.search(rf"^{cam}\s+streaming", done.stdout, re.M), done.stdout
+        assert str(ports["default"]) not in done.stdout + done.stderr
+        assert units[1].stop() == 0
+        done = status()
+        assert done.returncode == 1, done
+        assert "camera cam2: not served by any edged reached" in done.stdout
+    finally:
+        for d in units:
+            d.kill()
+
+
+# ======================================================================================
 # The units and install-systemd, on this machine's files
 # ======================================================================================
 
