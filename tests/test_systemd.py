@@ -623,7 +623,8 @@ def sandbox() -> Iterator[SystemdSandbox]:
     if problem is not None:
         pytest.fail(problem, pytrace=False)
     workdir = REPO / "var" / f"test-systemd-{os.getpid()}"
-    box = SystemdSandbox(workdir)
+    # The units run this checkout's venv: seen at their paths even in /tmp.
+    box = SystemdSandbox(workdir, keep=[REPO, Path(sys.prefix)])
     try:
         box.start()
         box.overlay("/etc", "/var/lib", "/var/log")
