@@ -641,6 +641,7 @@ def sandbox() -> Iterator[SystemdSandbox]:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert (box.root / "etc/edged/edged.toml").exists()
+        _bind_checkout(box)
         box.systemctl("daemon-reload")
         yield box
     finally:
@@ -656,9 +657,31 @@ def box(sandbox: SystemdSandbox) -> Iterator[SystemdSandbox]:
     sandbox.systemctl("stop", "edged.service", "edged@*.service", check=False)
     sandbox.systemctl("reset-failed", check=False)
     dropins = sandbox.root / UNIT_DIR / "edged@.service.d"
-    if dropins.exists():
-        shutil.rmtree(dropins)
+    added = [f for f in dropins.glob("*") if f.name != CHECKOUT_DROPIN]
+    for extra in added:
+        shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    if added:
         sandbox.systemctl("daemon-reload")
+
+
+CHECKOUT_DROPIN = "test-checkout.conf"
+
+
+def _bind_checkout(box: SystemdSandbox) -> None:
+    """A checkout (and venv) in /tmp is bound into the sandbox at its own path, but
+    DynamicUser= implies PrivateTmp=: the units get a /tmp of their own. A drop-in
+    binds it into theirs too; the units themselves stay as shipped."""
+    hidden = [
+        str(p)
+        for p in dict.fromkeys([REPO, Path(sys.prefix)])
+        if any(p.is_relative_to(h) for h in ("/tmp", "/var/tmp"))
+    ]
+    if not hidden:
+        return
+    for unit in ("edged.service", "edged@.service"):
+        dropin = box.root / UNIT_DIR / f"{unit}.d" / CHECKOUT_DROPIN
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text("[Service]\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in hidden))
 
 
 def _write_config(box: SystemdSandbox, cameras: dict[str, str], extra: str = "") -> None:
