@@ -38,6 +38,13 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check-config", help="validate a config file; exit 78 if invalid")
     check.add_argument("config", nargs="?", default=DEFAULT_CONFIG)
+    check.add_argument(
+        "--camera",
+        action="append",
+        metavar="NAME",
+        help="read the secrets of this camera only, as `edged run --camera` does "
+        "(repeatable; default: every camera's)",
+    )
 
     events = sub.add_parser("events", help="print events from the event file")
     events.add_argument("--config", "-c", default=DEFAULT_CONFIG)
@@ -54,16 +61,27 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("--url", help="the daemon's metrics URL (default: from the config)")
     status.add_argument("--camera", help="the edged@NAME daemon of this camera, only this camera")
     status.add_argument("--json", action="store_true", help="machine-readable output")
+    reload = sub.add_parser(
+        "reload",
+        help="reload a running daemon's config and wait for its verdict; exit 78 if rejected",
+    )
+    reload.add_argument("--pid", type=int, required=True, help="the daemon (systemd: $MAINPID)")
+    reload.add_argument("--config", "-c", default=DEFAULT_CONFIG)
+    reload.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait (default: %(default)s)"
+    )
     install.add_arguments(
         sub.add_parser("install-systemd", help="install the systemd units and a config")
     )
     return p
 
 
-def _load(path: str, credentials_optional: bool = False):  # type: ignore[no-untyped-def]
+def _load(  # type: ignore[no-untyped-def]
+    path: str, credentials_optional: bool = False, cameras: list[str] | None = None
+):
     from edged.config import load_config
 
-    return load_config(path, credentials_optional)
+    return load_config(path, credentials_optional, cameras)
 
 
 # What stops (SIGTERM, SIGINT) or reloads (SIGHUP) the daemon: the signals
@@ -95,7 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(LogSettings())
     # A reload asked for before the config is read is what reading it does.
     held[:] = [sig for sig in held if sig != signal.SIGHUP]
-    config = _load(args.config)
+    # Only the cameras run need their secrets: edged@cam2 has no LoadCredential= of cam1's.
+    config = _load(args.config, cameras=args.camera)
     setup_logging(LogSettings(config.logging.level, config.logging.format))
     stop = next((sig for sig in held if sig != signal.SIGHUP), None)
     if stop is not None:
@@ -117,15 +136,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     from edged.redact import scrub
 
     # Run in a shell, where $CREDENTIALS_DIRECTORY is unset although the unit sets it.
-    config = _load(args.config, credentials_optional=True)
+    config = _load(args.config, credentials_optional=True, cameras=args.camera)
     lines = [f"{args.config}: OK, {len(config.cameras)} camera(s)"]
     for cam in config.cameras.values():
         grey = ", grey frames" if cam.frame_format == "gray" else ""
         lines.append(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
     for key in config.unread_credentials():
+        section, _, rest = key.partition(".")
+        camera = rest.partition(".")[0] if section == "cameras" else None
+        if args.camera and camera is not None and camera not in args.camera:
+            continue  # not read, as `edged run --camera` does not read it
+        owner = config.cameras[camera] if camera is not None else config.mqtt
+        units = f"edged@{camera} and edged.service need" if camera else "every edged unit needs"
         lines.append(
             f"  note: {key}: not checked: $CREDENTIALS_DIRECTORY is not set "
-            "(systemd's LoadCredential= sets it for the unit)"
+            f"(systemd's LoadCredential= sets it for the unit): {units} "
+            f"LoadCredential={owner.password_credential}:FILE"
         )
     print("\n".join(scrub(line) for line in lines))
     sys.stdout.flush()  # a closed pipe raises here, where main() handles it
@@ -144,10 +170,21 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from edged.status import run_status_command, status_url
+    from edged.status import run_status_all, run_status_command, status_targets, status_url
 
+    if args.url is None and args.camera is None:
+        # Cameras with their own metrics_listen run as edged@NAME units: ask each.
+        urls, cameras = status_targets(args.config)
+        if len(urls) > 1:
+            return run_status_all(urls, cameras, args.json)
     url = args.url or status_url(args.config, args.camera)
     return run_status_command(url, args.json, camera=args.camera)
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    from edged.reload import run_reload_command
+
+    return run_reload_command(args.pid, args.config, args.timeout)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,15 +194,18 @@ def main(argv: list[str] | None = None) -> int:
         "check-config": cmd_check_config,
         "events": cmd_events,
         "status": cmd_status,
+        "reload": cmd_reload,
         "install-systemd": install.main,
     }
+    from edged.logs import print_error
+
     try:
         return handler[args.command](args)
     except ConfigError as exc:
-        print(exc, file=sys.stderr)
+        print_error(str(exc))
         return EX_CONFIG
     except EdgedError as exc:
-        print(f"edged: {exc}", file=sys.stderr)
+        print_error(f"edged: {exc}")
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
@@ -175,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 128 + signal.SIGPIPE
     except Exception:
-        log.exception("edged: internal error")
+        if not logging.getLogger().handlers:
+            # check-config and the other short commands set up no logging: without
+            # this, Python's last-resort handler would print it without a priority.
+            from edged.logs import LogSettings, setup_logging
+
+            setup_logging(LogSettings())
+        log.critical("edged: internal error", exc_info=True)
         return EX_SOFTWARE
 
 

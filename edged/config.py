@@ -389,16 +389,33 @@ def _read_secret(path: Path) -> str:
     return secret
 
 
-def _credential_path(name: str, info: ValidationInfo) -> Path | None:
+def _secret_needed(info: ValidationInfo, owner: str | None) -> bool:
+    """Whether ``owner``'s secret is read: not when the config is loaded for some
+    cameras only (``edged run --camera``) and it is another camera's, or [defaults]'
+    (``""``: the cameras run inherit it and read it themselves). Their structure is
+    checked all the same; their secret files are not needed. ``owner`` None: MQTT's."""
+    wanted = _context(info).get("secret_cameras")
+    return wanted is None or owner is None or owner in wanted
+
+
+def _field_owner(info: ValidationInfo) -> str | None:
+    # Set by _Password._scope_secret around the fields of the model being validated.
+    owner = _context(info).get("secret_owner")
+    return owner if isinstance(owner, str) else None
+
+
+def _credential_path(name: str, info: ValidationInfo, owner: str | None) -> Path | None:
     """The credential's file; None when it cannot be known here and need not be."""
+    if not _secret_needed(info, owner):
+        return None
     context = _context(info)
     folder = context.get("credentials_dir") or os.environ.get("CREDENTIALS_DIRECTORY")
     if not folder:
         if context.get("credentials_optional"):
             return None  # check-config in a shell: the unit's LoadCredential= sets it
         raise ValueError(
-            "$CREDENTIALS_DIRECTORY is not set (systemd's LoadCredential= sets it); "
-            "use password_file outside systemd"
+            f"$CREDENTIALS_DIRECTORY is not set: this unit needs LoadCredential={name}:FILE "
+            "(systemd sets it); use password_file outside systemd"
         )
     return Path(folder) / name
 
@@ -461,12 +478,31 @@ class _Password(_Model):
 
     _secret: SecretStr | None = PrivateAttr(default=None)
 
+    @classmethod
+    def _secret_owner(cls, data: Any) -> str | None:
+        """Whose secret this is, for :func:`_secret_needed`; None: always needed."""
+        return None
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _scope_secret(
+        cls, data: Any, handler: ModelWrapValidatorHandler[Self], info: ValidationInfo
+    ) -> Self:
+        context = _context(info)
+        outer = context.get("secret_owner")
+        context["secret_owner"] = cls._secret_owner(data)
+        try:
+            return handler(data)
+        finally:
+            context["secret_owner"] = outer
+
     @field_validator("password_file")
     @classmethod
     def _check_password_file(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is not None:
             value = _resolve(value, info)
-            _read_secret(value)
+            if _secret_needed(info, _field_owner(info)):
+                _read_secret(value)
         return value
 
     @field_validator("password_credential")
@@ -475,7 +511,7 @@ class _Password(_Model):
         if value is not None:
             if "/" in value or value in (".", ".."):
                 raise ValueError("expected a credential name, not a path")
-            path = _credential_path(value, info)
+            path = _credential_path(value, info, _field_owner(info))
             if path is not None:
                 _read_secret(path)
         return value
@@ -488,10 +524,13 @@ class _Password(_Model):
         return [(given[-1], f"give only one password source; found: {names}")]
 
     def _load_secret(self, info: ValidationInfo) -> None:
+        owner = self._secret_owner(self.__dict__)
+        if not _secret_needed(info, owner):
+            return
         if self.password_file is not None:
             self._secret = SecretStr(_read_secret(self.password_file))
         elif self.password_credential is not None:
-            path = _credential_path(self.password_credential, info)
+            path = _credential_path(self.password_credential, info, owner)
             if path is not None:
                 self._secret = SecretStr(_read_secret(path))
 
@@ -598,6 +637,10 @@ class CameraDefaults(_CameraSettings):
         "name": "a camera's name is its table name",
     }
 
+    @classmethod
+    def _secret_owner(cls, data: Any) -> str | None:
+        return ""  # no camera's: read by the cameras that inherit it
+
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Self:
         if problems := self._passwordproblems():
@@ -619,6 +662,10 @@ class CameraConfig(_CameraSettings):
         description="'host:port' for metrics when edged runs only this camera (edged@NAME), "
         "so per-camera units run side by side; default: [metrics] listen.",
     )
+
+    @classmethod
+    def _secret_owner(cls, data: Any) -> str | None:
+        return str(data.get("name")) if isinstance(data, dict) else None
 
     @field_validator("source", mode="before")
     @classmethod
@@ -1030,12 +1077,18 @@ class Config(_Model):
 # --- loading and error reports -----------------------------------------------------------
 
 
-def load_config(path: str | os.PathLike[str], credentials_optional: bool = False) -> Config:
+def load_config(
+    path: str | os.PathLike[str],
+    credentials_optional: bool = False,
+    cameras: Iterable[str] | None = None,
+) -> Config:
     """Read and validate the config file at ``path``; raise :class:`ConfigError`.
 
     ``credentials_optional``: for commands run outside the daemon's unit (check-config,
     events): without ``$CREDENTIALS_DIRECTORY`` a ``password_credential`` is not read
-    (nor its password known); :meth:`Config.unread_credentials` lists them."""
+    (nor its password known); :meth:`Config.unread_credentials` lists them.
+    ``cameras``: read the secrets of these cameras only (``edged run --camera``): the
+    others' password files and credentials are not read, nor their passwords known."""
     name = os.fspath(path)
     try:
         text = Path(name).read_bytes().decode("utf-8")
@@ -1045,7 +1098,7 @@ def load_config(path: str | os.PathLike[str], credentials_optional: bool = False
         raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError(name, [f"{name}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(text, name, credentials_optional)
+    return parse_config(text, name, credentials_optional, cameras)
 
 
 def camera_from_dict(
@@ -1066,11 +1119,14 @@ def camera_from_dict(
 
 
 def parse_config(
-    text: str, path: str | os.PathLike[str], credentials_optional: bool = False
+    text: str,
+    path: str | os.PathLike[str],
+    credentials_optional: bool = False,
+    cameras: Iterable[str] | None = None,
 ) -> Config:
     """Validate TOML ``text`` as if read from ``path`` (which relative paths in it
     are resolved against); raise :class:`ConfigError` listing every problem.
-    ``credentials_optional``: as for :func:`load_config`."""
+    ``credentials_optional``, ``cameras``: as for :func:`load_config`."""
     name = os.fspath(path)
     try:
         data = tomllib.loads(text)
@@ -1081,6 +1137,7 @@ def parse_config(
         "path": file,
         "base_dir": file.parent,
         "credentials_optional": credentials_optional,
+        "secret_cameras": None if cameras is None else frozenset(cameras),
     }
     try:
         return Config.model_validate(data, context=context)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 
 EX_OK = 0
+EX_USAGE = 64  # sysexits EX_USAGE: a command asked for what it cannot do
 EX_SOFTWARE = 70  # an internal error: a bug, or a failure we did not foresee
 EX_CONFIG = 78  # sysexits EX_CONFIG; units mark it RestartPreventExitStatus=78
 

@@ -3,7 +3,8 @@
 The units in ``systemd/`` run ``/opt/edged/venv/bin/edged``; the installed
 copies run the ``edged`` of the interpreter doing the install (this checkout's
 or this virtualenv's), so ``.venv/bin/edged install-systemd`` is all it takes.
-The config is created from ``config/example.toml`` only when there is none:
+The config is created from ``config/example.toml`` only when there is none (its
+cameras commented out, a synthetic camera ``demo`` added, so that it runs as is):
 an existing one is never overwritten, and ``--uninstall`` keeps it (and the
 state and events) unless ``--purge`` is given.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import TextIO
 
 import edged
-from edged.errors import EX_OK, EdgedError
+from edged.errors import EX_OK, EX_USAGE, EdgedError
 
 __all__ = [
     "CONFIG_PATH",
@@ -60,6 +61,8 @@ PURGED = (
 
 class InstallError(EdgedError):
     """The units cannot be installed as asked."""
+
+    exit_code = EX_USAGE  # not a bug of edged's: where and how it was asked to install
 
 
 def source_root() -> Path:
@@ -100,7 +103,9 @@ def render_unit(text: str, command: Sequence[str], source: str = "") -> str:
         raise InstallError(f"{source or 'unit'}: no ExecStart={SHIPPED_EXEC} to replace")
     exec_ = " ".join(_quote(a) for a in command)
     lines = [
-        line.replace(SHIPPED_EXEC, exec_, 1) if line.startswith("ExecStart=") else line
+        line.replace(SHIPPED_EXEC, exec_, 1)
+        if line.startswith(("ExecStart=", "ExecReload="))
+        else line
         for line in text.splitlines()
     ]
     head = [
@@ -131,8 +136,37 @@ def _set_key(lines: list[str], section: str, key: str, value: str) -> None:
         lines.insert(header + 1, f"{key} = {value}")
 
 
+def _comment_cameras(lines: list[str]) -> list[str]:
+    """``lines`` with every setting from the first ``[cameras.NAME]`` table on commented
+    out: the example's cameras need addresses and passwords this box does not have."""
+    out: list[str] = []
+    in_cameras = False
+    for line in lines:
+        if re.match(r"\s*\[cameras\.", line):
+            in_cameras = True
+        if in_cameras and line.strip() and not line.lstrip().startswith("#"):
+            line = "# " + line
+        out.append(line)
+    return out
+
+
+DEMO_CAMERA = [
+    "",
+    "# Installed so that the first start works on any box: a generated test pattern.",
+    "# Add your cameras (the examples above), then `systemctl disable --now edged@demo`",
+    "# and remove this table.",
+    "[cameras.demo]",
+    'source = "synthetic"',
+    "width = 640",
+    "height = 360",
+    "fps = 15",
+]
+
+
 def render_config(example: str) -> str:
-    """``config/example.toml`` with the paths that a hardened unit can write to."""
+    """``config/example.toml`` with the paths that a hardened unit can write to, its
+    cameras commented out and a synthetic camera ``demo``: it passes check-config
+    and runs as it is."""
     lines = example.splitlines()
     _set_key(lines, "events", "path", f'"{EVENTS_PATH}"')
     _set_key(lines, "daemon", "state_dir", f'"{STATE_DIR}"')
@@ -141,10 +175,11 @@ def render_config(example: str) -> str:
         "# Under systemd edged can write only to /var/lib/edged (state_dir) and",
         "# /var/log/edged (events). This file must stay readable by the service user:",
         "# give camera passwords with LoadCredential= (`systemctl edit edged@NAME`) and",
-        "# password_credential, not in this file. Check it: edged check-config " + CONFIG_PATH,
+        "# password_credential, not in this file (edged.service, every camera in one",
+        "# unit, needs every camera's). Check it: edged check-config " + CONFIG_PATH,
         "",
     ]
-    return "\n".join(head + lines) + "\n"
+    return "\n".join(head + _comment_cameras(lines) + DEMO_CAMERA) + "\n"
 
 
 def _unreadable(paths: Sequence[Path]) -> list[str]:
@@ -225,7 +260,11 @@ def run_install(
     if purge:
         raise InstallError("--purge goes with --uninstall")
     cmd = list(command) if command is not None else edged_command()
-    problems = _unreadable([Path(cmd[0]), Path(os.path.realpath(cmd[0]))])
+    # The script's interpreter too: a venv made by a Python under /root (pyenv) links to it.
+    runs = [Path(cmd[0]), Path(os.path.realpath(cmd[0]))]
+    if command is None:
+        runs.append(Path(os.path.realpath(sys.executable)))
+    problems = _unreadable(runs)
     problems += _unreadable([Path(edged.__file__).parent])
     if problems:
         raise InstallError(
@@ -308,6 +347,17 @@ def _uninstall(
         if not dry_run:
             (units / name).unlink()
         print(f"{verb} {units / name}", file=out)
+    # `systemctl edit edged@NAME` drop-ins (LoadCredential=, limits): the user's own
+    # settings, so removed only with --purge, and said either way.
+    dropins = sorted(p for p in units.glob("edged*.service.d") if p.is_dir())
+    if purge:
+        for path in dropins:
+            if not dry_run:
+                shutil.rmtree(path)
+            print(f"{verb} {path} (drop-ins)", file=out)
+    elif dropins:
+        shown = ", ".join(str(p) for p in dropins)
+        print(f"kept the drop-ins {shown} (--purge removes them)", file=out)
     if purge:
         for rel in PURGED:
             path = root / rel
@@ -346,7 +396,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--purge",
         action="store_true",
-        help="with --uninstall: also remove /etc/edged, /var/lib/edged and /var/log/edged",
+        help="with --uninstall: also remove /etc/edged, /var/lib/edged, /var/log/edged "
+        "and the units' drop-ins (systemctl edit)",
     )
     parser.add_argument(
         "--no-reload", dest="reload", action="store_false", help="skip systemctl daemon-reload"

@@ -8,10 +8,13 @@ scrubs URL credentials, whatever code logged it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from typing import TextIO
 
 _PRIORITY = {
     logging.DEBUG: 7,
@@ -39,6 +42,21 @@ def under_journal() -> bool:
     except (OSError, ValueError):
         return False
     return st.st_dev == int(dev) and st.st_ino == int(ino)
+
+
+def print_error(text: str, priority: int = logging.ERROR, file: TextIO | None = None) -> None:
+    """Print why a command failed, ``text`` scrubbed, on stderr. Under the journal each line
+    carries the syslog prefix of ``priority`` (a logging level), as a log record would:
+    the CLI prints fatal errors before (or without) logging being set up, and
+    ``journalctl -p warning`` must show them all the same."""
+    from edged.redact import scrub
+
+    out = sys.stderr if file is None else file
+    lines = scrub(text).splitlines() or [""]
+    if under_journal():
+        prio = _PRIORITY.get(priority, 3)
+        lines = [f"<{prio}>{line}" for line in lines]
+    print("\n".join(lines), file=out, flush=True)
 
 
 class _ScrubFilter(logging.Filter):
@@ -78,3 +96,26 @@ def setup_logging(settings: LogSettings) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(settings.level.upper())
+
+
+class _Collector(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.addFilter(_ScrubFilter())
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+@contextlib.contextmanager
+def errors_logged() -> Iterator[list[str]]:
+    """The messages logged at error or above inside the ``with`` block, scrubbed (the
+    reasons a reload gives ``edged reload``)."""
+    collector = _Collector()
+    root = logging.getLogger()
+    root.addHandler(collector)
+    try:
+        yield collector.messages
+    finally:
+        root.removeHandler(collector)

@@ -36,14 +36,7 @@ class _Unreachable(Exception):
     pass
 
 
-def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
-    """The URL of the daemon ``edged run --config PATH [--camera CAMERA]`` serves.
-
-    Read from the TOML alone, by the rule of :func:`edged.metrics.listen_address`:
-    no processor is imported and no password file or credential is read, so it
-    works outside the daemon's environment (a shell without
-    ``$CREDENTIALS_DIRECTORY``, say). Raises :class:`ConfigError`."""
-    name = os.fspath(path)
+def _read_toml(name: str) -> dict[str, Any]:
     try:
         with open(name, "rb") as f:
             data = tomllib.load(f)
@@ -53,6 +46,18 @@ def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
         raise ConfigError(name, [f"{name}: TOML syntax error: {exc}"]) from None
     except UnicodeDecodeError:
         raise ConfigError(name, [f"{name}: not UTF-8 text (TOML must be)"]) from None
+    return data
+
+
+def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
+    """The URL of the daemon ``edged run --config PATH [--camera CAMERA]`` serves.
+
+    Read from the TOML alone, by the rule of :func:`edged.metrics.listen_address`:
+    no processor is imported and no password file or credential is read, so it
+    works outside the daemon's environment (a shell without
+    ``$CREDENTIALS_DIRECTORY``, say). Raises :class:`ConfigError`."""
+    name = os.fspath(path)
+    data = _read_toml(name)
     metrics = data.get("metrics", {})
     cameras = data.get("cameras", {})
     if not isinstance(metrics, dict) or not isinstance(cameras, dict):
@@ -72,6 +77,16 @@ def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
         return url_for(_check_listen(str(listen)))
     except ValueError as exc:
         raise ConfigError(name, [f"{name}: {key}: {exc}"]) from None
+
+
+def status_targets(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
+    """Every URL a daemon of this config may serve, each once: [metrics] listen
+    (edged.service, or edged@NAME of a camera without its own address) and each
+    camera's ``metrics_listen`` (edged@NAME); and the configured cameras."""
+    cameras = _read_toml(os.fspath(path)).get("cameras", {})
+    names = list(cameras) if isinstance(cameras, dict) else []
+    urls = [status_url(path)] + [status_url(path, name) for name in names]
+    return list(dict.fromkeys(urls)), names
 
 
 def _fetch(url: str) -> tuple[int, bytes]:
@@ -208,40 +223,80 @@ def run_status_command(
     if as_json:
         print(json.dumps(status, indent=2), file=out)
     else:
-        verdict = "healthy" if status["ready"] else "UNHEALTHY"
-        loop = "" if status["alive"] else " (supervisor loop not ticking)"
-        print(f"edged at {status['url']}: {verdict}{loop}", file=out)
-        rows = [
-            [
-                "CAMERA",
-                "STATE",
-                "FPS",
-                "AGE p50",
-                "AGE p95",
-                "SKIPPED",
-                "EVENTS",
-                "RESTARTS",
-                "LAST ERROR",
-            ]
-        ]
-        for name, c in status["cameras"].items():
-            state = c.get("state", "?")
-            if c.get("reason") and not c.get("ready"):
-                state += f" ({c['reason']})"
-            rows.append(
-                [
-                    name,
-                    state,
-                    f"{c.get('fps', 0.0):.1f}",
-                    _ms(c.get("frame_age_p50_s")),
-                    _ms(c.get("frame_age_p95_s")),
-                    f"{100 * c.get('skipped_ratio', 0.0):.1f}%",
-                    str(c.get("events", 0)),
-                    str(c.get("restarts", 0)),
-                    c.get("last_error") or "-",
-                ]
-            )
-        if camera is not None and camera not in status["cameras"]:
-            rows.append([camera, "not served here", "", "", "", "", "", "", "-"])
-        print(_table(rows), file=out)
+        _print_status(status, out, camera)
     return EXIT_HEALTHY if status["ready"] else EXIT_UNHEALTHY
+
+
+def run_status_all(
+    urls: list[str], cameras: list[str], as_json: bool, out: TextIO | None = None
+) -> int:
+    """``edged status`` of a config whose cameras have their own addresses (edged@NAME
+    units): every daemon reached, and the configured cameras none of them serves.
+    0 all served and healthy, 1 otherwise, 2 when no daemon can be reached."""
+    out = out or sys.stdout
+    found: list[dict[str, Any]] = []
+    unreachable: dict[str, str] = {}
+    for url in urls:
+        try:
+            found.append(collect_status(url))
+        except _Unreachable as exc:
+            unreachable[url] = str(exc)
+    served = {name for status in found for name in status["cameras"]}
+    missing = [name for name in cameras if name not in served]
+    if not found:
+        for url, reason in unreachable.items():
+            print(f"edged status: cannot reach edged at {url}: {reason}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    ready = not missing and all(status["ready"] for status in found)
+    if as_json:
+        summary = {"ready": ready, "daemons": found, "missing": missing, "unreachable": unreachable}
+        print(json.dumps(summary, indent=2), file=out)
+    else:
+        for status in found:
+            _print_status(status, out)
+        for name in missing:
+            print(f"camera {name}: not served by any edged reached", file=out)
+        # An address nobody serves is normal (edged.service stopped while the
+        # edged@ units run): worth a line only when a camera is missing.
+        for url, reason in unreachable.items() if missing else ():
+            print(f"  (no edged at {url}: {reason})", file=out)
+    return EXIT_HEALTHY if ready else EXIT_UNHEALTHY
+
+
+def _print_status(status: dict[str, Any], out: TextIO, camera: str | None = None) -> None:
+    verdict = "healthy" if status["ready"] else "UNHEALTHY"
+    loop = "" if status["alive"] else " (supervisor loop not ticking)"
+    print(f"edged at {status['url']}: {verdict}{loop}", file=out)
+    rows = [
+        [
+            "CAMERA",
+            "STATE",
+            "FPS",
+            "AGE p50",
+            "AGE p95",
+            "SKIPPED",
+            "EVENTS",
+            "RESTARTS",
+            "LAST ERROR",
+        ]
+    ]
+    for name, c in status["cameras"].items():
+        state = c.get("state", "?")
+        if c.get("reason") and not c.get("ready"):
+            state += f" ({c['reason']})"
+        rows.append(
+            [
+                name,
+                state,
+                f"{c.get('fps', 0.0):.1f}",
+                _ms(c.get("frame_age_p50_s")),
+                _ms(c.get("frame_age_p95_s")),
+                f"{100 * c.get('skipped_ratio', 0.0):.1f}%",
+                str(c.get("events", 0)),
+                str(c.get("restarts", 0)),
+                c.get("last_error") or "-",
+            ]
+        )
+    if camera is not None and camera not in status["cameras"]:
+        rows.append([camera, "not served here", "", "", "", "", "", "", "-"])
+    print(_table(rows), file=out)

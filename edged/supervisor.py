@@ -27,9 +27,10 @@ from edged.child import Child
 from edged.config import Config, load_config
 from edged.errors import EX_OK, EXIT_END_OF_STREAM, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
-from edged.logs import LogSettings, setup_logging
+from edged.logs import LogSettings, errors_logged, setup_logging
 from edged.metrics import Metrics, MetricsSources
 from edged.reader import ReaderState, reader_main
+from edged.reload import ReloadVerdicts
 from edged.router import EventRouter, open_writer
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
@@ -80,6 +81,7 @@ class Supervisor:
         self.on_state: list[Callable[[CameraSnapshot], None]] = []
         self.metrics: Metrics | None = None
         self.mqtt: MqttSink | None = None
+        self.verdicts: ReloadVerdicts | None = None  # for `edged reload`, once started
         self.events = EventRouter(config.events, config.daemon.state_dir, self.instance)
 
     # -- lifecycle ---------------------------------------------------------
@@ -123,6 +125,8 @@ class Supervisor:
                 ", ".join(self.cams),
                 os.getpid(),
             )
+            self.verdicts = ReloadVerdicts(self.config.daemon.state_dir)
+            self.verdicts.start()
             # Children are spawned by the first tick; a camera still connecting
             # does not hold up READY.
             self.tick()
@@ -197,7 +201,7 @@ class Supervisor:
             if signum in (signal.SIGTERM, signal.SIGINT):
                 self.handle_term(signum)
             elif signum == signal.SIGHUP:
-                self.handle_hup()
+                self.reload()
         self.collect_events()
         now = time.monotonic()
         for cam in self.cams.values():
@@ -224,13 +228,20 @@ class Supervisor:
         log.info("received %s: stopping", signal.Signals(signum).name)
         self.stopping = True
 
+    def reload(self) -> None:
+        """handle_hup(), its verdict (and the errors it logged) kept for `edged reload`."""
+        with errors_logged() as problems:
+            self.handle_hup()
+        if self.verdicts is not None:
+            self.verdicts.record(not self._status_prefix, problems)
+
     def handle_hup(self) -> None:
         self.notifier.reloading()
         path = self.config.path
         log.info("received SIGHUP: reloading %s", path)
         writer = None
         try:
-            new = load_config(path)
+            new = load_config(path, cameras=self.requested)
             if new.events != self.config.events:
                 # Opened before anything changes: a reload that cannot write
                 # its event file changes nothing, rather than stopping edged.
@@ -589,6 +600,8 @@ class Supervisor:
             cam.close()
         for name in list(self.locks):
             self.unlock_camera(name)
+        if self.verdicts is not None:
+            self.verdicts.close()
         self.events.close()
         self.notifier.close()
         signal.set_wakeup_fd(-1)

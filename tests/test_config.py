@@ -416,8 +416,11 @@ def test_check_config_notes_credentials_it_cannot_read(
     out = capsys.readouterr().out.splitlines()
     assert out[3:] == [
         f"  note: {key}.password_credential: not checked: $CREDENTIALS_DIRECTORY is not set "
-        "(systemd's LoadCredential= sets it for the unit)"
-        for key in ("cameras.a", "mqtt")
+        f"(systemd's LoadCredential= sets it for the unit): {units} LoadCredential={cred}:FILE"
+        for key, units, cred in (
+            ("cameras.a", "edged@a and edged.service need", "cam.pw"),
+            ("mqtt", "every edged unit needs", "mqtt.pw"),
+        )
     ]
 
 

@@ -356,6 +356,144 @@ def test_daemon_reloading_then_ready_around_sighup(notified):
 
 
 # ======================================================================================
+# Fatal errors under the journal: every line with its priority
+# ======================================================================================
+
+
+def _edged_under_journal(tmp_path: Path, *args: str) -> tuple[int, str]:
+    """Run the real ``edged`` with stderr on a file that JOURNAL_STREAM names, as systemd
+    sets it up for a unit: (exit status, what it wrote)."""
+    out = tmp_path / "journal-stream.log"
+    with open(out, "wb") as f:
+        st = os.fstat(f.fileno())
+        env = {**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"}
+        env.pop("NOTIFY_SOCKET", None)
+        code = subprocess.run(
+            [sys.executable, "-m", "edged", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=f,
+            stderr=f,
+            env=env,
+            timeout=60,
+        ).returncode
+    return code, out.read_text()
+
+
+def _all_prefixed(text: str, priorities: str = "23") -> bool:
+    return bool(text.strip()) and all(
+        re.match(rf"<[{priorities}]>", line) for line in text.splitlines()
+    )
+
+
+@pytest.mark.parametrize("command", ["run", "check-config"])
+def test_config_errors_carry_the_err_priority_under_the_journal(tmp_path, command):
+    config = tmp_path / "edged.toml"
+    config.write_text(SYNTHETIC.replace("fps = 25", "fps = -5"))
+    args = ["run", "--config", str(config)] if command == "run" else ["check-config", str(config)]
+    code, text = _edged_under_journal(tmp_path, *args)
+    assert code == 78, text
+    assert "cameras.cam1.fps" in text and _all_prefixed(text, "3"), text
+
+
+def test_a_busy_metrics_address_is_logged_at_err_priority(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "edged.toml"
+        config.write_text(SYNTHETIC + f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+        code, text = _edged_under_journal(tmp_path, "run", "--config", str(config))
+    assert code == 70, text
+    (line,) = [ln for ln in text.splitlines() if "cannot serve metrics" in ln]
+    assert line.startswith("<3>edged: cannot serve metrics") and "Address already in use" in line
+
+
+# ======================================================================================
+# edged reload: SIGHUP and the daemon's verdict
+# ======================================================================================
+
+
+def _edged_reload(d: Daemon) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, "-m", "edged", "reload", "--pid", str(d.pid), "--config", str(d.config)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.slow
+def test_edged_reload_waits_for_the_verdict_and_fails_when_rejected(tmp_path):
+    config = SYNTHETIC + "[metrics]\nenabled = false\n"  # the verdict needs no listener
+    d = Daemon(tmp_path, config)
+    d.start()
+    try:
+        d.wait_log("edged started")
+        ok = _edged_reload(d)
+        assert ok.returncode == 0 and f"pid {d.pid} reloaded" in ok.stdout, ok.stderr
+        d.config.write_text(config.replace("fps = 25", "fps = 25\nbogus = 1"))
+        bad = _edged_reload(d)
+        assert bad.returncode == 78, bad.stdout + bad.stderr
+        assert f"pid {d.pid} rejected" in bad.stderr and "cameras.cam1.bogus" in bad.stderr
+        assert d.proc is not None and d.proc.poll() is None
+        d.config.write_text("[cameras.cam1\n")  # not even TOML: refused before signalling
+        broken = _edged_reload(d)
+        assert broken.returncode == 78 and "TOML syntax error" in broken.stderr, broken.stderr
+        d.config.write_text(config)
+        assert _edged_reload(d).returncode == 0
+        gone = subprocess.run(
+            [sys.executable, "-m", "edged", "reload", "--pid", "1", "--config", str(d.config)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert gone.returncode == 70 and "pid 1 is not an edged daemon" in gone.stderr
+        assert d.stop() == 0
+        assert not list((tmp_path / "state").glob("reload-*.json"))
+    finally:
+        d.kill()
+
+
+# ======================================================================================
+# edged status of per-camera daemons
+# ======================================================================================
+
+
+@pytest.mark.slow
+def test_status_without_camera_asks_every_per_camera_daemon(tmp_path):
+    ports = {name: free_port() for name in ("default", "cam1", "cam2")}
+    toml = (
+        f'[metrics]\nlisten = "127.0.0.1:{ports["default"]}"\n'
+        '[daemon]\nstate_dir = "state"\n'
+        + "".join(
+            f'[cameras.{cam}]\nsource = "synthetic"\nwidth = 160\nheight = 90\nfps = 10\n'
+            f'metrics_listen = "127.0.0.1:{ports[cam]}"\n'
+            for cam in ("cam1", "cam2")
+        )
+    )
+    for cam in ("cam1", "cam2"):
+        (tmp_path / cam).mkdir()  # each its own state and log; the same config
+    units = [Daemon(tmp_path / cam, toml, "--camera", cam) for cam in ("cam1", "cam2")]
+    config = units[0].config
+
+    def status() -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "edged", "status", "--config", str(config)]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+
+    try:
+        for d in units:
+            d.start()
+        done = wait_for("both cameras healthy", lambda: (r := status()).returncode == 0 and r)
+        for cam in ("cam1", "cam2"):
+            assert f"edged at http://127.0.0.1:{ports[cam]}: healthy" in done.stdout, done
+            assert re.search(rf"^{cam}\s+streaming", done.stdout, re.M), done.stdout
+        assert str(ports["default"]) not in done.stdout + done.stderr
+        assert units[1].stop() == 0
+        done = status()
+        assert done.returncode == 1, done
+        assert "camera cam2: not served by any edged reached" in done.stdout
+    finally:
+        for d in units:
+            d.kill()
+
+
+# ======================================================================================
 # The units and install-systemd, on this machine's files
 # ======================================================================================
 
@@ -396,13 +534,55 @@ def test_install_and_uninstall_in_a_prefix(tmp_path, capsys):
     wants.mkdir()
     (wants / "edged@cam1.service").symlink_to("/etc/systemd/system/edged@.service")
     (tmp_path / "var/lib/private/edged").mkdir(parents=True)
+    dropin = units / "edged@cam1.service.d"  # systemctl edit edged@cam1
+    dropin.mkdir()
+    (dropin / "override.conf").write_text("[Service]\nLoadCredential=cam1.pw:/etc/cam1.pw\n")
     assert run_install(tmp_path, uninstall=True, dry_run=True) == 0
     assert (units / "edged.service").exists()
+    capsys.readouterr()
     assert run_install(tmp_path, uninstall=True) == 0
-    assert list(units.iterdir()) == [wants] and list(wants.iterdir()) == []
+    assert f"kept the drop-ins {dropin} (--purge removes them)" in capsys.readouterr().out
+    assert sorted(units.iterdir()) == [dropin, wants] and list(wants.iterdir()) == []
     assert config.exists() and (tmp_path / "var/lib/private/edged").exists()
     assert run_install(tmp_path, uninstall=True, purge=True) == 0
     assert not config.parent.exists() and not (tmp_path / "var/lib/private/edged").exists()
+    assert f"removed {dropin} (drop-ins)" in capsys.readouterr().out
+    assert list(units.iterdir()) == [wants]
+
+
+def test_the_installed_config_passes_its_check_and_names_a_camera_that_runs(tmp_path):
+    edged = [sys.executable, "-m", "edged"]
+    done = subprocess.run(
+        [*edged, "install-systemd", "--prefix", str(tmp_path), "--no-reload"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "systemctl enable --now edged@demo " in done.stdout
+    config = tmp_path / "etc/edged/edged.toml"
+    text = config.read_text()
+    assert "# [cameras.front-door]" in text and "# [cameras.yard.processor]" in text
+    check = subprocess.run(
+        [*edged, "check-config", str(config)], capture_output=True, text=True, timeout=60
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "OK, 1 camera(s)" in check.stdout and "  demo: synthetic" in check.stdout
+
+
+def test_install_refusals_are_usage_errors_not_internal_ones(tmp_path, monkeypatch, capsys):
+    from edged import cli, install
+
+    monkeypatch.setattr(install, "edged_command", lambda: ["/root/venv/bin/edged"])
+    assert cli.main(["install-systemd", "--prefix", str(tmp_path)]) == 64
+    err = capsys.readouterr().err
+    assert "/root/venv/bin/edged is under /root, which ProtectHome=yes hides" in err, err
+    assert "internal error" not in err
+    monkeypatch.undo()
+    monkeypatch.setattr(install, "ROOT", tmp_path)  # as if installed from a wheel
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["install-systemd", "--prefix", str(tmp_path / "root")]) == 64
+    assert "run install-systemd in a checkout of edged" in capsys.readouterr().err
 
 
 def test_install_finds_the_units_in_the_checkout_it_runs_in(tmp_path, monkeypatch):
@@ -453,7 +633,8 @@ def sandbox() -> Iterator[SystemdSandbox]:
     if problem is not None:
         pytest.fail(problem, pytrace=False)
     workdir = REPO / "var" / f"test-systemd-{os.getpid()}"
-    box = SystemdSandbox(workdir)
+    # The units run this checkout's venv: seen at their paths even in /tmp.
+    box = SystemdSandbox(workdir, keep=[REPO, Path(sys.prefix)])
     try:
         box.start()
         box.overlay("/etc", "/var/lib", "/var/log")
@@ -470,6 +651,7 @@ def sandbox() -> Iterator[SystemdSandbox]:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert (box.root / "etc/edged/edged.toml").exists()
+        _bind_checkout(box)
         box.systemctl("daemon-reload")
         yield box
     finally:
@@ -485,9 +667,31 @@ def box(sandbox: SystemdSandbox) -> Iterator[SystemdSandbox]:
     sandbox.systemctl("stop", "edged.service", "edged@*.service", check=False)
     sandbox.systemctl("reset-failed", check=False)
     dropins = sandbox.root / UNIT_DIR / "edged@.service.d"
-    if dropins.exists():
-        shutil.rmtree(dropins)
+    added = [f for f in dropins.glob("*") if f.name != CHECKOUT_DROPIN]
+    for extra in added:
+        shutil.rmtree(extra) if extra.is_dir() else extra.unlink()
+    if added:
         sandbox.systemctl("daemon-reload")
+
+
+CHECKOUT_DROPIN = "test-checkout.conf"
+
+
+def _bind_checkout(box: SystemdSandbox) -> None:
+    """A checkout (and venv) in /tmp is bound into the sandbox at its own path, but
+    DynamicUser= implies PrivateTmp=: the units get a /tmp of their own. A drop-in
+    binds it into theirs too; the units themselves stay as shipped."""
+    hidden = [
+        str(p)
+        for p in dict.fromkeys([REPO, Path(sys.prefix)])
+        if any(p.is_relative_to(h) for h in ("/tmp", "/var/tmp"))
+    ]
+    if not hidden:
+        return
+    for unit in ("edged.service", "edged@.service"):
+        dropin = box.root / UNIT_DIR / f"{unit}.d" / CHECKOUT_DROPIN
+        dropin.parent.mkdir(exist_ok=True)
+        dropin.write_text("[Service]\n" + "".join(f"BindReadOnlyPaths={p}\n" for p in hidden))
 
 
 def _write_config(box: SystemdSandbox, cameras: dict[str, str], extra: str = "") -> None:
@@ -601,9 +805,10 @@ def test_reload_applies_changes_and_survives_a_broken_config(box, rtsp_server):
     main = _show(box, unit, "MainPID")["MainPID"]
     before = _children(box, unit)
 
-    def reload(expect: str) -> None:
+    def reload(expect: str, ok: bool = True) -> None:
         n = box.journal(unit).count(expect)
-        box.systemctl("reload", unit)
+        # ExecReload= waits for the verdict: systemctl reload fails when edged rejects it
+        assert (box.systemctl("reload", unit, check=False).returncode == 0) == ok
         wait_for(f"{expect!r} after reload", lambda: box.journal(unit).count(expect) > n)
 
     # another camera changed: cam1 keeps its processes
@@ -620,12 +825,13 @@ def test_reload_applies_changes_and_survives_a_broken_config(box, rtsp_server):
     _wait_streaming(box, unit, "cam1")
     # broken: still running, the failure in STATUS and in the journal at error priority
     _write_config(box, {"cam1": cams["cam1"] + "\nstale_afer = 3"})
-    reload("still running the previous configuration")
+    reload("still running the previous configuration", ok=False)
     state = _show(box, unit, "ActiveState", "MainPID", "StatusText")
     assert state["ActiveState"] == "active" and state["MainPID"] == main, state
     assert state["StatusText"].startswith("reload failed: "), state
     errors = box.journal(unit, "-p", "err")
     assert "cameras.cam1.stale_afer" in errors, box.journal(unit, "-o", "short-monotonic")
+    assert f"edged reload: pid {main} rejected /etc/edged/edged.toml" in errors, errors
     assert "edged started" not in errors
     warnings = box.journal(unit, "-p", "warning")
     assert "reload failed" in warnings and "camera cam1: streaming" not in warnings
@@ -657,8 +863,9 @@ def test_watchdog_kills_and_restarts_a_stopped_daemon(box, rtsp_server):
     wait_for("a watchdog restart", restarted, timeout=30)
     journal = box.journal(unit)
     assert "Watchdog timeout" in journal
-    # SIGABRT, and PYTHONFAULTHANDLER shows where the supervisor was
+    # SIGABRT, and PYTHONFAULTHANDLER shows where the supervisor was, at error priority
     assert "Fatal Python error: Aborted" in journal, journal
+    assert "Fatal Python error: Aborted" in box.journal(unit, "-p", "err"), journal
     assert not [p for p in old if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     _wait_streaming(box, unit, "cam1")
 
@@ -703,6 +910,7 @@ def test_bad_config_fails_once_with_78(box):
     }, state
     journal = box.journal(unit)
     assert "cameras.cam1.fps" in journal, journal
+    assert "cameras.cam1.fps" in box.journal(unit, "-p", "err"), journal
 
 
 @pytest.mark.slow
@@ -727,7 +935,50 @@ def test_instances_side_by_side_and_the_all_cameras_unit_refuses(box, rtsp_serve
     assert box.systemctl("start", "edged.service", check=False).returncode != 0
     state = _show(box, "edged.service", "ActiveState", "ExecMainStatus", "NRestarts")
     assert state == {"ActiveState": "failed", "ExecMainStatus": "78", "NRestarts": "0"}, state
-    assert "already captured by another edged" in box.journal("edged.service")
+    assert "already captured by another edged" in box.journal("edged.service", "-p", "err")
     for unit, cam in (("edged@cam1.service", "cam1"), ("edged@cam2.service", "cam2")):
         assert _status_text(box, unit).startswith(f"{cam} streaming")
     assert _show(box, "edged@cam1.service", "MainPID")["MainPID"] == main1
+
+
+@pytest.mark.slow
+def test_a_credential_of_one_camera_unit_is_not_needed_by_the_others(box):
+    secret = box.root / "etc/edged/cam1.pw"
+    secret.write_text(f"pw-{uuid.uuid4().hex}\n")
+    secret.chmod(0o600)  # root's: systemd reads it for the unit's LoadCredential=
+    dropin = box.root / UNIT_DIR / "edged@cam1.service.d" / "credential.conf"
+    dropin.parent.mkdir(exist_ok=True)
+    dropin.write_text("[Service]\nLoadCredential=cam1.pw:/etc/edged/cam1.pw\n")
+    box.systemctl("daemon-reload")
+    try:
+        cam1 = 'source = "synthetic"\nusername = "u"\npassword_credential = "cam1.pw"'
+        _write_config(box, {"cam1": cam1, "cam2": 'source = "synthetic"'})
+        box.systemctl("start", "edged@cam2.service")  # has no credential, needs none
+        _wait_streaming(box, "edged@cam2.service", "cam2")
+        box.systemctl("start", "edged@cam1.service")
+        _wait_streaming(box, "edged@cam1.service", "cam1")
+        box.systemctl("reload", "edged@cam2.service")
+        assert _status_text(box, "edged@cam2.service").startswith("cam2 ")
+        box.systemctl("stop", "edged@cam1.service", "edged@cam2.service")
+        # Every camera in one unit: it needs cam1's credential, and says which.
+        assert box.systemctl("start", "edged.service", check=False).returncode != 0
+        assert _show(box, "edged.service", "ExecMainStatus")["ExecMainStatus"] == "78"
+        errors = box.journal("edged.service", "-p", "err")
+        assert "cameras.cam1.password_credential" in errors, errors
+        assert "LoadCredential=cam1.pw:FILE" in errors, errors
+    finally:
+        shutil.rmtree(dropin.parent)
+        box.systemctl("daemon-reload")
+
+
+@pytest.mark.slow
+def test_the_installed_config_runs_as_installed(box):
+    config = box.root / "etc/edged/edged.toml"
+    config.unlink()
+    units = str(box.root / UNIT_DIR)
+    install = ["install-systemd", "--prefix", str(box.root), "--unit-dir", units, "--no-reload"]
+    done = subprocess.run([sys.executable, "-m", "edged", *install], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (step,) = re.findall(r"systemctl enable --now (edged@\S+)", done.stdout)
+    box.systemctl("start", step)  # the printed next step, less enable
+    _wait_streaming(box, f"{step}.service", "demo")

@@ -3,7 +3,8 @@
 Read ../../../shared/notes/systemd-sandbox.md first: booted carelessly, this
 systemd empties the host's /tmp. The boot script below is the note's, word for
 word: its own tmpfs on /run, /tmp and /var/tmp, the boot-time units that touch
-the host masked before systemd starts. The sandbox is never powered off from
+the host masked before systemd starts, and `mount --make-rshared /` (the note's
+LoadCredential= section) so credentials reach the units. The sandbox is never powered off from
 inside; :meth:`SystemdSandbox.stop` sends SIGKILL to its PID 1 from outside,
 which ends every process in the namespace.
 
@@ -21,6 +22,7 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -30,7 +32,10 @@ SYSTEMD = "/lib/systemd/systemd"
 BOOT_SCRIPT = """\
 #!/bin/sh
 mount -t proc proc /proc
-for d in /run /tmp /var/tmp; do mount -t tmpfs tmpfs $d; done
+{open_kept}for d in /run /tmp /var/tmp; do mount -t tmpfs tmpfs $d; done
+{bind_kept}# LoadCredential= mounts must reach the unit; the host's / stays private
+# (unshare --propagation private).
+mount --make-rshared /
 mkdir -p /run/systemd/system /run/systemd/journald.conf.d
 printf '[Journal]\\nStorage=volatile\\n' > /run/systemd/journald.conf.d/volatile.conf
 printf '[Unit]\\nDescription=test target\\n' > /run/systemd/system/sandbox.target
@@ -43,6 +48,23 @@ for u in systemd-tmpfiles-setup.service systemd-tmpfiles-clean.timer \\
 done
 exec env container=sandbox /lib/systemd/systemd --system --unit=sandbox.target
 """
+
+
+HIDDEN = ("/run", "/tmp", "/var/tmp")  # the sandbox's own tmpfs on each
+
+
+def boot_script(keep: Sequence[Path] = ()) -> str:
+    """The note's boot script; folders in ``keep`` that its tmpfs mounts would hide (a
+    checkout in /tmp and its venv) are bind-mounted back at the same path. Each is
+    opened before the tmpfs covers it and bound from /proc/self/fd/N after:
+    --no-canonicalize, or mount(8) would resolve that link to the covered path."""
+    hidden = [k for k in dict.fromkeys(keep) if any(k.is_relative_to(h) for h in HIDDEN)]
+    opened = "".join(f'exec {fd}<"{k}"\n' for fd, k in enumerate(hidden, 3))
+    bound = "".join(
+        f'mkdir -p "{k}" && mount --no-canonicalize --bind /proc/self/fd/{fd} "{k}"\nexec {fd}<&-\n'
+        for fd, k in enumerate(hidden, 3)
+    )
+    return BOOT_SCRIPT.format(open_kept=opened, bind_kept=bound)
 
 
 class SandboxError(AssertionError):
@@ -58,12 +80,9 @@ def sandbox_problem() -> str | None:
             return f"the systemd sandbox needs {tool} (util-linux / systemd packages)"
     if not os.access(SYSTEMD, os.X_OK):
         return f"the systemd sandbox needs {SYSTEMD} (Debian's systemd package)"
-    # The units run this checkout's .venv as a DynamicUser: it must be on the
-    # real disk (the sandbox has its own /tmp, /run, /var/tmp) and world-readable.
+    # The units run this checkout's .venv as a DynamicUser: it must be readable by
+    # all (a checkout in /tmp is bound into the sandbox: see boot_script()).
     repo = Path(__file__).resolve().parents[2]
-    for hidden in ("/tmp", "/run", "/var/tmp"):
-        if repo.is_relative_to(hidden):
-            return f"the systemd tests need the checkout outside {hidden} (it is at {repo})"
     for folder in (repo, *repo.parents):
         if not folder.stat().st_mode & 0o005:
             return f"the systemd tests need {folder} readable by all users (DynamicUser)"
@@ -84,12 +103,15 @@ def _wait(what: str, predicate, timeout: float, every: float = 0.05):  # type: i
 class SystemdSandbox:
     """systemd as PID 1 of a namespace; every command runs in it through nsenter.
 
-    ``workdir`` must be on the real disk, outside /tmp, /run and /var/tmp (the
-    boot log and the overlays' upper folders live there).
+    ``workdir`` holds the boot log and the overlays' upper folders; under /tmp, /run
+    or /var/tmp it must be inside one of the folders in ``keep``, which the sandbox
+    sees at their own paths although it has its own tmpfs there (a checkout in
+    /tmp, its venv).
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, keep: Sequence[Path] = ()) -> None:
         self.workdir = workdir
+        self.keep = list(keep)
         self._unshare: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
         self._since: float | None = None
@@ -109,7 +131,7 @@ class SystemdSandbox:
     def start(self, timeout: float = 30.0) -> SystemdSandbox:
         self.workdir.mkdir(parents=True, exist_ok=True)
         boot = self.workdir / "boot.sh"
-        boot.write_text(BOOT_SCRIPT)
+        boot.write_text(boot_script(self.keep))
         boot.chmod(0o755)
         with open(self.workdir / "boot.log", "wb") as log:
             self._unshare = subprocess.Popen(
