@@ -284,6 +284,21 @@ class SupervisorCollector(Collector):
             )
             connected.add_metric([], stats["connected"])
             yield connected
+            yield self._collisions()
+
+    def _collisions(self) -> Metric:
+        sup = self.supervisor
+        collisions_fn = getattr(sup, "mqtt_collisions", None)
+        found: dict[str, str] = collisions_fn() if callable(collisions_fn) else {}
+        collision = GaugeMetricFamily(
+            "edged_mqtt_topic_collision",
+            "1 when another box (node) was seen publishing on this camera's MQTT topics "
+            "during this run (the log names it).",
+            labels=["camera"],
+        )
+        for name in sorted(set(sup.snapshot()) | set(found)):
+            collision.add_metric([name], 1.0 if name in found else 0.0)
+        return collision
 
 
 class Metrics:

@@ -328,6 +328,10 @@ class Supervisor:
         delivered_total, inflight, connected (0/1); {} when MQTT is off."""
         return self.mqtt.stats() if self.mqtt is not None else {}
 
+    def mqtt_collisions(self) -> dict[str, str]:
+        """Camera -> the other node seen publishing on its MQTT topics; {} when none."""
+        return dict(self.mqtt.collisions) if self.mqtt is not None else {}
+
     # -- children ----------------------------------------------------------
 
     def spawn_reader(self, cam: CameraRuntime) -> BaseProcess:
@@ -347,6 +351,7 @@ class Supervisor:
                 cam.new_events_pipe(),
                 self.log_settings,
                 self.config.daemon.state_dir,
+                self.config.node,
             ),
             name=f"edged-worker-{cam.name}",
         )

@@ -95,7 +95,7 @@ _oversize_logged = False
 
 
 def make_event(
-    cam: str, processor: str, event: Event, frame: Frame, age: float, took: float
+    cam: str, processor: str, event: Event, frame: Frame, age: float, took: float, node: str = ""
 ) -> dict[str, Any]:
     """The event record, exactly as written to JSONL and published to MQTT."""
     global _oversize_logged
@@ -125,6 +125,7 @@ def make_event(
     return {
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
+        "node": node,  # with camera, where it happened: a fleet's consumer needs both
         "camera": cam,
         "processor": processor,
         "type": event.type,
@@ -145,8 +146,10 @@ class Worker:
         out: Connection,
         stop: threading.Event,
         snapshots: SnapshotWriter | None = None,
+        node: str = "",
     ) -> None:
         self.cam = cam
+        self.node = node
         self.snapshots = snapshots
         self.processor = processor
         self.slot = slot
@@ -282,7 +285,8 @@ class Worker:
             events = list(result) if result is not None else []
             took = time.monotonic() - start
             records = [
-                make_event(cam.name, cam.processor.type, e, frame, age, took) for e in events
+                make_event(cam.name, cam.processor.type, e, frame, age, took, self.node)
+                for e in events
             ]
         except Exception as exc:
             self.status.add("errors")
@@ -320,10 +324,12 @@ def worker_main(
     out: Connection,
     log_settings: LogSettings,
     state_dir: Path | None = None,
+    node: str = "",
 ) -> None:
     """Entry point of a worker process (started with the ``spawn`` method).
 
-    ``state_dir``: where snapshots go, if the camera takes them."""
+    ``state_dir``: where snapshots go, if the camera takes them; ``node``: this
+    box's name, in every event."""
     prepare_child("worker", cam.name)
     # The processor's own subprocesses must not keep the events pipe open: the
     # supervisor learns this worker is gone (and a message torn by its death)
@@ -352,7 +358,7 @@ def worker_main(
         snapshots = SnapshotWriter(cam.name, cam.snapshots, state_dir, slot.status)
     code = 0
     try:
-        Worker(cam, processor, slot, out, stop, snapshots).run()
+        Worker(cam, processor, slot, out, stop, snapshots, node).run()
     except ProcessorFailing:
         code = EXIT_PROCESSOR_FAILING
     except Exception:
