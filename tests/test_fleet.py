@@ -171,3 +171,76 @@ def test_the_old_topic_layout_collides_loudly(
     assert status.returncode == 1, status.stdout + status.stderr
     assert "MQTT topics shared with another box" in status.stdout
     assert "Traceback" not in status.stderr
+
+
+def test_the_node_comes_from_daemon_then_the_old_mqtt_key_then_the_host_name(
+    tmp_path: Path,
+) -> None:
+    import socket
+
+    from edged.config import parse_config
+    from edged.errors import ConfigError
+
+    cams = '[cameras.front-door]\nsource = "synthetic"\n'
+    path = str(tmp_path / "edged.toml")
+    assert parse_config(cams, path).node == socket.gethostname().split(".")[0]
+    old = parse_config('[mqtt]\nnode = "edge1"\n' + cams, path)  # an older config works
+    assert old.node == old.mqtt.node_name == "edge1"  # type: ignore[union-attr]
+    new = parse_config('[daemon]\nnode = "edge2"\n[mqtt]\n' + cams, path)
+    assert new.node == new.mqtt.node_name == "edge2"  # type: ignore[union-attr]
+    with pytest.raises(ConfigError) as exc:
+        parse_config('[daemon]\nnode = "a"\n[mqtt]\nnode = "b"\n' + cams, path)
+    assert "mqtt.node: differs from [daemon] node" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        parse_config('[daemon]\nnode = "a/b"\n' + cams, path)
+    assert "daemon.node" in str(exc.value)
+    with pytest.raises(ConfigError) as exc:
+        parse_config('[mqtt]\n[cameras.status]\nsource = "synthetic"\n', path)
+    assert "cameras.status: a camera cannot be named 'status'" in str(exc.value)
+    layout = '[mqtt]\ntopic_layout = "camera"\n[cameras.status]\nsource = "synthetic"\n'
+    assert parse_config(layout, path).mqtt.camera_topic("n", "status", "state") == (  # type: ignore[union-attr]
+        "edged/status/state"
+    )
+
+
+def test_an_upgraded_box_clears_what_it_left_in_the_old_layout() -> None:
+    from edged.config import MqttConfig
+    from edged.sinks import retained
+
+    cfg = MqttConfig(node="edge1")
+    found = {
+        "edged/front-door/state": b'{"node":"edge1","state":"streaming"}',  # ours, before
+        "edged/yard/state": b'{"node":"edge2","state":"streaming"}',  # another box's
+        "edged/edge1/front-door/state": b'{"node":"edge1","state":"streaming"}',  # now
+    }
+    assert "edged/+/state" in retained.sweep_topics(cfg, "edge1")
+    clear, gone = retained.stale_topics(cfg, "edge1", ["front-door"], ["front-door"], [], found)
+    assert clear == [f"edged/front-door/{what}" for what in ("motion", "snapshot", "state")]
+    assert gone == []
+
+
+def test_one_node_name_on_two_boxes_is_reported(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list, caplog: pytest.LogCaptureFixture
+) -> None:
+    from edged.config import MqttConfig, parse_config
+    from edged.sinks.mqtt import MqttSink
+
+    cams = parse_config('[cameras.front-door]\nsource = "synthetic"\n', str(tmp_path / "e.toml"))
+    made = []
+    for box in ("a", "b"):  # one node name, two boxes (their own client ids and disks)
+        cfg = MqttConfig(host="127.0.0.1", port=mosquitto.port, node="edge1", client_id=box)
+        (tmp_path / box).mkdir()
+        sink = MqttSink(cfg, tmp_path / box, cameras=cams.cameras)
+        sinks.append(sink)
+        sink.start()
+        wait_for(f"box {box} connected", lambda s=sink: s.connected)
+        made.append(sink)
+    first, second = made
+
+    class Snap:  # the fields of a CameraSnapshot that on_state reads
+        name, state, reason, state_since = "front-door", "streaming", "", 1.8e9
+
+    second.on_state(Snap())  # type: ignore[arg-type]
+    wait_for("the collision seen", lambda: first.collisions == {"front-door": "edge1"})
+    assert "another box also calls itself node 'edge1'" in caplog.text
+    assert first.stats()["topic_collisions"] == 1
