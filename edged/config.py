@@ -260,8 +260,19 @@ class LoggingConfig(_Model):
     )
 
 
+def _check_node(value: str) -> str:
+    # A node is one MQTT topic level (PREFIX/NODE/...), so the topic rule decides.
+    return _check_topic_level(value)
+
+
 class DaemonConfig(_Model):
     """``[daemon]``: the supervisor."""
+
+    node: Annotated[str, AfterValidator(_check_node)] | None = Field(
+        None,
+        description="This box's name: in every event, MQTT topics and the client id; "
+        "default: the host name. Unique in a fleet.",
+    )
 
     state_dir: Path = Field(
         Path("state"),
@@ -449,7 +460,7 @@ class SnapshotsConfig(_Model):
         7 * 86400.0, ge=0, description="Snapshots older than this are deleted; 0: no limit."
     )
     mqtt: bool = Field(
-        False, description="Also publish each one, retained, on PREFIX/CAMERA/snapshot."
+        False, description="Also publish each one, retained, on the camera's MQTT snapshot topic."
     )
 
     def matches(self, event_type: str) -> bool:
@@ -787,6 +798,15 @@ CameraName = Annotated[str, AfterValidator(_check_camera_name)]
 
 # --- MQTT ------------------------------------------------------------------------------
 
+
+def host_node() -> str:
+    """This machine's host name as a node name (one topic level): the default node."""
+    import socket
+
+    name = socket.gethostname().split(".")[0] or "edged"
+    return re.sub(r"[/+#\x00]", "_", name)
+
+
 _TOPIC_LEVEL = re.compile(r"[^/+#\x00]+")
 
 
@@ -819,10 +839,17 @@ class MqttConfig(_Password):
         "3.1.1", description="MQTT protocol version: '3.1.1' or '5'."
     )
     topic_prefix: Annotated[str, AfterValidator(_check_topic_prefix)] = Field(
-        "edged", description="First topic level(s): PREFIX/CAMERA/events, PREFIX/NODE/status."
+        "edged", description="First topic level(s): PREFIX/NODE/CAMERA/events, PREFIX/NODE/status."
     )
     node: Annotated[str, AfterValidator(_check_topic_level)] | None = Field(
-        None, description="This box's name in topics and the client id; default: the host name."
+        None,
+        description="Deprecated: set [daemon] node (this is its old place, still read when "
+        "[daemon] node is not set).",
+    )
+    topic_layout: Literal["node", "camera"] = Field(
+        "node",
+        description="'node': per-camera topics PREFIX/NODE/CAMERA/... (no two boxes collide); "
+        "'camera': the old PREFIX/CAMERA/... (each box needs its own topic_prefix).",
     )
     client_id: str | None = Field(
         None, min_length=1, max_length=128, description="MQTT client id; default 'edged-NODE'."
@@ -922,13 +949,15 @@ class MqttConfig(_Password):
 
     @property
     def node_name(self) -> str:
-        """``node``, or this machine's host name (as a single topic level)."""
-        if self.node is not None:
-            return self.node
-        import socket
+        """``node`` (in a whole config: ``[daemon] node``), or this machine's host name."""
+        return self.node if self.node is not None else host_node()
 
-        name = socket.gethostname().split(".")[0] or "edged"
-        return re.sub(r"[/+#\x00]", "_", name)
+    def camera_topic(self, node: str, camera: str, what: str) -> str:
+        """A camera's topic ``what`` (events, state, motion, snapshot) in ``topic_layout``:
+        the one rule every publisher, discovery config and sweep follows."""
+        if self.topic_layout == "camera":
+            return f"{self.topic_prefix}/{camera}/{what}"
+        return f"{self.topic_prefix}/{node}/{camera}/{what}"
 
     def ssl_context(self) -> Any:
         """An ``ssl.SSLContext`` for the broker (``Any``: ssl is imported lazily)."""
@@ -1033,11 +1062,38 @@ class Config(_Model):
             raise _invalid([(("cameras", k, "name"), message) for k in renamed], "Config")
         if clashes := self._listen_clashes():
             raise _invalid(clashes, "Config")
+        self._resolve_node()
         context = _context(info)
         if "path" in context:
             self._path = Path(context["path"])
             self._base_dir = Path(context["base_dir"])
         return self
+
+    @property
+    def node(self) -> str:
+        """This box's name: ``[daemon] node``, the older ``[mqtt] node``, or the host name."""
+        if self.daemon.node is not None:
+            return self.daemon.node
+        if self.mqtt is not None and self.mqtt.node is not None:
+            return self.mqtt.node
+        return host_node()
+
+    def _resolve_node(self) -> None:
+        if self.mqtt is None:
+            return
+        if self.mqtt.node is not None and self.daemon.node not in (None, self.mqtt.node):
+            message = "differs from [daemon] node: remove it ([daemon] node is its place now)"
+            raise _invalid([(("mqtt", "node"), message)], "Config")
+        # The sink (and a reload's comparison) read the node from [mqtt]: one value.
+        self.mqtt.node = self.node
+        layout = self.mqtt.topic_layout
+        if layout == "node" and "status" in self.cameras:
+            # PREFIX/NODE/status/... is the availability topic of the node's processes.
+            message = (
+                "a camera cannot be named 'status' with topic_layout = 'node' "
+                "(PREFIX/NODE/status is the node's availability): rename it"
+            )
+            raise _invalid([(("cameras", "status"), message)], "Config")
 
     def unread_credentials(self) -> list[str]:
         """Key paths of the password_credential settings not read (loaded with

@@ -70,7 +70,7 @@ _oversize_logged = False
 
 
 def make_event(
-    cam: str, processor: str, event: Event, frame: Frame, age: float, took: float
+    cam: str, processor: str, event: Event, frame: Frame, age: float, took: float, node: str = ""
 ) -> dict[str, Any]:
     """The event record, exactly as written to JSONL and published to MQTT."""
     global _oversize_logged
@@ -100,6 +100,7 @@ def make_event(
     return {
         "schema": SCHEMA_VERSION,
         "id": uuid.uuid4().hex,
+        "node": node,  # with camera, where it happened: a fleet's consumer needs both
         "camera": cam,
         "processor": processor,
         "type": event.type,

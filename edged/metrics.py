@@ -57,7 +57,7 @@ import socketserver
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
@@ -246,12 +246,12 @@ class SupervisorCollector(Collector):
                 reasons.add_metric([name, reason], snap.restart_reasons.get(reason, 0))
         yield from (up, state, last, stale, fps, width, height, *counters.values())
         yield from (reconnects, restarts, reasons)
-        yield from self._sinks()
+        yield from self._sinks(snaps)
         build = gauge("edged_build_info", "The running edged's version; always 1.", ["version"])
         build.add_metric([__version__], 1.0)
         yield build
 
-    def _sinks(self) -> Iterator[Metric]:
+    def _sinks(self, snaps: Mapping[str, CameraSnapshot]) -> Iterator[Metric]:
         sink = ["sink"]
         errors = CounterMetricFamily(
             "edged_sink_errors_total", "Failed writes to the event file.", labels=sink
@@ -311,6 +311,7 @@ class SupervisorCollector(Collector):
         yield from (errors, pending, pending_bytes, dropped, coerced, depth, size, oldest, lost)
         if mqtt is not None:
             yield from _mqtt_series(mqtt)
+            yield _collisions(mqtt, snaps)
 
 
 def _mqtt_series(mqtt: MqttStats) -> Iterator[Metric]:
@@ -335,6 +336,18 @@ def _mqtt_series(mqtt: MqttStats) -> Iterator[Metric]:
     )
     missing.add_metric([], mqtt.snapshots_missing)
     yield from (connected, delivered, inflight, published, missing)
+
+
+def _collisions(mqtt: MqttStats, cameras: Iterable[str]) -> Metric:
+    collision = GaugeMetricFamily(
+        "edged_mqtt_topic_collision",
+        "1 when another box (node) was seen publishing on this camera's MQTT topics "
+        "during this run (the log names it).",
+        labels=["camera"],
+    )
+    for name in sorted(set(cameras) | set(mqtt.collisions)):
+        collision.add_metric([name], 1.0 if name in mqtt.collisions else 0.0)
+    return collision
 
 
 class Metrics:

@@ -136,6 +136,7 @@ def _parse_metrics(text: str) -> dict[str, dict[str, Any]]:
         "edged_child_restarts_total": "restarts",
         "edged_camera_reconnects_total": "reconnects",
         "edged_processor_exceptions_total": "processor_errors",
+        "edged_mqtt_topic_collision": "topic_collision",
     }
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
@@ -161,6 +162,7 @@ def _parse_metrics(text: str) -> dict[str, dict[str, Any]]:
             "restarts": int(values["restarts"]),
             "reconnects": int(values["reconnects"]),
             "processor_errors": int(values["processor_errors"]),
+            "topic_collision": bool(values["topic_collision"]),
         }
     return out
 
@@ -200,10 +202,11 @@ def collect_status(url: str, camera: str | None = None) -> dict[str, Any]:
         if camera is not None and name != camera:
             continue
         cameras[name] = {**info, **numbers.get(name, {})}
+    # Another box on our topics loses data silently for both: not healthy.
     healthy = (
         bool(ready.get("alive", True))
         and bool(cameras)
-        and all(c.get("ready") for c in cameras.values())
+        and all(c.get("ready") and not c.get("topic_collision") for c in cameras.values())
     )
     if camera is not None and camera not in cameras:
         healthy = False
@@ -284,6 +287,8 @@ def _print_status(status: dict[str, Any], out: TextIO, camera: str | None = None
         state = c.get("state", "?")
         if c.get("reason") and not c.get("ready"):
             state += f" ({c['reason']})"
+        if c.get("topic_collision"):
+            state += " (MQTT topics shared with another box: see the log)"
         rows.append(
             [
                 name,

@@ -359,6 +359,7 @@ class Supervisor:
                 cam.new_events_pipe(),
                 self.log_settings,
                 self.config.daemon.state_dir,
+                self.config.node,
             ),
             name=f"edged-worker-{cam.name}",
         )

@@ -64,8 +64,10 @@ class Worker:
         out: Connection,
         stop: threading.Event,
         snapshots: SnapshotWriter | None = None,
+        node: str = "",
     ) -> None:
         self.cam = cam
+        self.node = node
         self.snapshots = snapshots
         self.processor = processor
         self.slot = slot
@@ -201,7 +203,8 @@ class Worker:
             events = list(result) if result is not None else []
             took = time.monotonic() - start
             records = [
-                make_event(cam.name, cam.processor.type, e, frame, age, took) for e in events
+                make_event(cam.name, cam.processor.type, e, frame, age, took, self.node)
+                for e in events
             ]
         except Exception as exc:
             self.status.add("errors")
@@ -239,10 +242,12 @@ def worker_main(
     out: Connection,
     log_settings: LogSettings,
     state_dir: Path | None = None,
+    node: str = "",
 ) -> None:
     """Entry point of a worker process (started with the ``spawn`` method).
 
-    ``state_dir``: where snapshots go, if the camera takes them."""
+    ``state_dir``: where snapshots go, if the camera takes them; ``node``: this
+    box's name, in every event."""
     prepare_child("worker", cam.name)
     # The processor's own subprocesses must not keep the events pipe open: the
     # supervisor learns this worker is gone (and a message torn by its death)
@@ -271,7 +276,7 @@ def worker_main(
         snapshots = SnapshotWriter(cam.name, cam.snapshots, state_dir, slot.status)
     code = 0
     try:
-        Worker(cam, processor, slot, out, stop, snapshots).run()
+        Worker(cam, processor, slot, out, stop, snapshots, node).run()
     except ProcessorFailing:
         code = EXIT_PROCESSOR_FAILING
     except Exception:

@@ -57,7 +57,7 @@ def test_discovery_configs_for_a_motion_camera_and_none_for_undeclared_types(
     status = json.loads(messages[STATUS["cam1"]])
     device = {
         "identifiers": ["edged_box1_cam1"],
-        "name": "cam1",
+        "name": "cam1 (box1)",
         "manufacturer": "edged",
         "model": "motion on a synthetic camera",
         "sw_version": edged.__version__,
@@ -65,7 +65,7 @@ def test_discovery_configs_for_a_motion_camera_and_none_for_undeclared_types(
     }
     process = {"topic": "edged/box1/status", "payload_available": "online"}
     process["payload_not_available"] = "offline"
-    streaming = {**process, "topic": "edged/cam1/state"}
+    streaming = {**process, "topic": "edged/box1/cam1/state"}
     streaming["value_template"] = "{{ 'online' if value_json.state == 'streaming' else 'offline' }}"
     for entity in (event, motion, status):
         assert entity["device"] == device
@@ -76,7 +76,7 @@ def test_discovery_configs_for_a_motion_camera_and_none_for_undeclared_types(
         assert entity["availability_mode"] == "all"
     assert status["availability"] == [process] and "availability_mode" not in status
     assert event["unique_id"] == "edged_box1_cam1_events"
-    assert event["state_topic"] == "edged/cam1/events"
+    assert event["state_topic"] == "edged/box1/cam1/events"
     assert event["event_types"] == ["motion.start", "motion.end"]
     assert event["device_class"] == "motion"
     # HA pops event_type from the rendered JSON; the rest become the entity's attributes.
@@ -84,10 +84,10 @@ def test_discovery_configs_for_a_motion_camera_and_none_for_undeclared_types(
     assert "'event_type': value_json.type" in template and template.endswith("| tojson }}")
     assert motion["unique_id"] == "edged_box1_cam1_motion"
     assert motion["device_class"] == "motion"
-    assert motion["state_topic"] == "edged/cam1/motion"
+    assert motion["state_topic"] == "edged/box1/cam1/motion"
     assert (motion["payload_on"], motion["payload_off"]) == ("ON", "OFF")
     assert status["unique_id"] == "edged_box1_cam1_status"
-    assert status["state_topic"] == status["json_attributes_topic"] == "edged/cam1/state"
+    assert status["state_topic"] == status["json_attributes_topic"] == "edged/box1/cam1/state"
     assert status["value_template"] == "{{ value_json.state }}"
     # The box: every camera's device is connected via it, and it shows the process.
     box = json.loads(messages[BOX])
@@ -108,7 +108,7 @@ def test_an_image_entity_for_a_camera_publishing_snapshots(tmp_path: Path) -> No
     cfg = MqttConfig(node="box1", homeassistant=True)
     messages = ha.discovery_messages(cfg, "box1", cams)
     image = json.loads(messages[IMAGE])
-    assert image["image_topic"] == "edged/cam1/snapshot"
+    assert image["image_topic"] == "edged/box1/cam1/snapshot"
     assert image["content_type"] == "image/jpeg"
     assert image["unique_id"] == "edged_box1_cam1_snapshot"
     assert image["availability_mode"] == "all"
@@ -190,7 +190,7 @@ def test_discovery_is_retained_and_published_again_when_home_assistant_comes_onl
         assert json.loads(mosquitto_sub_retained(mosquitto, topic) or b"null") == payload
     # Only status sensors for the cameras without event types, and the box's entity.
     assert len(sub.received()) == len(wanted) == 6
-    assert mosquitto_sub_retained(mosquitto, "edged/cam1/motion") == b"OFF"
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/cam1/motion") == b"OFF"
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
 
     publish(mosquitto, "homeassistant/status", "offline")  # HA stopping: nothing to do
@@ -214,7 +214,7 @@ def test_a_per_camera_unit_makes_its_entities_follow_its_own_availability(
     for topic in (EVENT, MOTION):
         payload = json.loads(mosquitto_sub_retained(mosquitto, topic) or b"{}")
         topics = [a["topic"] for a in payload["availability"]]
-        assert topics == ["edged/box1/status/cam1", "edged/cam1/state"]
+        assert topics == ["edged/box1/status/cam1", "edged/box1/cam1/state"]
     box = mosquitto_sub_retained(mosquitto, BOX.replace("Status", "Status_cam1"))
     assert json.loads(box or b"{}")["state_topic"] == "edged/box1/status/cam1"
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status/cam1") == b"online"
@@ -225,28 +225,28 @@ def test_a_per_camera_unit_makes_its_entities_follow_its_own_availability(
 def test_motion_state_follows_motion_events_retained(
     tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
 ) -> None:
-    sub = Subscriber(mosquitto, "edged/+/motion", client_id="motion")
+    sub = Subscriber(mosquitto, "edged/+/+/motion", client_id="motion")
     subscribers.append(sub)
     sink = start_sink(sinks, mosquitto, tmp_path, cameras(tmp_path))
-    wait_for("OFF at start", lambda: sub.received("edged/cam1/motion"))
+    wait_for("OFF at start", lambda: sub.received("edged/box1/cam1/motion"))
     for n, kind in enumerate(["motion.start", "frame", "motion.end", "motion.start"]):
         for cam in ("cam1", "cam2"):
             sink.submit({"schema": 1, "id": f"{cam}-{n}", "camera": cam, "type": kind})
         want = {"motion.start": b"ON", "motion.end": b"OFF"}.get(kind)
         if want:
-            wait_for(kind, lambda w=want: sub.received("edged/cam1/motion")[-1].payload == w)
-    got = [m.payload for m in sub.received("edged/cam1/motion")]
+            wait_for(kind, lambda w=want: sub.received("edged/box1/cam1/motion")[-1].payload == w)
+    got = [m.payload for m in sub.received("edged/box1/cam1/motion")]
     assert got == [b"OFF", b"ON", b"OFF", b"ON"]
-    assert all(m.qos == 1 for m in sub.received("edged/cam1/motion"))
-    assert mosquitto_sub_retained(mosquitto, "edged/cam1/motion") == b"ON"
-    assert sub.received("edged/cam2/motion") == []  # the null processor has no sensor
+    assert all(m.qos == 1 for m in sub.received("edged/box1/cam1/motion"))
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/cam1/motion") == b"ON"
+    assert sub.received("edged/box1/cam2/motion") == []  # the null processor has no sensor
 
 
 def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
     tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
 ) -> None:
     # The last run died during a motion episode: its ON and its Last Will are retained.
-    publish(mosquitto, "edged/cam1/motion", "ON", retain=True)
+    publish(mosquitto, "edged/box1/cam1/motion", "ON", retain=True)
     publish(mosquitto, "edged/box1/status", "offline", retain=True)
     sub = Subscriber(mosquitto, "#", client_id="ha")
     subscribers.append(sub)
@@ -257,23 +257,23 @@ def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
     live = [(m.topic, m.payload) for m in sub.received() if not m.retain]
     online = live.index(("edged/box1/status", b"online"))
     # What Home Assistant reads after 'online' is this run's: no unavailable -> on -> off.
-    assert live.index(("edged/cam1/motion", b"OFF")) < online
-    state = json.loads(dict(live[:online])["edged/cam1/state"])
+    assert live.index(("edged/box1/cam1/motion", b"OFF")) < online
+    state = json.loads(dict(live[:online])["edged/box1/cam1/state"])
     assert state["node"] == "box1"
     assert (state["state"], state["reason"]) == ("reconnecting", "connection refused")
-    assert "edged/cam2/state" in dict(live[:online])
+    assert "edged/box1/cam2/state" in dict(live[:online])
     wanted = ha.discovery_messages(sink.cfg, "box1", cams)
     assert set(wanted) <= set(dict(live[:online]))  # entities exist before they are available
 
     sink.submit({"schema": 1, "id": "e1", "camera": "cam1", "type": "motion.start"})
-    wait_for("ON", lambda: sub.received("edged/cam1/motion")[-1].payload == b"ON")
+    wait_for("ON", lambda: sub.received("edged/box1/cam1/motion")[-1].payload == b"ON")
     sink.stop()
     wait_for("offline", lambda: sub.received("edged/box1/status")[-1].payload == b"offline")
     last = [
         (m.topic, m.payload) for m in sub.received() if m.topic.endswith(("/motion", "/status"))
     ]
-    assert last[-2:] == [("edged/cam1/motion", b"OFF"), ("edged/box1/status", b"offline")]
-    assert mosquitto_sub_retained(mosquitto, "edged/cam1/motion") == b"OFF"
+    assert last[-2:] == [("edged/box1/cam1/motion", b"OFF"), ("edged/box1/status", b"offline")]
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/cam1/motion") == b"OFF"
 
 
 def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
@@ -294,8 +294,8 @@ def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
     left = retained_topics(mosquitto)
     cam9 = {t for t in left if "cam9" in t}
     assert cam9 == {
-        "edged/cam9/state",
-        "edged/cam9/motion",
+        "edged/box1/cam9/state",
+        "edged/box1/cam9/motion",
         "edged/box1/status/cam9",
         "homeassistant/binary_sensor/edged_box1/Status_cam9/config",
         *(t.replace("cam1", "cam9") for t in (EVENT, MOTION, STATUS["cam1"])),
@@ -308,7 +308,7 @@ def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
     now = retained_topics(mosquitto)
     # Everything else stays: the other cameras of the config, and what is not ours.
     assert set(left) - cam9 <= set(now)
-    for kept in ("edged/cam2/state", STATUS["cam2"], "edged/cam8/state", "edged/cam7/state"):
+    for kept in ("edged/box1/cam2/state", STATUS["cam2"], "edged/cam8/state", "edged/cam7/state"):
         assert kept in now
 
 
@@ -321,9 +321,9 @@ def test_a_processor_without_event_types_is_said_at_start(
     said = [r.getMessage() for r in caplog.records if "event_types" in r.getMessage()]
     assert said == [
         "mqtt: camera cam2: processor null declares no event_types: Home Assistant gets no "
-        "event entity for it (its events are on edged/cam2/events)",
+        "event entity for it (its events are on edged/box1/cam2/events)",
         "mqtt: camera cam3: processor plugins:SlowProcessor declares no event_types: Home "
-        "Assistant gets no event entity for it (its events are on edged/cam3/events)",
+        "Assistant gets no event entity for it (its events are on edged/box1/cam3/events)",
     ]
 
 
@@ -362,7 +362,7 @@ def test_daemon_binary_sensor_is_on_during_a_motion_episode(
     try:
         wait_for("an episode", lambda: [e["type"] for e in d.events()][:2]
                  == ["motion.start", "motion.end"], timeout=30)  # fmt: skip
-        wait_for("OFF again", lambda: [m.payload for m in sub.received("edged/cam1/motion")]
+        wait_for("OFF again", lambda: [m.payload for m in sub.received("edged/box1/cam1/motion")]
                  == [b"OFF", b"ON", b"OFF"])  # fmt: skip
         assert d.stop() == 0
     finally:
@@ -370,7 +370,7 @@ def test_daemon_binary_sensor_is_on_during_a_motion_episode(
     live = [(m.topic, m.payload) for m in sub.received()]
     online = live.index(("edged/box1/status", b"online"))
     # The camera's own state, not the one a previous run left retained.
-    first = json.loads(dict(live[:online])["edged/cam1/state"])
+    first = json.loads(dict(live[:online])["edged/box1/cam1/state"])
     assert (first["node"], first["state"]) == ("box1", "starting")
     for topic in (EVENT, MOTION):
         retained = json.loads(mosquitto_sub_retained(mosquitto, topic) or b"{}")

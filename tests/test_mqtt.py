@@ -159,7 +159,7 @@ def record(camera: str, n: int) -> dict[str, Any]:
 
 
 def events(sub: Subscriber, camera: str) -> list[Message]:
-    return sub.received(f"edged/{camera}/events")
+    return sub.received(f"edged/box1/{camera}/events")
 
 
 def all_events(sub: Subscriber) -> list[Message]:
@@ -196,9 +196,10 @@ def test_events_state_and_availability_reach_the_broker(
     assert [m.payload for m in got] == [encode_event(r)[:-1] for r in recs]
     assert all(m.qos == 1 and not m.retain for m in got)
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
-    state = wait_for("state", lambda: mosquitto_sub_retained(mosquitto, "edged/cam1/state"))
+    state = wait_for("state", lambda: mosquitto_sub_retained(mosquitto, "edged/box1/cam1/state"))
     assert json.loads(state) == {
         "node": "box1",
+        "session": sink.session,  # which process wrote it: see the fleet tests
         "state": "stalled",
         "reason": "no frame for 5.0s",
         "since": "2027-01-15T08:00:00.000000Z",
@@ -574,7 +575,7 @@ def test_daemon_events_match_the_jsonl_lines_and_availability_follows_the_daemon
     wait_for("20 events per camera", lambda: min(len(events(sub, c)) for c in ("cam1", "cam2"))
              >= 20, timeout=30)  # fmt: skip
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
-    state = json.loads(mosquitto_sub_retained(mosquitto, "edged/cam1/state") or b"{}")
+    state = json.loads(mosquitto_sub_retained(mosquitto, "edged/box1/cam1/state") or b"{}")
     assert state["state"] == "streaming" and state["since"].endswith("Z")
     assert d.stop() == 0
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"offline"

@@ -270,9 +270,9 @@ def test_daemon_snapshots_with_retention_a_type_filter_mqtt_and_an_unwritable_fo
     # On MQTT: the events name their snapshots; the newest JPEG is retained.
     newest = (state / paths[-1]).read_bytes()
     wait_for("the newest snapshot", lambda: any(
-        m.payload == newest for m in sub.received("edged/cam1/snapshot")))  # fmt: skip
-    assert sub.received("edged/cam1/snapshot")[-1].payload == newest
-    published = {json.loads(m.payload)["id"]: m for m in sub.received("edged/cam1/events")}
+        m.payload == newest for m in sub.received("edged/box1/cam1/snapshot")))  # fmt: skip
+    assert sub.received("edged/box1/cam1/snapshot")[-1].payload == newest
+    published = {json.loads(m.payload)["id"]: m for m in sub.received("edged/box1/cam1/events")}
     assert json.loads(published[cam1[-1]["id"]].payload)["snapshot"] == paths[-1]
-    assert mosquitto_sub_retained(mosquitto, "edged/cam1/snapshot") == newest
-    assert sub.received("edged/cam2/snapshot") == sub.received("edged/cam3/snapshot") == []
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/cam1/snapshot") == newest
+    assert not sub.received("edged/box1/cam2/snapshot") + sub.received("edged/box1/cam3/snapshot")

@@ -5,7 +5,7 @@ process (its status topic), and per camera one device (``edged_NODE_CAMERA``,
 ``via_device`` the box), each entity configured by a retained message on
 ``HAPREFIX/COMPONENT/edged_NODE/CAMERA_OBJECT/config``:
 
-- a ``sensor`` ``Status`` on ``PREFIX/CAMERA/state``: the camera's state, the
+- a ``sensor`` ``Status`` on the camera's state topic: its state, the
   state JSON (reason, since, node) as attributes.
 - an ``event`` entity on the camera's events topic, for processors that
   declare their ``event_types``. Home Assistant wants ``event_type`` in the
@@ -13,13 +13,13 @@ process (its status topic), and per camera one device (``edged_NODE_CAMERA``,
   event's id, time, seq, snapshot and data as attributes, so the payload on
   the wire stays the JSONL line.
 - a ``binary_sensor`` (device class ``motion``) for processors that report
-  ``motion.start``, on its own retained topic ``PREFIX/CAMERA/motion``
+  ``motion.start``, on its own retained topic (``PREFIX/NODE/CAMERA/motion``)
   carrying ``ON`` or ``OFF``. A value template over the events topic would
   not do: those messages are not retained, so after a restart Home Assistant
   would not know whether there is motion until the next event, and every
   other event type on that topic would have to be matched to keep the
   state. A retained state topic is what Home Assistant reads at startup.
-- an ``image`` entity on ``PREFIX/CAMERA/snapshot`` for a camera whose
+- an ``image`` entity on the camera's snapshot topic for a camera whose
   snapshots go to MQTT.
 
 Every entity's availability is the status topic of the process that runs the
@@ -88,11 +88,11 @@ def box_device(node: str) -> dict[str, object]:
     }
 
 
-def camera_available(prefix: str, camera: str) -> dict[str, str]:
+def camera_available(state_topic: str) -> dict[str, str]:
     """The availability entry that is ``online`` only while the camera streams (read from
     its retained state topic): a dead camera must not look like one seeing nothing."""
     return {
-        "topic": f"{prefix}/{camera}/state",
+        "topic": state_topic,
         "value_template": STREAMING_TEMPLATE,
         "payload_available": "online",
         "payload_not_available": "offline",
@@ -108,6 +108,10 @@ def discovery(
     ``PREFIX/NODE/status`` (the process running every camera)."""
     prefix, name = cfg.topic_prefix, camera.name
     ident = f"edged_{node}_{name}"
+
+    def topic(what: str) -> str:
+        return cfg.camera_topic(node, name, what)
+
     process = {
         "topic": availability or f"{prefix}/{node}/status",
         "payload_available": "online",
@@ -117,7 +121,9 @@ def discovery(
         "availability": [process],
         "device": {
             "identifiers": [ident],
-            "name": name,
+            # With the node: two boxes' "front-door" are two devices, told apart by name
+            # (and so by the entity ids Home Assistant derives from it).
+            "name": f"{name} ({node})",
             "manufacturer": "edged",
             "model": f"{camera.processor.type} on a {camera.source_kind} camera",
             "sw_version": __version__,
@@ -129,12 +135,12 @@ def discovery(
     # What the camera sees is unknown, not "nothing", while it does not stream.
     seeing: dict[str, object] = {
         **common,
-        "availability": [process, camera_available(prefix, name)],
+        "availability": [process, camera_available(topic("state"))],
         "availability_mode": "all",
     }
     base = f"{cfg.homeassistant_prefix}/{{}}/{node_id(node)}/{name}"
     types = event_types(camera)
-    state_topic = f"{prefix}/{name}/state"
+    state_topic = topic("state")
     out: dict[str, dict[str, object]] = {
         # Available while the process is: it must say why the camera is down.
         base.format("sensor") + "_status/config": {
@@ -151,7 +157,7 @@ def discovery(
         out[base.format("event") + "_events/config"] = {
             "name": "Events",
             "unique_id": f"{ident}_events",
-            "state_topic": f"{prefix}/{name}/events",
+            "state_topic": topic("events"),
             "event_types": list(types),
             "value_template": EVENT_TEMPLATE,
             **({"device_class": "motion"} if MOTION_START in types else {}),
@@ -162,7 +168,7 @@ def discovery(
             "name": "Motion",
             "unique_id": f"{ident}_motion",
             "device_class": "motion",
-            "state_topic": f"{prefix}/{name}/motion",
+            "state_topic": topic("motion"),
             "payload_on": ON.decode(),
             "payload_off": OFF.decode(),
             **seeing,
@@ -171,7 +177,7 @@ def discovery(
         out[base.format("image") + "_snapshot/config"] = {
             "name": "Snapshot",
             "unique_id": f"{ident}_snapshot",
-            "image_topic": f"{prefix}/{name}/snapshot",
+            "image_topic": topic("snapshot"),
             "content_type": "image/jpeg",
             **seeing,
         }

@@ -1,8 +1,11 @@
 """The MQTT sink: events at least once, in order, through the durable outbox.
 
-Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
+Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``; ``NODE`` is
+``[daemon] node``; per-camera topics are ``PREFIX/NODE/CAMERA/...``, or
+``PREFIX/CAMERA/...`` with ``topic_layout = "camera"``, see
+``MqttConfig.camera_topic``):
 
-- ``PREFIX/CAMERA/events``: every event, QoS 1, not retained; the payload is
+- ``PREFIX/NODE/CAMERA/events``: every event, QoS 1, not retained; the payload is
   the event's JSONL line (same bytes, without the newline).
 - ``PREFIX/NODE/status``: ``online`` (retained) once connected; ``offline``
   (retained) on a clean stop, and as the Last Will when edged dies or loses
@@ -10,17 +13,21 @@ Topics (``PREFIX`` is ``[mqtt] topic_prefix``, default ``edged``):
   its own, ``PREFIX/NODE/status/INSTANCE`` (``INSTANCE``: its camera names
   joined by ``.``), so stopping one unit does not mark the others offline;
   ``PREFIX/+/status/#`` matches both forms.
-- ``PREFIX/CAMERA/state``: retained JSON ``{"node", "state", "reason", "since"}``
-  at start and whenever a camera's state changes (``since`` is UTC, like an
-  event's time).
-- ``PREFIX/CAMERA/snapshot``: with the camera's ``snapshots.mqtt``, the JPEG
+- ``PREFIX/NODE/CAMERA/state``: retained JSON ``{"node", "session", "state",
+  "reason", "since"}`` at start and whenever a camera's state changes (``since``
+  is UTC, like an event's time; ``session`` is random per run). The sink stays
+  subscribed to its cameras' state topics: a state there that this process did
+  not write (another node's; or ours, live, from another session: the same node
+  name on two boxes) is a collision, logged as an error and counted
+  (``collisions``, ``edged_mqtt_topic_collision``).
+- ``PREFIX/NODE/CAMERA/snapshot``: with the camera's ``snapshots.mqtt``, the JPEG
   an event names in ``snapshot``, retained, QoS 0, sent right after the
   event. QoS 0 because it is a latest-picture state that the next one
   replaces: a large retransmitted copy in paho's session would only delay
   the events behind it, and a snapshot lost with a connection is still on
   disk. A file already deleted (retention) is skipped and counted.
 - With ``homeassistant = true``: Home Assistant discovery configs and
-  ``PREFIX/CAMERA/motion`` (``ON``/``OFF``, retained); see
+  ``PREFIX/NODE/CAMERA/motion`` (``ON``/``OFF``, retained); see
   ``edged.sinks.homeassistant``. They are published after every connect and
   again whenever Home Assistant announces ``online`` on its status topic.
 - At every connect the states go out before ``online`` (and motion ``OFF``
@@ -61,6 +68,7 @@ import datetime as dt
 import json
 import logging
 import re
+import secrets
 import ssl
 import sys
 import threading
@@ -155,6 +163,7 @@ class MqttStats:
     connected: bool
     snapshots_published: int
     snapshots_missing: int  # deleted (retention) or unreadable before they went out
+    collisions: dict[str, str]  # camera -> another node seen on its topics this run
 
 
 class MqttSink:
@@ -179,6 +188,10 @@ class MqttSink:
         self.state_dir = state_dir
         self.node = config.node_name
         self.prefix = config.topic_prefix
+        # Says which process wrote a state: the same node name on two boxes shows as
+        # a state of one of our cameras, naming our node, that we did not publish.
+        self.session = secrets.token_hex(6)
+        self.collisions: dict[str, str] = {}  # camera -> the other node on its topics
         self.instance = instance
         # Two processes with one client id take the session from each other, over
         # and over: a configured id shared by edged@ units gets the instance too.
@@ -230,6 +243,7 @@ class MqttSink:
         self._retained: dict[str, bytes] = {}  # what the sweep collected: topic -> payload
         self._running: frozenset[str] = frozenset()
         self._configured: frozenset[str] = frozenset()
+        self._watched: dict[str, str] = {}  # state topic of a camera we run -> camera
         self.set_cameras(cameras or {}, configured)
         self._client = self._make_client()
 
@@ -322,6 +336,11 @@ class MqttSink:
         a camera not among them left retained is cleared at connect."""
         self._running = frozenset(cameras)
         self._configured = frozenset(cameras if configured is None else configured)
+        watched = {self.topic(name, "state"): name for name in cameras}
+        new = sorted(set(watched) - set(self._watched))
+        self._watched = watched
+        if new and self.connected:
+            self._client.subscribe([(t, 1) for t in new])
         self._snapshot_cameras = frozenset(
             n for n, c in cameras.items() if c.snapshots.enabled and c.snapshots.mqtt
         )
@@ -332,11 +351,10 @@ class MqttSink:
                 self._untyped.add(name)
                 log.info(
                     "mqtt: camera %s: processor %s declares no event_types: Home Assistant "
-                    "gets no event entity for it (its events are on %s/%s/events)",
+                    "gets no event entity for it (its events are on %s)",
                     name,
                     cameras[name].processor.type,
-                    self.prefix,
-                    name,
+                    self.topic(name, "events"),
                 )
         configs = ha.discovery_messages(
             self.cfg, self.node, cameras, self.status_topic, self.instance
@@ -356,6 +374,7 @@ class MqttSink:
         since = dt.datetime.fromtimestamp(snap.state_since, dt.UTC)
         payload = {
             "node": self.node,  # whose it is, for the sweep of cameras gone (see retained)
+            "session": self.session,
             "state": snap.state,
             "reason": snap.reason,
             "since": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
@@ -375,6 +394,7 @@ class MqttSink:
             connected=self.connected,
             snapshots_published=self.snapshots_published,
             snapshots_missing=self.snapshots_missing,
+            collisions=dict(self.collisions),
         )
 
     def stop(self) -> None:
@@ -399,7 +419,7 @@ class MqttSink:
             # No episode outlives the process: OFF first, or Home Assistant shows
             # motion again when 'online' comes back.
             for name in sorted(self._motion):
-                self._publish(f"{self.prefix}/{name}/motion", ha.OFF, retain=True)
+                self._publish(self.topic(name, "motion"), ha.OFF, retain=True)
             info = self._client.publish(self.status_topic, b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # not queued: disconnected
                 info.wait_for_publish(OFFLINE_TIMEOUT)
@@ -447,6 +467,9 @@ class MqttSink:
             self._retained = {}
             self._sweep_due = time.monotonic() + retained.SWEEP_WINDOW
         client.subscribe([(t, 1) for t in retained.sweep_topics(self.cfg, self.node)])
+        # For the whole connection: another box writing our cameras' state is a collision.
+        if self._watched:  # paho refuses an empty list
+            client.subscribe([(t, 1) for t in sorted(self._watched)])
         self._link_changed("connected", logging.INFO, "mqtt: connected to %s", self.where)
         self._wake.set()
 
@@ -520,6 +543,9 @@ class MqttSink:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        camera = self._watched.get(msg.topic)
+        if camera is not None and msg.payload:
+            self._check_collision(camera, msg.topic, bytes(msg.payload), bool(msg.retain))
         if msg.retain and msg.payload and msg.topic != self.ha_status_topic:
             with self._states_lock:
                 if self._sweep_due is not None:
@@ -530,6 +556,41 @@ class MqttSink:
             log.debug("mqtt: Home Assistant is online: publishing discovery again")
             self._discover.set()
             self._wake.set()
+
+    def topic(self, camera: str, what: str) -> str:
+        """A camera's topic: ``events``, ``state``, ``motion`` or ``snapshot``."""
+        return self.cfg.camera_topic(self.node, camera, what)
+
+    def _check_collision(self, camera: str, topic: str, payload: bytes, old: bool) -> None:
+        """A state on one of our cameras' state topics that this process did not write:
+        another box publishes there (a retained one from before we connected only
+        when it names another node: naming ours, it is our previous run's)."""
+        state = retained.state_json(payload)
+        node, session = state.get("node"), state.get("session")
+        if not isinstance(node, str) or session == self.session:
+            return
+        if node == self.node and (old or session is None):
+            return
+        if self.collisions.get(camera) == node:
+            return
+        self.collisions[camera] = node
+        if node == self.node:
+            log.error(
+                "mqtt: camera %s: another box also calls itself node %r and publishes on %s: "
+                "every box of a fleet needs its own [daemon] node (and client id)",
+                camera,
+                node,
+                topic,
+            )
+            return
+        log.error(
+            "mqtt: camera %s: node %r publishes on this box's topic %s too: their states "
+            "overwrite each other and their events mix; give each box's topics its node "
+            '(topic_layout = "node", the default) or its own topic_prefix',
+            camera,
+            node,
+            topic,
+        )
 
     def _link_changed(self, state: str, level: int, msg: str, *args: Any) -> None:
         if state != self._link:
@@ -584,9 +645,9 @@ class MqttSink:
             motion = [(name, self._motion[name]) for name in sorted(self._motion_dirty)]
             self._motion_dirty.clear()
         for name, data in todo:
-            self._publish(f"{self.prefix}/{name}/state", data, retain=True)
+            self._publish(self.topic(name, "state"), data, retain=True)
         for name, data in motion:
-            self._publish(f"{self.prefix}/{name}/motion", data, retain=True)
+            self._publish(self.topic(name, "motion"), data, retain=True)
 
     def _sweep(self) -> None:
         """Clear what cameras no longer in the config left retained (see edged.sinks.retained)."""
@@ -601,7 +662,7 @@ class MqttSink:
             self._publish(topic, b"", retain=True)
         if topics:
             log.info(
-                "mqtt: cleared %d retained topics of this node for entities no longer announced%s",
+                "mqtt: cleared %d retained topics of this node no longer in use%s",
                 len(topics),
                 f" (cameras no longer in the config: {', '.join(gone)})" if gone else "",
             )
@@ -620,7 +681,7 @@ class MqttSink:
         bad: list[int] = []
         oversize: list[int] = []
         for rid, camera, payload in self.outbox.fetch(self._cursor, room):
-            topic = f"{self.prefix}/{camera}/events"
+            topic = self.topic(camera, "events")
             if self._oversize(rid, camera, topic, payload):
                 oversize.append(rid)
                 self._cursor = rid
@@ -683,7 +744,7 @@ class MqttSink:
             self.snapshots_missing += 1
             log.debug("mqtt: snapshot %s not published: %s", rel, exc)
             return
-        info = self._client.publish(f"{self.prefix}/{camera}/snapshot", jpeg, qos=0, retain=True)
+        info = self._client.publish(self.topic(camera, "snapshot"), jpeg, qos=0, retain=True)
         if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.snapshots_published += 1
 

@@ -1,7 +1,7 @@
 """Retained topics left on the broker by cameras that are no longer in the config.
 
 A camera removed from the config while edged was stopped keeps its retained
-Home Assistant discovery configs, ``PREFIX/CAMERA/state``, ``/motion`` and
+Home Assistant discovery configs, ``PREFIX/NODE/CAMERA/state``, ``/motion`` and
 ``/snapshot``: Home Assistant would show it (motion on, available) forever,
 since nothing publishes for it again. At every connect the MQTT sink
 subscribes to :func:`sweep_topics`, collects the retained messages the broker
@@ -17,10 +17,15 @@ box may share the broker and the topic prefix. What is this node's:
   ``edged_NODE_CAMERA`` (a camera), or ``edged_NODE`` (the box: a process's
   connectivity entity, stale when its instance names a camera no longer
   configured; its status topic goes too);
-- ``PREFIX/CAMERA/state`` whose JSON names ``node``. The camera's per-camera
+- ``PREFIX/NODE/CAMERA/state`` (``PREFIX/CAMERA/state`` with ``topic_layout =
+  "camera"``) whose JSON names ``node``. The camera's per-camera
   topics (state, motion, snapshot) are cleared when its state is this node's,
   or names no node (an older edged wrote it) and this node's discovery names
   the camera; a state another node wrote is left alone.
+
+In the node layout, what this node left in the camera layout (an edged before
+the upgrade, or ``topic_layout = "camera"`` before) is cleared too: its states
+there name this node.
 
 Discovery configs of a camera this process runs that it no longer announces
 (the processor changed while edged was stopped) are cleared too.
@@ -42,14 +47,18 @@ CAMERA_TOPICS = ("state", "motion", "snapshot")
 
 
 def sweep_topics(cfg: MqttConfig, node: str) -> list[str]:
-    """The topic filters whose retained messages tell what this node left behind."""
-    topics = [f"{cfg.topic_prefix}/+/state"]
+    """The topic filters whose retained messages tell what this node left behind
+    (in the node layout also the camera layout's: what it left before an upgrade)."""
+    topics = [cfg.camera_topic(node, "+", "state")]
+    if cfg.topic_layout == "node":
+        topics.append(f"{cfg.topic_prefix}/+/state")
     if cfg.homeassistant:
         topics.append(f"{cfg.homeassistant_prefix}/+/{ha.node_id(node)}/+/config")
     return topics
 
 
-def _json(payload: bytes) -> dict[str, object]:
+def state_json(payload: bytes) -> dict[str, object]:
+    """A retained state's JSON object ({} if it is not one)."""
     try:
         data = json.loads(payload)
     except ValueError:
@@ -78,15 +87,20 @@ def stale_topics(
     prefix, box = cfg.topic_prefix, f"edged_{node}"
     clear: set[str] = set()
     state_node: dict[str, object] = {}  # camera -> the node its retained state names
+    legacy: dict[str, object] = {}  # the same, in the camera layout while we use the node's
     discovered: set[str] = set()  # cameras this node's discovery configs name
+    own_head = cfg.camera_topic(node, "", "state").removesuffix("//state")
     for topic, payload in retained.items():
         head, _, camera = topic.removesuffix("/state").rpartition("/")
-        if topic.endswith("/state") and head == prefix:
-            state_node[camera] = _json(payload).get("node")
+        if topic.endswith("/state") and head == own_head:
+            state_node[camera] = state_json(payload).get("node")
+            continue
+        if topic.endswith("/state") and head == prefix:  # the node layout's own is longer
+            legacy[camera] = state_json(payload).get("node")
             continue
         if not topic.startswith(f"{cfg.homeassistant_prefix}/"):
             continue
-        config = _json(payload)
+        config = state_json(payload)
         device = _device(config)
         if device == box:
             status = str(config.get("state_topic", ""))
@@ -104,5 +118,13 @@ def stale_topics(
         if state_node.get(camera) == node
         or (state_node.get(camera) is None and camera in discovered)
     )
-    clear.update(f"{prefix}/{camera}/{what}" for camera in gone for what in CAMERA_TOPICS)
+    clear.update(cfg.camera_topic(node, c, what) for c in gone for what in CAMERA_TOPICS)
+    # Moved to PREFIX/NODE/CAMERA/...: what this node left at PREFIX/CAMERA/... goes,
+    # or Home Assistant and subscribers would read its last state there forever.
+    moved = [
+        camera
+        for camera, owner in legacy.items()
+        if owner == node or (owner is None and camera in discovered)
+    ]
+    clear.update(f"{prefix}/{c}/{what}" for c in moved for what in CAMERA_TOPICS)
     return sorted(clear), gone
