@@ -42,6 +42,12 @@ BOX = "homeassistant/binary_sensor/edged_box1/Status/config"
 STATUS = {c: f"homeassistant/sensor/edged_box1/{c}_status/config" for c in ("cam1", "cam2", "cam3")}
 
 
+def last_payload(sub: Subscriber, topic: str) -> bytes | None:
+    """The newest payload the subscriber got on ``topic``; None before the first."""
+    got = sub.received(topic)
+    return got[-1].payload if got else None
+
+
 def cameras(tmp_path: Path) -> dict[str, CameraConfig]:
     return parse_config(CAMERAS, str(tmp_path / "edged.toml")).cameras
 
@@ -234,7 +240,7 @@ def test_motion_state_follows_motion_events_retained(
             sink.submit({"schema": 1, "id": f"{cam}-{n}", "camera": cam, "type": kind})
         want = {"motion.start": b"ON", "motion.end": b"OFF"}.get(kind)
         if want:
-            wait_for(kind, lambda w=want: sub.received("edged/box1/cam1/motion")[-1].payload == w)
+            wait_for(kind, lambda w=want: last_payload(sub, "edged/box1/cam1/motion") == w)
     got = [m.payload for m in sub.received("edged/box1/cam1/motion")]
     assert got == [b"OFF", b"ON", b"OFF", b"ON"]
     assert all(m.qos == 1 for m in sub.received("edged/box1/cam1/motion"))
@@ -253,7 +259,7 @@ def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
     cams = cameras(tmp_path)
     states = {"cam1": ("reconnecting", "connection refused"), "cam2": ("starting", "")}
     sink = start_sink(sinks, mosquitto, tmp_path, cams, states=states)
-    wait_for("online", lambda: sub.received("edged/box1/status")[-1].payload == b"online")
+    wait_for("online", lambda: last_payload(sub, "edged/box1/status") == b"online")
     live = [(m.topic, m.payload) for m in sub.received() if not m.retain]
     online = live.index(("edged/box1/status", b"online"))
     # What Home Assistant reads after 'online' is this run's: no unavailable -> on -> off.
@@ -266,9 +272,9 @@ def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
     assert set(wanted) <= set(dict(live[:online]))  # entities exist before they are available
 
     sink.submit({"schema": 1, "id": "e1", "camera": "cam1", "type": "motion.start"})
-    wait_for("ON", lambda: sub.received("edged/box1/cam1/motion")[-1].payload == b"ON")
+    wait_for("ON", lambda: last_payload(sub, "edged/box1/cam1/motion") == b"ON")
     sink.stop()
-    wait_for("offline", lambda: sub.received("edged/box1/status")[-1].payload == b"offline")
+    wait_for("offline", lambda: last_payload(sub, "edged/box1/status") == b"offline")
     last = [
         (m.topic, m.payload) for m in sub.received() if m.topic.endswith(("/motion", "/status"))
     ]
