@@ -200,7 +200,7 @@ def daemon_toml(mqtt_port: int | None, events: str = "", processor: str = "") ->
 
 
 def mqtt_ids(sub: Subscriber) -> list[str]:
-    return [json.loads(m.payload)["id"] for m in sub.received("edged/cam1/events")]
+    return [json.loads(m.payload)["id"] for m in sub.received("edged/box1/cam1/events")]
 
 
 @pytest.mark.slow

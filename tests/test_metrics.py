@@ -186,6 +186,7 @@ def mqtt_stats(connected: bool = True, **outbox: Any) -> MqttStats:
         connected=connected,
         snapshots_published=4,
         snapshots_missing=1,
+        collisions={},
     )
 
 
