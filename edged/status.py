@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import tomllib
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -22,7 +21,7 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edged.config import MetricsConfig, _check_listen
+from edged.config import MetricsConfig, _check_listen, parse_toml, read_config_text
 from edged.errors import ConfigError
 from edged.metrics import url_for
 
@@ -44,15 +43,9 @@ def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
     works outside the daemon's environment (a shell without
     ``$CREDENTIALS_DIRECTORY``, say). Raises :class:`ConfigError`."""
     name = os.fspath(path)
-    try:
-        with open(name, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, [f"{name}: TOML syntax error: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, [f"{name}: not UTF-8 text (TOML must be)"]) from None
+    # The same bounded reader as the daemon's: a FIFO, /dev/zero or a deep table
+    # is an error line, not a hang or a traceback.
+    data = parse_toml(read_config_text(name), name)
     metrics = data.get("metrics", {})
     cameras = data.get("cameras", {})
     if not isinstance(metrics, dict) or not isinstance(cameras, dict):
