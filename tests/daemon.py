@@ -36,9 +36,17 @@ def shm_segments(pid: int) -> list[str]:
 class Daemon:
     """``edged run`` on a config written into a temporary folder."""
 
-    def __init__(self, tmp: Path, toml: str, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        toml: str,
+        *args: str,
+        env: dict[str, str] | None = None,
+        prefix: list[str] | None = None,
+    ) -> None:
         self.dir = tmp
         self.env = env or {}  # set in the daemon's environment (e.g. NOTIFY_SOCKET)
+        self.prefix = prefix or []  # run edged through this (setpriv to another user, say)
         self.config = tmp / "edged.toml"
         if "[metrics]" not in toml:
             # Tests run daemons one after another and beside a developer's own:
@@ -56,8 +64,9 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         env.update(self.env)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args],
+            self.prefix + command,
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
             stderr=subprocess.STDOUT,
