@@ -17,10 +17,12 @@ and is what the supervisor hands to its children.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -104,15 +106,111 @@ def _context(info: ValidationInfo) -> dict[str, Any]:
     return info.context if isinstance(info.context, dict) else {}
 
 
+# What a config may hold, bounded so that no value reaches the OS or a log unchecked.
+MAX_CONFIG_BYTES = 1024**2  # a real config is a few KiB
+MAX_SECRET_BYTES = 64 * 1024  # a password file: its first line is used
+MAX_DEPTH = 32  # tables and arrays within each other; the reference config uses 4
+MAX_KEY_CHARS = 128
+MAX_STRING_CHARS = 64 * 1024  # below Linux's 128 KiB for one environment string
+MAX_PATH_BYTES = 4095  # PATH_MAX, less its NUL
+MAX_NAME_BYTES = 255  # NAME_MAX: one path component
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _check_path(path: Path) -> Path:
+    """``path``, if the OS can take it; errors never show it (it may be 100k long)."""
+    text = str(path)
+    if _CONTROL.search(text):
+        raise ValueError("a path must not contain control characters (a NUL byte, a newline)")
+    raw = os.fsencode(text)
+    if len(raw) > MAX_PATH_BYTES:
+        raise ValueError(f"path too long: {len(raw)} bytes, at most {MAX_PATH_BYTES}")
+    longest = max((len(part) for part in raw.split(b"/")), default=0)
+    if longest > MAX_NAME_BYTES:
+        raise ValueError(
+            f"a path component is {longest} bytes long; a file or folder name has at most "
+            f"{MAX_NAME_BYTES}"
+        )
+    return path
+
+
 def _resolve(path: Path, info: ValidationInfo) -> Path:
+    """``path`` made absolute against the config file's folder, checked by _check_path."""
     base = _context(info).get("base_dir")
-    if base is None or path.is_absolute():
-        return path
-    return Path(os.path.normpath(Path(base) / path))
+    if base is not None and not path.is_absolute():
+        path = Path(os.path.normpath(Path(base) / path))
+    return _check_path(path)
+
+
+def _check_file(path: Path) -> None:
+    """Raise ValueError unless ``path`` is a regular file this process can see."""
+    try:
+        if path.is_file():
+            return
+        problem = "not a file" if path.exists() else "file not found"
+    except OSError as exc:  # a folder on the way this user cannot enter, say
+        problem = f"cannot access ({exc.strerror or exc})"
+    raise ValueError(f"{problem}: {path}")
+
+
+def _check_folder(folder: Path) -> None:
+    """Raise ValueError unless ``folder`` is a folder this process can write in, or one
+    it could create (as ``mkdir -p`` would), so a config check fails where ``run`` would."""
+    probe, missing = folder, None
+    try:
+        while not probe.exists():
+            probe, missing = probe.parent, probe
+        if not probe.is_dir():
+            raise ValueError(f"not a folder: {probe}")
+        if not os.access(probe, os.W_OK | os.X_OK):
+            raise ValueError(f"cannot write in {probe}: permission denied")
+        if missing is not None:
+            # access() says yes to root everywhere (/proc/1, say): only trying tells.
+            try:
+                os.mkdir(missing, 0o700)
+            except FileExistsError:
+                return  # made meanwhile (by a starting daemon)
+            with contextlib.suppress(OSError):  # someone uses it already
+                os.rmdir(missing)
+    except OSError as exc:
+        raise ValueError(f"cannot create folder {folder}: {exc.strerror or exc}") from None
+
+
+def read_bounded(path: str | os.PathLike[str], limit: int) -> bytes:
+    """The content of the regular file at ``path``, if at most ``limit`` bytes.
+
+    Raises ValueError with the reason alone (the caller names the file): not
+    found, not readable, not a regular file (a FIFO or /dev/zero would hang or
+    never end), or too large."""
+    try:
+        # O_NONBLOCK: opening a FIFO waits for a writer without it.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError("file not found") from None
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError("a folder, not a file")
+        if not stat.S_ISREG(mode):
+            raise ValueError("not a regular file")
+        chunks: list[bytes] = []
+        size = 0
+        while chunk := os.read(fd, min(1024**2, limit + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"larger than {limit} bytes")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise ValueError(f"cannot read: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
 
 
 def _invalid(
-    problems: Sequence[tuple[str | tuple[str, ...], str]], title: str, data: Any = None
+    problems: Sequence[tuple[str | tuple[str | int, ...], str]], title: str, data: Any = None
 ) -> ValidationError:
     """A ValidationError with one custom error per (key or key path, message); pydantic
     merges it into the enclosing model's errors with the key path prefixed."""
@@ -206,7 +304,9 @@ class EventsConfig(_Model):
     @field_validator("path")
     @classmethod
     def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        value = _resolve(value, info)
+        _check_folder(value.parent)
+        return value
 
 
 def _split_listen(listen: str) -> tuple[str, int]:
@@ -286,7 +386,9 @@ class DaemonConfig(_Model):
     @field_validator("state_dir")
     @classmethod
     def _resolve_path(cls, value: Path, info: ValidationInfo) -> Path:
-        return _resolve(value, info)
+        value = _resolve(value, info)
+        _check_folder(value)
+        return value
 
 
 # --- processors ----------------------------------------------------------------------
@@ -388,12 +490,11 @@ def source_kind(source: str) -> SourceKind:
 def _read_secret(path: Path) -> str:
     """The first line of ``path``; errors name the file, never its content."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ValueError(f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-        raise ValueError(f"cannot read {path}: {reason}") from None
+        text = read_bounded(path, MAX_SECRET_BYTES).decode("utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"cannot read {path}: not UTF-8 text") from None
+    except ValueError as exc:
+        raise ValueError(f"{exc}: {path}") from None
     secret = text.partition("\n")[0].rstrip("\r")
     if not secret:
         raise ValueError(f"{'first line is' if text.strip() else 'file is'} empty: {path}")
@@ -665,6 +766,7 @@ class CameraConfig(_CameraSettings):
 
     name: str = Field(description="The camera's name, from its table name.")
     source: str = Field(
+        max_length=MAX_PATH_BYTES,
         description="'synthetic', an rtsp:// or other URL, /dev/videoN or a device number, "
         "'package.module:ClassName' for a plugin source, or a video file.",
     )
@@ -686,6 +788,9 @@ class CameraConfig(_CameraSettings):
     @field_validator("source")
     @classmethod
     def _check_source(cls, value: str, info: ValidationInfo) -> str:
+        if _CONTROL.search(value):
+            # FFmpeg and the OS stop at a NUL; a newline would forge log lines.
+            raise ValueError("must not contain control characters (a NUL byte, a newline)")
         kind = source_kind(value)
         if kind in ("rtsp", "url"):
             scheme = value.partition("://")[0].lower()
@@ -716,9 +821,8 @@ class CameraConfig(_CameraSettings):
         elif kind == "file":
             path = _resolve(Path(value), info)
             # '%d' patterns name image sequences (img_%04d.png), which no single file matches.
-            if not re.search(r"%\d*d", value) and not path.is_file():
-                problem = "not a file" if path.exists() else "file not found"
-                raise ValueError(f"{problem}: {path}")
+            if not re.search(r"%\d*d", value):
+                _check_file(path)
             return str(path)
         return value
 
@@ -787,9 +891,14 @@ class CameraConfig(_CameraSettings):
         return f"{scheme}://{userinfo}@{rest}"
 
 
+MAX_CAMERA_NAME = 64  # a unit instance, a file name, a topic level, a metric label
+
+
 def _check_camera_name(name: str) -> str:
     if not _CAMERA_NAME.fullmatch(name):
         raise ValueError("a camera name may contain only a-z, 0-9, '_' and '-'")
+    if len(name) > MAX_CAMERA_NAME:
+        raise ValueError(f"a camera name has at most {MAX_CAMERA_NAME} characters")
     return name
 
 
@@ -910,8 +1019,7 @@ class MqttConfig(_Password):
         if value is None:
             return None
         value = _resolve(value, info)
-        if not value.is_file():
-            raise ValueError(f"{'not a file' if value.exists() else 'file not found'}: {value}")
+        _check_file(value)
         return value
 
     @model_validator(mode="after")
@@ -1146,15 +1254,60 @@ def load_config(
     ``cameras``: read the secrets of these cameras only (``edged run --camera``): the
     others' password files and credentials are not read, nor their passwords known."""
     name = os.fspath(path)
+    return parse_config(read_config_text(name), name, credentials_optional, cameras)
+
+
+def read_config_text(path: str | os.PathLike[str]) -> str:
+    """The text of the config file at ``path``; :class:`ConfigError` if it is not a
+    regular file of UTF-8 text of at most MAX_CONFIG_BYTES."""
+    name = os.fspath(path)
     try:
-        text = Path(name).read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise ConfigError(name, [f"{name}: file not found"]) from None
-    except OSError as exc:
-        raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
+        return read_bounded(name, MAX_CONFIG_BYTES).decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(name, [f"{name}: not UTF-8 text (byte {exc.start})"]) from None
-    return parse_config(text, name, credentials_optional, cameras)
+    except ValueError as exc:
+        raise ConfigError(name, [f"{name}: {exc}"]) from None
+
+
+def parse_toml(text: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """TOML ``text`` (read from ``path``) as a dict, within the bounds above (nesting,
+    key and string lengths, no NUL byte); raise :class:`ConfigError`."""
+    name = os.fspath(path)
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(name, [syntax_problem(name, str(exc))]) from None
+    except RecursionError:  # tomllib recurses once per level
+        message = f"tables and arrays nested too deeply (at most {MAX_DEPTH} levels)"
+        raise ConfigError(name, [f"{name}: {message}"]) from None
+    if found := _out_of_bounds(data):
+        raise ConfigError(name, problems(name, _invalid(found, "Config"), key_lines(text)))
+    return data
+
+
+def _out_of_bounds(data: dict[str, Any]) -> list[tuple[tuple[str | int, ...], str]]:
+    """(key path, problem) for what no option can want, found without recursion (a
+    deep value would overflow the stack of whatever recursed over it next)."""
+    found: list[tuple[tuple[str | int, ...], str]] = []
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack and len(found) < 10:
+        where, value = stack.pop()
+        if isinstance(value, dict | list) and len(where) >= MAX_DEPTH:
+            found.append((where, f"nested too deeply (at most {MAX_DEPTH} levels)"))
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                if len(key) > MAX_KEY_CHARS:
+                    short = f"{key[:16]}..."  # the whole key would flood the report
+                    found.append(((*where, short), f"key longer than {MAX_KEY_CHARS} characters"))
+                else:
+                    stack.append(((*where, key), item))
+        elif isinstance(value, list):
+            stack.extend(((*where, i), item) for i, item in enumerate(value))
+        elif isinstance(value, str) and len(value) > MAX_STRING_CHARS:
+            found.append((where, f"longer than {MAX_STRING_CHARS} characters"))
+        elif isinstance(value, str) and "\x00" in value:
+            found.append((where, "must not contain a NUL byte"))
+    return sorted(found)
 
 
 def camera_from_dict(
@@ -1184,10 +1337,7 @@ def parse_config(
     are resolved against); raise :class:`ConfigError` listing every problem.
     ``credentials_optional``, ``cameras``: as for :func:`load_config`."""
     name = os.fspath(path)
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, [syntax_problem(name, str(exc))]) from None
+    data = parse_toml(text, name)
     file = Path(os.path.abspath(name))
     context = {
         "path": file,
@@ -1199,3 +1349,8 @@ def parse_config(
         return Config.model_validate(data, context=context)
     except ValidationError as exc:
         raise ConfigError(name, problems(name, exc, key_lines(text))) from None
+    except (OSError, RecursionError) as exc:
+        # What a config can cause that no check above foresaw is still the
+        # config's doing: exit 78 (or keep the running config), not a traceback.
+        reason = scrub(f"{type(exc).__name__}: {exc}")[:500]
+        raise ConfigError(name, [f"{name}: cannot be checked: {reason}"]) from None

@@ -49,7 +49,7 @@ def parse_line(raw: bytes) -> dict[str, Any] | None:
     """The event on one line (without its newline), or None if it is not one."""
     try:
         event = json.loads(raw)
-    except ValueError:  # includes UnicodeDecodeError
+    except (ValueError, RecursionError):  # UnicodeDecodeError; RecursionError: nested too deeply
         return None
     return event if isinstance(event, dict) else None
 

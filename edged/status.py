@@ -14,7 +14,6 @@ import json
 import math
 import os
 import sys
-import tomllib
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -22,7 +21,7 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edged.config import MetricsConfig, _check_listen
+from edged.config import MetricsConfig, _check_listen, parse_toml, read_config_text
 from edged.errors import ConfigError
 from edged.metrics import url_for
 
@@ -36,19 +35,6 @@ class _Unreachable(Exception):
     pass
 
 
-def _read_toml(name: str) -> dict[str, Any]:
-    try:
-        with open(name, "rb") as f:
-            data = tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(name, [f"{name}: cannot read: {exc.strerror}"]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(name, [f"{name}: TOML syntax error: {exc}"]) from None
-    except UnicodeDecodeError:
-        raise ConfigError(name, [f"{name}: not UTF-8 text (TOML must be)"]) from None
-    return data
-
-
 def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
     """The URL of the daemon ``edged run --config PATH [--camera CAMERA]`` serves.
 
@@ -57,7 +43,9 @@ def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
     works outside the daemon's environment (a shell without
     ``$CREDENTIALS_DIRECTORY``, say). Raises :class:`ConfigError`."""
     name = os.fspath(path)
-    data = _read_toml(name)
+    # The same bounded reader as the daemon's: a FIFO, /dev/zero or a deep table
+    # is an error line, not a hang or a traceback.
+    data = parse_toml(read_config_text(name), name)
     metrics = data.get("metrics", {})
     cameras = data.get("cameras", {})
     if not isinstance(metrics, dict) or not isinstance(cameras, dict):
@@ -83,7 +71,7 @@ def status_targets(path: str | os.PathLike[str]) -> tuple[list[str], list[str]]:
     """Every URL a daemon of this config may serve, each once: [metrics] listen
     (edged.service, or edged@NAME of a camera without its own address) and each
     camera's ``metrics_listen`` (edged@NAME); and the configured cameras."""
-    cameras = _read_toml(os.fspath(path)).get("cameras", {})
+    cameras = parse_toml(read_config_text(path), os.fspath(path)).get("cameras", {})
     names = list(cameras) if isinstance(cameras, dict) else []
     urls = [status_url(path)] + [status_url(path, name) for name in names]
     return list(dict.fromkeys(urls)), names

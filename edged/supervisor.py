@@ -30,6 +30,7 @@ from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, errors_logged, setup_logging
 from edged.metrics import Metrics, MetricsSources
 from edged.reader import ReaderState, reader_main
+from edged.redact import scrub
 from edged.reload import ReloadVerdicts
 from edged.router import EventRouter, open_writer
 from edged.sinks.jsonl import JsonlWriter, SinkError
@@ -255,9 +256,31 @@ class Supervisor:
         except SinkError as exc:
             log.error("reload failed: %s; still running the previous configuration", exc)
             self._status_prefix = "reload failed: cannot open the event file, see journal; "
+        except Exception as exc:
+            # Whatever else a config file can cause (an OSError from a path no
+            # check foresaw, say) must not stop cameras that are running fine.
+            if writer is not None:
+                writer.close()
+            log.error(
+                "reload failed: %s: %s; still running the previous configuration",
+                path,
+                scrub(f"{type(exc).__name__}: {exc}")[:500],
+            )
+            log.debug("reload failure", exc_info=True)
+            self._status_prefix = "reload failed, see journal; "
         else:
             self._status_prefix = ""
-            self.apply(new, writer)
+            try:
+                self.apply(new, writer)
+            except Exception as exc:
+                # Half applied: say so, and keep the daemon (and what runs) alive.
+                log.error(
+                    "reload of %s failed while applying it: %s",
+                    path,
+                    scrub(f"{type(exc).__name__}: {exc}")[:500],
+                )
+                log.debug("reload failure", exc_info=True)
+                self._status_prefix = "reload failed while applying, see journal; "
         self._status_due = 0.0
         self.notifier.ready(self._status_prefix + format_status(self.snapshot()))
 
@@ -297,7 +320,7 @@ class Supervisor:
             if name in added:
                 try:
                     self.lock_camera(name)
-                except CameraBusyError as exc:
+                except (CameraBusyError, StartupError) as exc:  # busy, or no state_dir
                     log.error("not starting camera %s: %s", name, exc)
                     continue
             self.cams[name] = CameraRuntime(new.cameras[name])

@@ -46,7 +46,8 @@ class Daemon:
     ) -> None:
         self.dir = tmp
         self.env = env or {}  # set in the daemon's environment (e.g. NOTIFY_SOCKET)
-        # A command that execs its arguments (same pid), e.g. into a mount namespace.
+        # A command that execs its arguments (same pid): into a mount namespace, as
+        # another user (setpriv), ...
         self.wrap = wrap or []
         self.config = tmp / "edged.toml"
         if "[metrics]" not in toml:
@@ -65,11 +66,9 @@ class Daemon:
         env.pop("NOTIFY_SOCKET", None)
         env.update(self.env)
         self._stderr = open(self.stderr_path, "wb")  # noqa: SIM115
+        command = [sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args]
         self.proc = subprocess.Popen(
-            [
-                *self.wrap,
-                *(sys.executable, "-m", "edged", "run", "--config", str(self.config), *self.args),
-            ],
+            self.wrap + command,
             stdin=subprocess.DEVNULL,
             stdout=self._stderr,
             stderr=subprocess.STDOUT,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import resource
 import shutil
 import subprocess
 import sys
@@ -806,3 +807,129 @@ def test_example_config_loads_and_documents_every_option(
         for key in model.model_fields:
             table = key in ("processor", "snapshots")  # [defaults.KEY] tables
             assert f"\n{key} = " in text or f"\n# {key} = " in text or table, key
+
+
+def _check(path: Path | str, capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
+    """`edged check-config PATH` in-process: (exit code, stderr)."""
+    code = main(["check-config", str(path)])
+    return code, capsys.readouterr().err
+
+
+def _deep(levels: int) -> str:
+    return "{a = " * levels + "1" + " }" * levels
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        (  # tomllib itself overflows the stack
+            f'[cameras.c]\nsource = "synthetic"\nsource_options = {_deep(1000)}\n',
+            "edged.toml: tables and arrays nested too deeply (at most 32 levels)",
+        ),
+        (  # tomllib copes; what recurses over it next (pickle, ==) may not
+            f'[cameras.c]\nsource = "synthetic"\nsource_options = {_deep(100)}\n',
+            "edged.toml:3: cameras.c.source_options.a.a.a",
+        ),
+        (
+            f'[cameras.c]\nsource = "rtsp://cam/{"x" * 100_000}"\n',
+            "edged.toml:2: cameras.c.source: longer than 65536 characters",
+        ),
+        (
+            f'[cameras.c]\nsource = "/tmp/{"x" * 300}.mp4"\n',
+            "edged.toml:2: cameras.c.source: a path component is 304 bytes long",
+        ),
+        (
+            f'[cameras.{"c" * 300}]\nsource = "synthetic"\n',
+            'edged.toml:1: cameras."cccccccccccccccc...": key longer than 128 characters',
+        ),
+        (
+            f'[cameras.{"c" * 65}]\nsource = "synthetic"\n',
+            f"edged.toml:1: cameras.{'c' * 65}: a camera name has at most 64 characters",
+        ),
+        (
+            f'[daemon]\nstate_dir = "{"s" * 256}"\n{CAM}',
+            "edged.toml:2: daemon.state_dir: a path component is 256 bytes long",
+        ),
+        (
+            f'[events]\npath = "ev/{"e" * 256}.jsonl"\n{CAM}',
+            "edged.toml:2: events.path: a path component is 262 bytes long",
+        ),
+        (
+            f'[daemon]\nstate_dir = "/proc/1/x"\n{CAM}',
+            "edged.toml:2: daemon.state_dir: cannot ",
+        ),
+        (
+            '[cameras.c]\nsource = "rtsp://cam/a\\u0000b"\n',
+            "edged.toml:2: cameras.c.source: must not contain a NUL byte",
+        ),
+        (
+            '[cameras.c]\nsource = "rtsp://cam/a\\nreloaded: b"\n',
+            "edged.toml:2: cameras.c.source: must not contain control characters",
+        ),
+    ],
+    ids=[
+        "nested-1000",
+        "nested-100",
+        "source-100k",
+        "source-component-300",
+        "camera-name-300",
+        "camera-name-65",
+        "state-dir-component",
+        "event-path-component",
+        "state-dir-uncreatable",
+        "nul-in-source",
+        "newline-in-source",
+    ],
+)
+def test_check_config_rejects_what_run_cannot_use(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, problem: str
+) -> None:
+    path = tmp_path / "edged.toml"
+    path.write_text(text)
+    code, err = _check("edged.toml", capsys)
+    assert code == EX_CONFIG, err
+    lines = err.splitlines()
+    assert lines[0] == "edged.toml: 1 error in configuration"
+    assert len(lines) == 2 and lines[1].startswith(f"  {problem}"), err
+    assert len(lines[1]) < 400  # never the 100k value itself
+    assert "\x00" not in err and "reloaded: b" not in err
+
+
+def test_check_config_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo.toml"
+    os.mkfifo(fifo)
+    big = tmp_path / "big.toml"
+    big.write_text(CAM + "#" * 1024**2 + "\n")
+    zero = write(
+        tmp_path,
+        '[cameras.c]\nsource = "rtsp://cam/s"\nusername = "u"\npassword_file = "/dev/zero"\n',
+        "zero.toml",
+    )
+    expected = {
+        str(zero): f"{zero}:4: cameras.c.password_file: not a regular file: /dev/zero",
+        "/dev/zero": "/dev/zero: not a regular file",
+        str(fifo): f"{fifo}: not a regular file",  # must not wait for a writer
+        str(tmp_path): f"{tmp_path}: a folder, not a file",
+        str(big): f"{big}: larger than 1048576 bytes",
+    }
+    for path, problem in expected.items():
+        done = subprocess.run(
+            [sys.executable, "-m", "edged", "check-config", path],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            # Read without a bound, /dev/zero would take the machine's memory.
+            preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 * 1024**3,) * 2),
+        )
+        assert done.returncode == EX_CONFIG, (path, done.stderr)
+        assert done.stderr.splitlines()[1:] == [f"  {problem}"], done.stderr
+
+
+def test_status_reads_the_config_within_the_same_bounds(tmp_path: Path) -> None:
+    from edged.status import status_url
+
+    with pytest.raises(ConfigError, match="not a regular file"):
+        status_url("/dev/zero")
+    path = write(tmp_path, f'[cameras.c]\nsource = "synthetic"\nx = {_deep(1000)}\n')
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        status_url(path)

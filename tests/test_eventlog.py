@@ -3,6 +3,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -493,3 +495,20 @@ def test_follow_file_truncated(tmp_path: Path) -> None:
         wait_for(lambda: len(out.lines()) >= 6, "the event after truncation")
     assert seqs_of(out.lines()) == [0, 1, 2, 3, 4, 100]
     assert "truncated" in err.getvalue()
+
+
+def test_a_deeply_nested_line_is_skipped_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "events.jsonl"
+    deep = '{"type": "x", "data": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    path.write_text(f"{json.dumps(event(0))}\n{deep}\n{json.dumps(event(1))}\n")
+    assert [e["seq"] for e in iter_events(path)] == [0, 1]
+    for flags in ([], ["--json"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "edged", "events", "--file", str(path), *flags],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) == 2
+        assert done.stderr == f"edged events: {path}:2: skipping a line that is not a JSON event\n"

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 from components.rtsp import free_port
@@ -219,3 +221,114 @@ def _get(url: str) -> int:
             return int(resp.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
+
+
+ONE_CAMERA = (
+    '[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n'
+    '[cameras.cam1]\nsource = "synthetic"\nfps = 25\n'
+    'processor = { type = "plugins:SlowProcessor", delay = 0 }\n'
+)
+NOBODY = 65534
+# Root without the capabilities that let it into other users' folders: an
+# unprivileged daemon, as under the units' DynamicUser. (setpriv --reuid would
+# be closer, but this machine's venv lives in root's home, out of nobody's reach.)
+UNPRIVILEGED = ["setpriv", "--bounding-set=-dac_override,-dac_read_search"]
+
+
+def _survives_reload(d: Daemon, toml: str, problem: str) -> None:
+    """Reload ``toml``: the reload fails naming ``problem``, the cameras keep running."""
+    before = _pids(d)
+    _reload(d, toml, "still running the previous configuration")
+    assert problem in d.log
+    assert d.proc.poll() is None and _pids(d) == before
+    n = len(d.events("frame"))
+    d.wait_events(n + 5, "frame")
+
+
+def _refused_at_start(config: Path, problem: str, prefix: list[str] | None = None) -> None:
+    """``edged run`` on ``config`` exits 78 with the problem line, no traceback."""
+    done = subprocess.run(
+        [*(prefix or []), sys.executable, "-m", "edged", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(TESTS)},
+    )
+    assert done.returncode == 78, done.stderr
+    assert "Traceback" not in done.stderr and problem in done.stderr
+    assert len(done.stderr.splitlines()) == 2, done.stderr  # the count, then the problem
+
+
+def test_no_config_kills_a_running_daemon_or_a_start_with_70(tmp_path):
+    d = Daemon(tmp_path, ONE_CAMERA)
+    d.start()
+    try:
+        d.wait_events(5, "frame")
+        bad = {
+            "a source with a 300-character name": (
+                ONE_CAMERA.replace('"synthetic"', f'"clips/{"x" * 300}.mp4"'),
+                "a path component is 304 bytes long",
+            ),
+            "an inline table nested 1000 deep": (
+                ONE_CAMERA + "source_options = " + "{a=" * 1000 + "1" + "}" * 1000 + "\n",
+                "nested too deeply",
+            ),
+            "a password file that never ends": (
+                ONE_CAMERA.replace('"synthetic"', '"rtsp://cam/s"')
+                + 'username = "u"\npassword_file = "/dev/zero"\n',
+                "not a regular file: /dev/zero",
+            ),
+        }
+        for what, (toml, problem) in bad.items():
+            _survives_reload(d, toml, problem)
+            path = tmp_path / "start.toml"
+            path.write_text(toml)
+            _refused_at_start(path, problem)
+            assert what
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+def test_a_camera_added_where_its_lock_cannot_be_made_does_not_stop_the_daemon(tmp_path):
+    d = Daemon(tmp_path, ONE_CAMERA)
+    d.start()
+    try:
+        d.wait_events(5, "frame")
+        # A state_dir the config check accepts, whose locks/ is a file: the
+        # added camera's lock fails inside apply(), after the check.
+        (tmp_path / "other").mkdir()
+        (tmp_path / "other/locks").write_text("not a folder\n")
+        toml = ONE_CAMERA.replace('"state"', '"other"') + (
+            '[cameras.cam2]\nsource = "synthetic"\n[metrics]\nlisten = "127.0.0.1:0"\n'
+        )
+        _reload(d, toml, "reloaded:")
+        assert "not starting camera cam2: cannot use daemon.state_dir" in d.log
+        assert d.proc.poll() is None
+        n = len(d.events("frame"))
+        d.wait_events(n + 5, "frame")
+        assert d.stop() == 0
+    finally:
+        d.kill()
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root")
+def test_a_source_a_non_root_daemon_cannot_reach_fails_the_reload_not_the_daemon(tmp_path):
+    # A file source in a folder only another user may enter.
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    (private / "clip.mp4").write_bytes(b"\0" * 1024)
+    os.chown(private, NOBODY, NOBODY)
+    d = Daemon(tmp_path, ONE_CAMERA, wrap=UNPRIVILEGED)
+    d.start()
+    try:
+        d.wait_events(5, "frame")
+        toml = ONE_CAMERA.replace('"synthetic"', f'"{private}/clip.mp4"')
+        problem = f"cannot access (Permission denied): {private}/clip.mp4"
+        _survives_reload(d, toml, problem)
+        path = tmp_path / "start.toml"
+        path.write_text(toml + '[metrics]\nlisten = "127.0.0.1:0"\n')
+        _refused_at_start(path, problem, UNPRIVILEGED)
+        assert d.stop() == 0
+    finally:
+        d.kill()
