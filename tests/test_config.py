@@ -855,6 +855,10 @@ def _deep(levels: int) -> str:
             "edged.toml:2: events.path: a path component is 262 bytes long",
         ),
         (
+            f'[events]\npath = "/etc/passwd/events.jsonl"\n{CAM}',
+            "edged.toml:2: events.path: not a folder: /etc/passwd",
+        ),
+        (
             f'[daemon]\nstate_dir = "/proc/1/x"\n{CAM}',
             "edged.toml:2: daemon.state_dir: cannot ",
         ),
@@ -876,6 +880,7 @@ def _deep(levels: int) -> str:
         "camera-name-65",
         "state-dir-component",
         "event-path-component",
+        "event-folder-a-file",
         "state-dir-uncreatable",
         "nul-in-source",
         "newline-in-source",

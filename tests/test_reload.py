@@ -157,12 +157,14 @@ def test_reload_to_an_event_file_that_cannot_be_opened_changes_nothing(daemon, t
     d = daemon
     wait_for("both cameras", lambda: len(d.children()) == 4)
     before = _pids(d)
-    (tmp_path / "afile").write_text("not a folder\n")
+    # A folder where the event file should be: the config check (which sees
+    # only that its folder is usable) passes, opening the file fails.
+    (tmp_path / "taken.jsonl").mkdir()
     toml = _config({"cam1": "0.0", "cam2": "0.01"}).replace(
-        'path = "events.jsonl"', 'path = "afile/events.jsonl"'
+        'path = "events.jsonl"', 'path = "taken.jsonl"'
     )
     _reload(d, toml, "still running the previous configuration")
-    assert "reload failed:" in d.log and "afile: cannot create directory" in d.log
+    assert "reload failed:" in d.log and "taken.jsonl: cannot open event file" in d.log
     assert _pids(d) == before  # cam2's change was not applied either
     n = len(d.events("frame"))
     d.wait_events(n + 10, "frame")  # still written to the old file
