@@ -11,7 +11,7 @@ if TYPE_CHECKING:
     from edged.capture import LatestFrameCapture
     from edged.config import CameraConfig, Config, load_config
     from edged.processor import Event, Frame, Processor
-    from edged.sources import Source
+    from edged.source import Source
 
 __all__ = [
     "CameraConfig",
@@ -36,7 +36,7 @@ _LAZY = {
     "Frame": "edged.processor",
     "Processor": "edged.processor",
     "LatestFrameCapture": "edged.capture",
-    "Source": "edged.sources",
+    "Source": "edged.source",
 }
 
 

@@ -47,9 +47,10 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from edged.config_report import key_lines, problems, syntax_problem
 from edged.errors import ConfigError, PluginError
-from edged.processor import PixelFormat, _import_class, error_text, resolve_processor
+from edged.plugin import error_text
+from edged.processor import PixelFormat, resolve_processor
 from edged.redact import redact_url, scrub
-from edged.sources import Source
+from edged.source import resolve_source
 from edged.units import ByteSize, Duration, parse_byte_size, parse_duration
 
 __all__ = [
@@ -806,11 +807,9 @@ class CameraConfig(_CameraSettings):
                 raise ValueError("invalid URL: no host")
         elif kind == "plugin":
             try:
-                cls = _import_class(value)
+                resolve_source(value)
             except PluginError as exc:
                 raise ValueError(str(exc)) from None
-            if not issubclass(cls, Source):
-                raise ValueError(f"{value!r} is not a subclass of edged.Source")
         elif _MALFORMED_URL.search(value):
             # 'rtsp:/admin:pw@cam/s' is no file name; saying "file not found: ..."
             # would print the password.

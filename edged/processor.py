@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import importlib
 import re
 from collections.abc import Iterable
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 
 from edged.errors import PluginError
-from edged.redact import scrub
+from edged.plugin import import_class
 
 ENTRY_POINT_GROUP = "edged.processors"
 PixelFormat = Literal["bgr", "gray"]
@@ -111,39 +110,6 @@ class Processor:
         """Called once when the worker stops."""
 
 
-def error_text(exc: BaseException) -> str:
-    """``exc`` as one line for logs and config errors: for a pydantic ValidationError
-    only each error's location and message (its ``input_value=`` may be a secret
-    option), for anything else the message with URL passwords scrubbed."""
-    if isinstance(exc, ValidationError):
-        return "; ".join(
-            f"{'.'.join(map(str, e['loc']))}: {e['msg']}" if e["loc"] else e["msg"]
-            for e in exc.errors(include_url=False, include_input=False)
-        )
-    return scrub(f"{type(exc).__name__}: {exc}")
-
-
-def _import_class(spec: str) -> type[Any]:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        # A plugin's own mistake (even sys.exit() at import) is a config error, not a crash.
-        missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
-        if missing and (module_name + ".").startswith(missing + "."):
-            raise PluginError(f"module {missing!r} not found") from None
-        raise PluginError(f"cannot import module {module_name!r}: {error_text(exc)}") from exc
-    try:
-        obj = getattr(module, attr)
-    except AttributeError:
-        raise PluginError(f"module {module_name!r} has no attribute {attr!r}") from None
-    if not isinstance(obj, type):
-        raise PluginError(f"{spec!r} is not a class")
-    return obj
-
-
 def _registered() -> dict[str, str]:
     found = {ep.name: ep.value for ep in entry_points(group=ENTRY_POINT_GROUP)}
     return {**found, **BUILTINS}
@@ -169,7 +135,7 @@ def resolve_processor(type_name: str) -> type[Processor]:
             f"unknown processor {type_name!r}{did}; use one of: {known}, "
             "or 'package.module:ClassName'"
         )
-    cls = _import_class(spec)
+    cls = import_class(spec)
     if not issubclass(cls, Processor):
         raise PluginError(f"{spec!r} is not a subclass of edged.Processor")
     if not (isinstance(cls.Options, type) and issubclass(cls.Options, BaseModel)):

@@ -30,7 +30,8 @@ from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
 from edged.rate import FrameRate
 from edged.redact import scrub
-from edged.sources import Source, open_source
+from edged.source import Source
+from edged.sources import open_source
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig

@@ -25,87 +25,12 @@ import numpy as np
 from edged.errors import PluginError, SourceError
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, classify
 from edged.redact import scrub
+from edged.source import Source, _into, resolve_source
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
 
 log = logging.getLogger(__name__)
-
-
-def _into(out: np.ndarray | None, frame: np.ndarray) -> np.ndarray:
-    """``frame`` copied into ``out`` when its shape and dtype fit; else ``frame`` itself."""
-    if out is not None and out.shape == frame.shape and out.dtype == frame.dtype:
-        np.copyto(out, frame)
-        return out
-    return frame
-
-
-def bgr_to_gray(bgr: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """HxWx3 BGR as HxW grey, written into ``out`` when it fits, else a new array."""
-    import cv2
-
-    if out is not None and out.shape == bgr.shape[:2] and out.dtype == bgr.dtype:
-        return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY, dst=out)
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
-
-
-class Source:
-    """Base class for video sources: implement :meth:`read` (and optionally ``open``/``close``).
-
-    ``live`` tells whether frames keep coming whether or not anyone reads them
-    (a camera) or wait for the reader (a file).
-    """
-
-    live: bool = True
-
-    def __init__(self, options: dict[str, Any] | None = None, camera: str = "") -> None:
-        self.options = dict(options or {})
-        self.camera = camera
-        self._pending: np.ndarray | None = None
-        self._bgr: np.ndarray | None = None  # retrieve_gray()'s BGR buffer
-
-    def open(self) -> None:
-        """Connect to the source; raise :class:`~edged.errors.SourceError` if it fails."""
-
-    def read(self) -> np.ndarray | None:
-        """Return the next frame as an HxWx3 BGR uint8 array, or None at the end of the stream.
-
-        Block until a frame exists; raise :class:`~edged.errors.SourceError`
-        when the source is lost (the reader reconnects).
-        """
-        raise NotImplementedError
-
-    def grab(self) -> bool:
-        """Read the next frame; False at the end of the stream."""
-        self._pending = self.read()
-        return self._pending is not None
-
-    def retrieve(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The frame from the last :meth:`grab`, written into ``out`` when its shape fits."""
-        frame = self._pending
-        if frame is None:
-            raise SourceError("retrieve() without a grabbed frame")
-        return _into(out, frame)
-
-    def retrieve_gray(self, out: np.ndarray | None = None) -> np.ndarray:
-        """The frame from the last :meth:`grab` as HxW grey, written into ``out`` when it fits.
-
-        This default converts what :meth:`retrieve` gives (BGR) to grey; a source
-        that has the luma plane at hand overrides it and skips the conversion.
-        """
-        frame = self.retrieve(getattr(self, "_bgr", None))
-        if frame.ndim == 2:
-            return _into(out, frame)
-        self._bgr = frame  # decode into the same buffer next time
-        return bgr_to_gray(frame, out)
-
-    def close(self) -> None:
-        """Release the source; called once, also after a failed open."""
-
-    @property
-    def nominal_fps(self) -> float | None:
-        """The frame rate the source announces, if any."""
-        return None
 
 
 def ffmpeg_options(cam: CameraConfig) -> dict[str, str]:
@@ -543,11 +468,7 @@ def open_source(cam: CameraConfig) -> Source:
     if kind == "synthetic":
         return SyntheticSource(cam)
     if kind == "plugin":
-        from edged.processor import _import_class
-
-        cls = _import_class(cam.source)
-        if not issubclass(cls, Source):
-            raise PluginError(f"{cam.source!r} is not a subclass of edged.Source")
+        cls = resolve_source(cam.source)
         try:
             src: Source = cls(options=cam.source_options, camera=cam.name)
         except Exception as exc:

@@ -34,11 +34,12 @@ from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING, EdgedError
 from edged.event import make_event
 from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
-from edged.processor import Frame, Processor, error_text, resolve_processor
+from edged.plugin import error_text
+from edged.processor import Frame, Processor, resolve_processor
 from edged.reader import prepare_child
 from edged.redact import scrub
 from edged.snapshots import SnapshotWriter
-from edged.sources import bgr_to_gray
+from edged.source import bgr_to_gray
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig

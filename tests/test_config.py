@@ -36,7 +36,8 @@ from edged.config import (
     scrub,
 )
 from edged.errors import EX_CONFIG, ConfigError
-from edged.processor import Event, Frame, Processor, error_text, resolve_processor
+from edged.plugin import error_text
+from edged.processor import Event, Frame, Processor, resolve_processor
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "hunter2-s3cret"
