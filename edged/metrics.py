@@ -74,7 +74,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from edged import __version__
-from edged.config import _split_listen
+from edged.config.listen import split_listen
 from edged.errors import EdgedError, exit_code_for
 from edged.sinks.outbox import DROP_REASONS
 from edged.states import CameraState, RestartReason, Role
@@ -123,7 +123,7 @@ def listen_address(config: Config, cameras: Sequence[str] | None = None) -> str:
 
 def url_for(listen: str) -> str:
     """``http://host:port`` to reach a daemon listening on ``listen``."""
-    host, port = _split_listen(listen)
+    host, port = split_listen(listen)
     if host == "0.0.0.0":
         host = "127.0.0.1"
     elif host == "::":
@@ -478,12 +478,12 @@ class Metrics:
     def address(self) -> tuple[str, int]:
         """(host, port) actually bound; the port is real even for ``:0``."""
         if self._server is None:
-            return _split_listen(self.listen)
+            return split_listen(self.listen)
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
     def start(self) -> None:
-        host, port = _split_listen(self.listen)
+        host, port = split_listen(self.listen)
         try:
             self._server = _Server((host, port), self)
         except OSError as exc:

@@ -21,7 +21,8 @@ from typing import Any, TextIO
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from edged.config import MetricsConfig, _check_listen, parse_toml, read_config_text
+from edged.config import MetricsConfig, parse_toml, read_config_text
+from edged.config.listen import check_listen
 from edged.errors import ConfigError
 from edged.metrics import url_for
 
@@ -62,7 +63,7 @@ def status_url(path: str | os.PathLike[str], camera: str | None = None) -> str:
         if own is not None:
             key, listen = f"cameras.{names[0]}.metrics_listen", own
     try:
-        return url_for(_check_listen(str(listen)))
+        return url_for(check_listen(str(listen)))
     except ValueError as exc:
         raise ConfigError(name, [f"{name}: {key}: {exc}"]) from None
 
