@@ -9,6 +9,7 @@ sentinels and the signal wake-up socket with a tick, then dispatches:
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import logging
 import multiprocessing
@@ -17,14 +18,14 @@ import signal
 import socket
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
 from edged.camera import CameraRuntime, CameraSnapshot
 from edged.child import Child
-from edged.config import Config, load_config
+from edged.config import CameraConfig, Config, load_config
 from edged.errors import EX_OK, EXIT_END_OF_STREAM, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, errors_logged, setup_logging
@@ -52,6 +53,32 @@ WORKER_SILENCE = 10.0
 # [events] max_pending_bytes of lines, and this many (a line costs ~40 bytes of
 # bookkeeping beside its own, which matters only for tiny events).
 MAX_PENDING = 100_000
+
+
+@dataclasses.dataclass(frozen=True)
+class ReloadPlan:
+    """What a reload does to the running cameras (names, in config order)."""
+
+    wanted: list[str]  # what runs afterwards
+    removed: list[str]  # stopped for good
+    changed: list[str]  # restarted with new settings
+    added: list[str]  # started
+    vanished: list[str]  # asked for with --camera, gone from the config
+
+
+def plan_reload(
+    running: Mapping[str, CameraConfig], requested: list[str] | None, new: Config
+) -> ReloadPlan:
+    """The reload decision, apart from carrying it out: ``running`` cameras and
+    their settings, ``requested`` the --camera names (None: all), ``new`` the config."""
+    wanted = [n for n in (requested or new.cameras) if n in new.cameras]
+    return ReloadPlan(
+        wanted=wanted,
+        removed=[n for n in running if n not in wanted],
+        changed=[n for n in running if n in wanted and new.cameras[n] != running[n]],
+        added=[n for n in wanted if n not in running],
+        vanished=[n for n in requested or [] if n not in new.cameras],
+    )
 
 
 class Supervisor:
@@ -289,13 +316,11 @@ class Supervisor:
 
         ``writer``: the new configuration's event file, opened by the caller
         before anything changed; None when ``[events]`` is the same."""
-        wanted = [n for n in (self.requested or new.cameras) if n in new.cameras]
-        for name in self.requested or []:
-            if name not in new.cameras:
-                log.warning("camera %s is no longer in the configuration: stopping it", name)
-        removed = [n for n in self.cams if n not in wanted]
-        changed = [n for n in self.cams if n in wanted and new.cameras[n] != self.cams[n].cfg]
-        added = [n for n in wanted if n not in self.cams]
+        running = {name: cam.cfg for name, cam in self.cams.items()}
+        plan = plan_reload(running, self.requested, new)
+        for name in plan.vanished:
+            log.warning("camera %s is no longer in the configuration: stopping it", name)
+        wanted, removed, changed, added = plan.wanted, plan.removed, plan.changed, plan.added
         going = [self.cams.pop(n) for n in removed + changed]
         self.stop_cameras(going)
         for cam in going:

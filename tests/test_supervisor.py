@@ -1,4 +1,4 @@
-"""The supervisor's decisions, under a fake clock: fast, no processes.
+"""The supervisor's decisions, under a fake clock and without processes: fast.
 
 The real-process tests (test_resilience.py, test_reload.py, test_worker.py)
 show the same policy end to end; these pin down its arithmetic.
@@ -11,8 +11,10 @@ import signal
 import pytest
 
 from edged.child import Child, RestartPolicy, describe_exit
+from edged.config import parse_config
 from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING
 from edged.states import RestartReason, Role
+from edged.supervisor import plan_reload
 
 POLICY = RestartPolicy(initial=1.0, maximum=30.0, reset_after=60.0, crash_loop=5, window=300.0)
 
@@ -140,3 +142,47 @@ def test_an_ended_or_stopped_child_is_not_restarted():
     _run(child, 0.0)
     child.stopped()
     assert child.process is None and child.restarts == 0
+
+
+# --- reload decisions -------------------------------------------------------------------
+
+RELOAD_TOML = """
+[events]
+path = "events.jsonl"
+[cameras.cam1]
+source = "synthetic"
+[cameras.cam2]
+source = "synthetic"
+fps = {cam2_fps}
+[cameras.cam3]
+source = "synthetic"
+"""
+
+
+def _config(tmp_path, cam2_fps: int = 10, drop: str = "", add: str = ""):
+    text = RELOAD_TOML.format(cam2_fps=cam2_fps)
+    if drop:
+        text = text.replace(f'[cameras.{drop}]\nsource = "synthetic"\n', "")
+    if add:
+        text += f'[cameras.{add}]\nsource = "synthetic"\n'
+    return parse_config(text, tmp_path / "edged.toml")
+
+
+def test_a_reload_keeps_unchanged_cameras_and_restarts_changed_ones(tmp_path):
+    old = _config(tmp_path)
+    running = dict(old.cameras)
+    plan = plan_reload(running, None, _config(tmp_path, cam2_fps=5, drop="cam3", add="cam4"))
+    assert plan.wanted == ["cam1", "cam2", "cam4"]
+    assert (plan.removed, plan.changed, plan.added) == (["cam3"], ["cam2"], ["cam4"])
+    assert plan.vanished == []
+    # the same config again: nothing to do
+    same = plan_reload(running, None, _config(tmp_path))
+    assert (same.removed, same.changed, same.added) == ([], [], [])
+
+
+def test_a_unit_for_one_camera_follows_only_that_camera(tmp_path):
+    running = {"cam2": _config(tmp_path).cameras["cam2"]}
+    plan = plan_reload(running, ["cam2"], _config(tmp_path, add="cam4"))
+    assert (plan.wanted, plan.removed, plan.changed, plan.added) == (["cam2"], [], [], [])
+    gone = plan_reload(running, ["cam2"], _config(tmp_path, drop="cam2"))
+    assert (gone.wanted, gone.removed, gone.vanished) == ([], ["cam2"], ["cam2"])
