@@ -35,7 +35,7 @@ class CameraSnapshot:
     height: int
     stale_after: float
     counters: dict[str, int]  # frames_decoded, frames_processed, frames_skipped,
-    # processor_errors, events, opens, open_failures, stalls, snapshots_saved,
+    # processor_errors, events, opens, open_failures, probes, stalls, snapshots_saved,
     # snapshot_failures (whole life of the camera)
     restarts: dict[str, int]  # "reader" / "worker" -> restarts
     restart_reasons: dict[str, int]  # "crash", "killed", "hung", "setup" -> count
@@ -88,6 +88,7 @@ class CameraRuntime:
         ("reader", "frames"): "frames_decoded",
         ("reader", "opens"): "opens",
         ("reader", "open_failures"): "open_failures",
+        ("reader", "probes"): "probes",
         ("worker", "frames"): "frames_processed",
         ("worker", "skipped"): "frames_skipped",
         ("worker", "errors"): "processor_errors",
