@@ -36,7 +36,7 @@ class CameraSnapshot:
     height: int
     stale_after: float
     counters: dict[str, int]  # frames_decoded, frames_processed, frames_skipped,
-    # processor_errors, events, opens, open_failures, stalls, snapshots_saved,
+    # processor_errors, events, opens, open_failures, probes, stalls, snapshots_saved,
     # snapshot_failures (whole life of the camera)
     restarts: dict[str, int]  # "reader" / "worker" -> restarts
     restart_reasons: dict[str, int]  # "crash", "killed", "hung", "setup" -> count
@@ -75,6 +75,7 @@ class CameraRuntime:
         (Role.READER, "frames"): "frames_decoded",
         (Role.READER, "opens"): "opens",
         (Role.READER, "open_failures"): "open_failures",
+        (Role.READER, "probes"): "probes",
         (Role.WORKER, "frames"): "frames_processed",
         (Role.WORKER, "skipped"): "frames_skipped",
         (Role.WORKER, "errors"): "processor_errors",

@@ -82,6 +82,7 @@ READER_FIELDS = (
     "height",
     "fps",  # measured: frames over the last few seconds (edged.rate)
     "state_since",  # time.monotonic() of the last state change
+    "probes",  # TCP connects to a network camera's port while it was away (edged.probe)
 )
 WORKER_FIELDS = (
     "pid",

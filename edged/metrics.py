@@ -28,6 +28,8 @@ Counter semantics that are not obvious from the name:
   restarted reader), i.e. successful opens minus one.
 - ``edged_camera_open_failures_total``: failed attempts to open the source;
   it climbs while a camera is away, ``reconnects`` steps when it is back.
+- ``edged_camera_probes_total``: TCP connects to a network camera's port
+  while it is away (every 0.5 s); a full open follows when one gets in.
 - ``edged_child_restarts_total{role}`` and
   ``edged_child_restart_reasons_total{reason}`` count the same restarts, by
   child (``reader``/``worker``) and by cause (``crash``, ``killed``, ``hung``,
@@ -201,6 +203,10 @@ class SupervisorCollector(Collector):
             ),
             "open_failures": counter(
                 "edged_camera_open_failures_total", "Failed attempts to open the source."
+            ),
+            "probes": counter(
+                "edged_camera_probes_total",
+                "TCP connects to the camera's port to notice its return while it is away.",
             ),
             "stalls": counter(
                 "edged_camera_stalls_total", "Times the camera went without frames too long."

@@ -2,7 +2,8 @@
 
 A reader never waits for anyone: it grabs, stamps the capture time, decodes
 straight into a free buffer of the slot and publishes it. When the source is
-lost it reconnects with exponential backoff and jitter. It is a process, not a
+lost it reconnects with exponential backoff and jitter; a network camera is
+probed meanwhile (:mod:`edged.probe`) and opened as soon as it is back. It is a process, not a
 thread, because FFmpeg can block inside native code where Python cannot
 interrupt it; the supervisor then kills it (its heartbeat stops) and starts
 another.
@@ -28,6 +29,7 @@ from edged.errors import EX_CONFIG, EXIT_END_OF_STREAM, EdgedError, PluginError,
 from edged.frames import SlotWriter
 from edged.logs import LogSettings, setup_logging
 from edged.nativelog import AUTH_FAILED, FORBIDDEN, NOT_FOUND, NativeStderr, classify
+from edged.probe import PROBE_INTERVAL, Probe
 from edged.rate import FrameRate
 from edged.redact import scrub
 from edged.source import Source
@@ -39,6 +41,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SLOW_RETRY_CAUSES = {AUTH_FAILED, FORBIDDEN, NOT_FOUND}
+# After a probe sees a camera come back, failed opens are retried every
+# COMEBACK_RETRY seconds for COMEBACK_WINDOW seconds, each open bounded to
+# COMEBACK_OPEN_TIMEOUT: a camera starting up may take connections before it
+# serves media (404, 503, or no answer at all).
+COMEBACK_WINDOW = 10.0
+COMEBACK_RETRY = 0.5
+COMEBACK_OPEN_TIMEOUT = 2.0
 TOO_FAST = 1.5  # delivered fps above this times the nominal rate: the camera repeats frames
 
 
@@ -87,6 +96,13 @@ class Reader:
         # Failed attempts since the last frame: a source that opens and then
         # fails at once is still down (one line per cause, not two per retry).
         self.failures = 0
+        # While a network camera is away: a TCP connect every PROBE_INTERVAL
+        # notices its return (None: a source that is not probed).
+        self.probe = Probe.for_camera(cam)
+        # Until then (monotonic), failed opens are retried quickly: the camera
+        # was seen coming back and may still be starting up.
+        self.comeback_until = 0.0
+        self._accepted_at = -PROBE_INTERVAL  # monotonic time of the last probe that got in
 
     def set_state(self, state: ReaderState) -> None:
         if int(self.status["state"]) != state:
@@ -104,7 +120,14 @@ class Reader:
             self.set_state(
                 ReaderState.CONNECTING if self.failures == 0 else ReaderState.RECONNECTING
             )
-            source = open_source(self.cam)
+            cam = self.cam
+            quick = time.monotonic() < self.comeback_until
+            if quick and cam.open_timeout > COMEBACK_OPEN_TIMEOUT:
+                # A camera that just came back and does not answer at once is
+                # still starting: try again soon rather than wait open_timeout.
+                cam = cam.model_copy(update={"open_timeout": COMEBACK_OPEN_TIMEOUT})
+            port_closed = self._probe_before_open()
+            source = open_source(cam)
             started = time.monotonic()
             if self.native is not None:
                 self.native.clear()
@@ -112,6 +135,7 @@ class Reader:
                 self.beat()
                 source.open()
                 self.status.add("opens")
+                self._trust_probe(port_closed)
                 ended = self.stream(source)
                 if ended:
                     self.set_state(ReaderState.ENDED)
@@ -130,36 +154,119 @@ class Reader:
                 failures = self.failures
                 self.status.add("open_failures")
                 self.backoff.succeeded(time.monotonic() - started)
-                delay = self.backoff.next_delay()
                 lines = self.native.recent() if self.native else []
                 known = exc.cause if isinstance(exc, SourceError) else None
                 cause = known or classify(lines, file=self.cam.source_kind == "file")
-                if cause in SLOW_RETRY_CAUSES:
-                    # Retrying a wrong password quickly only fills the camera's
-                    # log (and may lock the account): use the slow end of the schedule.
-                    delay = max(delay, self.cam.restart_max_delay * (0.5 + random.random() / 2))
+                delay = self._delay(cause, quick and time.monotonic() < self.comeback_until)
                 reason = _with_cause(str(exc), cause)
+                closed = self._probe_port()
                 # Before the state: the supervisor shows both together, in
                 # STATUS, /readyz, MQTT and `edged status`.
-                self.writer.set_reason(cause or str(exc))
+                self.writer.set_reason(_probing(closed) if closed else cause or str(exc))
                 # One line when the camera goes away or the cause changes; then
                 # a summary every 10 attempts, not a line per retry.
                 if failures == 1 or cause != last_cause or failures % 10 == 0:
                     log.warning(
-                        "camera %s: %s; retrying in %.1fs (attempt %d)",
+                        "camera %s: %s; %s (attempt %d)",
                         self.cam.name,
                         reason,
-                        delay,
+                        _plan(delay, closed),
                         failures,
                     )
                     if lines and failures == 1:
                         log.info("camera %s: FFmpeg said: %s", self.cam.name, " | ".join(lines))
                 last_cause = cause
                 self.set_state(ReaderState.RECONNECTING)
-                self._sleep(delay)
+                self._wait(delay, closed)
             finally:
                 source.close()
         return 0
+
+    def _delay(self, cause: str | None, quick: bool) -> float:
+        """Seconds until the next full open after a failed one."""
+        if quick and cause not in (AUTH_FAILED, FORBIDDEN):
+            # Just back: a camera still starting up answers 404 or 503, or
+            # nothing, for a few seconds. Not a wrong URL; ask again soon.
+            return COMEBACK_RETRY
+        delay = self.backoff.next_delay()
+        if cause in SLOW_RETRY_CAUSES:
+            # Retrying a wrong password quickly only fills the camera's
+            # log (and may lock the account): use the slow end of the schedule.
+            delay = max(delay, self.cam.restart_max_delay * (0.5 + random.random() / 2))
+        return delay
+
+    def _probe_port(self) -> str | None:
+        """Why the camera's port does not accept connections; None when it does
+        (or when the source is not probed)."""
+        if self.probe is None:
+            return None
+        cause = self.probe()
+        self.status.add("probes")
+        if cause is None:
+            self._accepted_at = time.monotonic()
+        return cause
+
+    def _probe_before_open(self) -> bool:
+        """Probe right before a full open (True: the port refused), to learn if probes tell."""
+        if self.probe is None:
+            return False
+        if time.monotonic() - self._accepted_at < PROBE_INTERVAL:
+            return False  # _wait() has just seen the port accept
+        return self._probe_port() is not None
+
+    def _trust_probe(self, port_closed: bool) -> None:
+        """A stream that opens where the probe found no port (a proxy, a port FFmpeg
+        finds otherwise): the probe says nothing about this camera. Today's backoff."""
+        if port_closed and self.probe is not None:
+            log.info(
+                "camera %s: the stream opened where a TCP connect to its port failed; "
+                "not probing it",
+                self.cam.name,
+            )
+            self.probe = None
+
+    def _wait(self, delay: float, closed: str | None) -> None:
+        """Wait out ``delay`` before the next full open. While the camera's port
+        is closed (``closed``: the probe's cause), probe it and return as soon
+        as it accepts; the full opens that fall due meanwhile are skipped."""
+        if self.probe is None:
+            self._sleep(delay)
+            return
+        now = time.monotonic()
+        deadline = now + delay
+        # A camera going down may take connections for a moment after its
+        # stream stopped: an open port is watched for a while too, then left be
+        # (a camera that refuses a password is not probed twice a second).
+        watch_open_until = now + COMEBACK_WINDOW
+        down_since = now if closed else None
+        shown = closed
+        while not self.stop.wait(max(0.0, PROBE_INTERVAL - (time.monotonic() - now))):
+            self.beat()
+            now = time.monotonic()
+            if down_since is None and (now >= deadline or now >= watch_open_until):
+                self._sleep(deadline - now)
+                return
+            cause = self._probe_port()
+            self.beat()
+            if cause is None:
+                if down_since is None:
+                    continue
+                log.info(
+                    "camera %s: its port answers again after %.1fs; opening",
+                    self.cam.name,
+                    time.monotonic() - down_since,
+                )
+                self.comeback_until = time.monotonic() + COMEBACK_WINDOW
+                return
+            if down_since is None:
+                down_since = now
+            if cause != shown:
+                self.writer.set_reason(_probing(cause))
+                shown = cause
+            if time.monotonic() >= deadline:
+                # A full open now would be refused the same way: skip it; the
+                # backoff's next step is the next one due.
+                deadline = time.monotonic() + self.backoff.next_delay()
 
     def _sleep(self, delay: float) -> None:
         deadline = time.monotonic() + delay
@@ -249,6 +356,7 @@ class Reader:
             if self.failures:
                 log.info("camera %s: reconnected after %d attempts", self.cam.name, self.failures)
                 self.failures = 0
+                self.comeback_until = 0.0  # back for good: a later loss backs off again
             status.add("frames")
             rate.add(mono)
             status["fps"] = rate.fps
@@ -268,6 +376,18 @@ class Reader:
                         nominal,
                     )
         return False
+
+
+def _probing(cause: str) -> str:
+    """The state's reason while the camera's port is probed for its return."""
+    return f"{cause}; probing every {PROBE_INTERVAL:g}s"
+
+
+def _plan(delay: float, closed: str | None) -> str:
+    """What the reader does next, for its log line."""
+    if closed is None:
+        return f"retrying in {delay:.1f}s"
+    return f"retrying in {delay:.1f}s, or once its port answers (probing every {PROBE_INTERVAL:g}s)"
 
 
 def _with_cause(message: str, cause: str | None) -> str:

@@ -211,6 +211,7 @@ PER_CAMERA = [
     "edged_processor_exceptions_total",
     "edged_camera_reconnects_total",
     "edged_camera_open_failures_total",
+    "edged_camera_probes_total",
     "edged_camera_stalls_total",
     "edged_frame_age_seconds_count",
     "edged_processing_duration_seconds_count",

@@ -127,8 +127,9 @@ def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server, p
     d.wait_events(n + 5, "frame")
     attempts = int(re.search(r"reconnected after (\d+) attempts", d.log).group(1))
     # exponential backoff from 0.5 s, capped at 4 s, over ~10 s: a handful of
-    # attempts (at least 0.25+0.5+1+2+2+2+2 s for 7), never a hot loop
-    assert 3 <= attempts <= 9, (attempts, time.monotonic() - down)
+    # full opens at most (at least 0.25+0.5+1+2+2+2+2 s for 7), never a hot loop;
+    # fewer, as the port is probed meanwhile and opens it would refuse are skipped
+    assert 1 <= attempts <= 9, (attempts, time.monotonic() - down)
     assert d.log.count("retrying in") <= 2  # one line per state change, not per retry
     assert d.stop() == 0
     _assert_events_intact(d, before)

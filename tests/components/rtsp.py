@@ -215,6 +215,8 @@ class RtspServer:
         port: int | None = None,
         ready_timeout: float = 20.0,
         stop_grace: float = 5.0,
+        start_delay: float = 0.0,
+        start_mode: str = "notfound",
     ) -> None:
         if pattern not in PATTERNS:
             raise ValueError(f"pattern must be one of {PATTERNS}, not {pattern!r}")
@@ -222,6 +224,8 @@ class RtspServer:
             raise ValueError("give both user and password, or neither")
         if auth_method not in ("digest", "basic"):
             raise ValueError(f"auth_method must be 'digest' or 'basic', not {auth_method!r}")
+        if start_mode not in ("notfound", "silent"):
+            raise ValueError(f"start_mode must be 'notfound' or 'silent', not {start_mode!r}")
         strip_layout(width)
         if not path.startswith("/"):
             path = "/" + path
@@ -229,6 +233,10 @@ class RtspServer:
         self.pattern, self.path = pattern, path
         self.user, self.password, self.auth_method = user, password, auth_method
         self.ready_timeout, self.stop_grace = ready_timeout, stop_grace
+        # A camera starting up: for start_delay seconds after every start the port
+        # accepts connections and answers 404 ("notfound") or nothing ("silent").
+        self.start_delay, self.start_mode = start_delay, start_mode
+        self._out = b""  # what the server printed on stdout and nobody read yet
         self._port = port
         self._fixed_port = port is not None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -302,6 +310,8 @@ class RtspServer:
         if self.user is not None and self.password is not None:
             cmd += ["--user", self.user, "--password", self.password]
             cmd += ["--auth-method", self.auth_method]
+        if self.start_delay > 0:
+            cmd += ["--start-delay", str(self.start_delay), "--start-mode", self.start_mode]
         return cmd
 
     def _spawn_and_wait(self) -> int | str | None:
@@ -335,7 +345,29 @@ class RtspServer:
                 return self.last_returncode
             buf += chunk
             if any(line.strip() == want for line in buf.split(b"\n")[:-1]):
+                self._out = buf
                 return None
+
+    def wait_media(self, timeout: float = 20.0) -> float:
+        """Wait until the stream is served (at once, or after ``start_delay``);
+        the ``time.monotonic()`` when this saw it."""
+        if self._proc is None or self._proc.stdout is None:
+            raise RtspServerError("server is not running")
+        fd = self._proc.stdout.fileno()
+        want = f"MEDIA {self.port}".encode()
+        deadline = time.monotonic() + timeout
+        while not any(line.strip() == want for line in self._out.split(b"\n")[:-1]):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RtspServerError(f"no MEDIA from the RTSP server within {timeout} s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    raise RtspServerError(f"RTSP server exited:\n{self.stderr_text()}")
+                self._out += chunk
+        self._out = b""
+        return time.monotonic()
 
     def _terminate(self) -> None:
         proc, self._proc = self._proc, None

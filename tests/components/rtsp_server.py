@@ -4,6 +4,7 @@
     /usr/bin/python3.11 tests/components/rtsp_server.py --port 8554 [--path /stream]
         [--width 1280 --height 720 --fps 25] [--pattern moving|solid]
         [--user NAME --password PW [--auth-method digest|basic]]
+        [--start-delay SECONDS [--start-mode notfound|silent]]
 
 Serves rtsp://127.0.0.1:PORT/PATH (listens on 127.0.0.1 only). One shared pipeline for
 all clients: appsrc (I420, fed in real time by a Python thread) -> x264enc
@@ -17,6 +18,12 @@ Patterns:
           frame: Y = 16 + n % 220 (limited range, so it decodes to about
           (n % 220) * 255 / 219 in BGR).
 
+Starting up (--start-delay S), like a camera that accepts connections before it can
+serve media: for S seconds the port accepts TCP connections and then
+  notfound  answers every request with 404 Not Found (the stream is not mounted yet);
+  silent    never answers (the connections stay open, unanswered, until the server exits).
+"MEDIA <port>" on stdout says when the stream is served.
+
 Prints "READY <port>" on stdout once listening; exits with status 0 on SIGTERM/SIGINT,
 3 when it cannot listen on the port, and by itself when its parent process goes away.
 """
@@ -24,8 +31,10 @@ Prints "READY <port>" on stdout once listening; exits with status 0 on SIGTERM/S
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -182,6 +191,8 @@ def main() -> int:
     ap.add_argument("--user")
     ap.add_argument("--password")
     ap.add_argument("--auth-method", choices=("digest", "basic"), default="digest")
+    ap.add_argument("--start-delay", type=float, default=0.0)
+    ap.add_argument("--start-mode", choices=("notfound", "silent"), default="notfound")
     args = ap.parse_args()
     if args.width % 2 or args.height % 2:
         ap.error("width and height must be even (I420)")
@@ -251,8 +262,6 @@ def main() -> int:
             )[0]
         )
 
-    server.get_mount_points().add_factory(path, factory)
-
     loop = GLib.MainLoop()
 
     def quit_(*_: object) -> bool:
@@ -272,20 +281,92 @@ def main() -> int:
     GLib.unix_signal_add(GLib.PRIORITY_HIGH, signal.SIGINT, quit_)
     GLib.timeout_add_seconds(1, watch_parent)
 
-    if server.attach(None) == 0:
-        log(f"cannot listen on 127.0.0.1:{args.port}")
-        return EXIT_ADDR_IN_USE
+    def serve_media() -> bool:
+        server.get_mount_points().add_factory(path, factory)
+        log(
+            f"serving rtsp://127.0.0.1:{args.port}{path} {args.width}x{args.height}@{args.fps} "
+            f"{args.pattern}{f' with {args.auth_method} auth' if args.user else ''}"
+        )
+        print(f"MEDIA {args.port}", flush=True)
+        return GLib.SOURCE_REMOVE
+
+    def attach() -> bool:
+        if server.attach(None) == 0:
+            log(f"cannot listen on 127.0.0.1:{args.port}")
+            loop.quit()
+            result.append(EXIT_ADDR_IN_USE)
+        return GLib.SOURCE_REMOVE
+
+    result: list[int] = []
+    delay_ms = int(args.start_delay * 1000)
+    silent: Silent | None = None
+    if args.start_delay > 0 and args.start_mode == "silent":
+        try:
+            silent = Silent(args.port)
+        except OSError as exc:
+            log(f"cannot listen on 127.0.0.1:{args.port}: {exc}")
+            return EXIT_ADDR_IN_USE
+
+        def take_over() -> bool:
+            assert silent is not None
+            silent.close_listener()  # the unanswered connections stay open
+            attach()
+            return serve_media() if not result else GLib.SOURCE_REMOVE
+
+        GLib.timeout_add(delay_ms, take_over)
+    else:
+        attach()
+        if result:
+            return result[0]
+        if args.start_delay > 0:
+            log(f"starting up: 404 for {args.start_delay:g}s")
+            GLib.timeout_add(delay_ms, serve_media)
+        else:
+            serve_media()
     feeder.start()
-    log(
-        f"serving rtsp://127.0.0.1:{args.port}{path} {args.width}x{args.height}@{args.fps} "
-        f"{args.pattern}{f' with {args.auth_method} auth' if args.user else ''}"
-    )
     print(f"READY {args.port}", flush=True)
     loop.run()
     feeder.stop()
     feeder.join(2.0)
+    if silent is not None:
+        silent.close()
     log("stopped")
-    return 0
+    return result[0] if result else 0
+
+
+class Silent:
+    """Accepts TCP connections on 127.0.0.1:port and never answers them."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # GStreamer binds the port after us while our connections stay open.
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.held: list[socket.socket] = []
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, name="silent", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return  # listener closed
+            with self.lock:
+                self.held.append(conn)
+
+    def close_listener(self) -> None:
+        # shutdown() wakes the thread blocked in accept(); close() alone does not.
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_RDWR)
+        self.sock.close()
+        log(f"starting up: held {len(self.held)} connection(s) unanswered")
+
+    def close(self) -> None:
+        with self.lock:
+            for conn in self.held:
+                conn.close()
 
 
 if __name__ == "__main__":
