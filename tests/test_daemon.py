@@ -181,8 +181,9 @@ def test_unknown_camera_on_the_command_line_exits_78(tmp_path):
 @pytest.mark.parametrize(
     ("setting", "expected"),
     [
-        ('[daemon]\nstate_dir = "afile/state"', "cannot use daemon.state_dir"),
-        ('[events]\npath = "afile/events.jsonl"', "afile: cannot create directory"),
+        # caught by the config check now, with the key and the path
+        ('[daemon]\nstate_dir = "afile/state"', "daemon.state_dir: not a folder: "),
+        ('[events]\npath = "afile/events.jsonl"', "events.path: not a folder: "),
         ('[metrics]\nlisten = "192.0.2.1:9850"', "cannot serve metrics on 192.0.2.1:9850"),
     ],
     ids=["state_dir", "events", "listen"],
