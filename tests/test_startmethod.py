@@ -58,6 +58,8 @@ def test_children_are_forked_from_a_server_that_preloaded_their_modules(tmp_path
             there = _mapped_at(server.pid, lib)
             assert there, f"the server has not loaded {lib}"
             assert _mapped_at(kid.pid, lib) == there, f"{kid.name()} loaded {lib} itself"
+    # The supervisor itself has no use for OpenCV (it forks nothing either).
+    assert _mapped_at(d.pid, "cv2/cv2.abi3.so") == ""
     # One thread when it forks: OpenBLAS parks its pools around fork(), and
     # nothing else in the server starts one.
     assert server.num_threads() == 1
