@@ -323,7 +323,9 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     print(f"\nwrote {path}")
-    png = plot(trials, args.methods, path.with_suffix(".png"), text.splitlines()[0])
+    png = plot(
+        trials, args.methods, path.with_suffix(".png"), text.splitlines()[0].replace(": ", ":\n", 1)
+    )
     if png:
         print(f"wrote {png}")
         if args.publish:
