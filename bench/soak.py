@@ -50,7 +50,7 @@ def _config(servers: dict[str, RtspServer]) -> str:
 def _sample(d: Daemon, started: float) -> dict[str, Any]:
     row: dict[str, Any] = {"t_min": round((time.monotonic() - started) / 60, 2)}
     procs = {"supervisor": psutil.Process(d.pid)}
-    for kid in procs["supervisor"].children():
+    for kid in procs["supervisor"].children(recursive=True):  # under the fork server
         try:
             name = kid.name()
         except psutil.Error:

@@ -7,17 +7,14 @@ systemd STATUS, MQTT state) are given.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
 import time
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, Pipe
 
 from edged.child import Child, RestartPolicy
 from edged.config import CameraConfig
 from edged.frames import SlotOwner
 from edged.reader import ReaderState
 from edged.states import CameraState, Role
-
-_CTX = multiprocessing.get_context("spawn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,7 +48,7 @@ class CameraRuntime:
         self.slot = SlotOwner(cfg.name)
         self.events_r: Connection | None
         self.events_w: Connection | None
-        self.events_r, self.events_w = _CTX.Pipe(duplex=False)
+        self.events_r, self.events_w = Pipe(duplex=False)
         # Pipes of workers that are gone, read to their end before they are closed.
         self.retired_events: list[Connection] = []
         policy = RestartPolicy(cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
@@ -170,7 +167,7 @@ class CameraRuntime:
             self.retired_events.append(self.events_r)
         if self.events_w is not None:
             self.events_w.close()
-        self.events_r, self.events_w = _CTX.Pipe(duplex=False)
+        self.events_r, self.events_w = Pipe(duplex=False)
         return self.events_w
 
     def handed_over(self) -> None:

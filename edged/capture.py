@@ -94,6 +94,10 @@ class LatestFrameCapture:
         self._slot = SlotReader(self._owner.name, self._owner.doorbell_r.fileno())
         self._last_seq = 0
         self._held = False
+        # `spawn`, not the daemon's preloaded fork server (edged/startmethod.py):
+        # a script has one or a few readers, where a server costs what it
+        # saves (it holds the same imports), and the server is a process-wide
+        # multiprocessing singleton whose preload list is the script's business.
         ctx = multiprocessing.get_context("spawn")
         self._proc = ctx.Process(
             target=reader_main,

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import multiprocessing
 import os
 import random
 import signal
@@ -34,6 +33,7 @@ from edged.rate import FrameRate
 from edged.redact import scrub
 from edged.source import Source
 from edged.sources import open_source
+from edged.startmethod import detach_child, orphaned
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -66,15 +66,17 @@ def prepare_child(role: str, camera: str) -> None:
     pr_set_name, pr_set_pdeathsig = 15, 1
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        # No reader or worker outlives a SIGKILLed supervisor (Linux).
+        # No reader or worker outlives a SIGKILLed supervisor (Linux): our
+        # parent is the supervisor, or the fork server that exits with it
+        # once we dropped our end of its "alive" pipe (edged/startmethod.py).
         libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
         # `ps`/`top` show "reader:cam1" instead of a bare "python3".
         libc.prctl(pr_set_name, f"{role}:{camera}"[:15].encode())
     except (OSError, AttributeError):
         pass
+    detach_child()
     # A supervisor SIGKILLed between fork and prctl leaves us orphaned already.
-    parent = multiprocessing.parent_process()
-    if parent is not None and os.getppid() != parent.pid:
+    if orphaned():
         os._exit(1)
 
 

@@ -31,7 +31,6 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import cv2
 import numpy as np
 
 if TYPE_CHECKING:
@@ -100,6 +99,10 @@ class SnapshotWriter:
         """The frame as a JPEG, or None (logged and counted) if OpenCV cannot encode it.
 
         Call it while the frame is still held: the JPEG is a copy, the image is not."""
+        # Here, not at the top: the supervisor imports this module (through
+        # edged.worker) and has no use for OpenCV; workers get it preloaded.
+        import cv2
+
         try:
             ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.cfg.quality])
         except cv2.error as exc:

@@ -1,7 +1,8 @@
 """The supervisor: owns the config, the child processes, the sinks and the signals.
 
-One reader and one worker process per camera, started with the ``spawn``
-method (nothing forks after OpenCV or threads are running). Signal handlers
+One reader and one worker process per camera, forked from a server that has
+preloaded what they import (edged/startmethod.py; nothing forks after OpenCV
+or threads are running). Signal handlers
 only enqueue; the main loop waits on the workers' event pipes, the children's
 sentinels and the signal wake-up socket with a tick, then dispatches:
 ``handle_term``, ``reap``, ``restart``, ``check_health``.
@@ -12,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -36,6 +36,7 @@ from edged.reload import ReloadVerdicts
 from edged.router import EventRouter, open_writer
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
+from edged.startmethod import child_context, start_server, stop_server
 from edged.states import CameraState, Role
 from edged.systemd import Notifier, format_status
 from edged.worker import worker_main
@@ -91,7 +92,7 @@ class Supervisor:
         # or removes cameras does not move its files.
         subset = cameras is not None and set(cameras) != set(config.cameras)
         self.instance = ".".join(sorted(cameras)) if cameras and subset else ""
-        self.ctx = multiprocessing.get_context("spawn")
+        self.ctx = child_context()  # its server starts in run(), before any thread
         self.log_settings = LogSettings(config.logging.level, config.logging.format)
         self.cams: dict[str, CameraRuntime] = {}
         self.locks: dict[str, int] = {}
@@ -128,6 +129,9 @@ class Supervisor:
                 log.warning("cannot remove shared memory %s left by another user", name)
         self._install_signals(held_signals)
         try:
+            # First: before the metrics, MQTT and reload threads, and after the
+            # Notifier took NOTIFY_SOCKET out of the environment it inherits.
+            start_server(self.ctx)
             names = self.requested or list(self.config.cameras)
             for name in names:
                 self.lock_camera(name)
@@ -654,6 +658,7 @@ class Supervisor:
         self.events.close()
         self.notifier.close()
         signal.set_wakeup_fd(-1)
+        stop_server()  # every child is gone
         # multiprocessing's resource tracker would outlive us until exit, and
         # under KillMode=mixed systemd SIGKILLs whatever is left: stop it now,
         # after every segment is gone (private API, hence the guard).

@@ -108,9 +108,12 @@ class Daemon:
         wait_for(f"{text!r} in the log", lambda: text in self.log[since:], timeout)
 
     def children(self, role: str | None = None) -> list[psutil.Process]:
-        """The reader and worker processes (named "reader:CAMERA", "worker:CAMERA")."""
+        """The reader and worker processes (named "reader:CAMERA", "worker:CAMERA").
+
+        Children of the supervisor's fork server (edged/startmethod.py), itself
+        a child of the supervisor: hence recursive."""
         found = []
-        for kid in psutil.Process(self.pid).children():
+        for kid in psutil.Process(self.pid).children(recursive=True):
             try:
                 name = kid.name()
             except psutil.Error:

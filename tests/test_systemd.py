@@ -305,7 +305,8 @@ def test_daemon_ready_status_watchdog_and_stopping(notified):
     ready = sock.wait("READY=1", _has("READY", "1"))
     assert ready.fields["STATUS"].startswith("cam1 ")
     # READY comes after the children are spawned; they never see the notify variables
-    assert len(psutil.Process(d.pid).children()) >= 3  # reader, worker, resource tracker
+    # reader, worker, resource tracker, and the fork server the first two come from
+    assert len(psutil.Process(d.pid).children(recursive=True)) >= 4
     wait_for("named children", lambda: len(d.children()) == 2)
     for kid in psutil.Process(d.pid).children(recursive=True):
         assert not any(f"{v}=" in _environ(kid) for v in NOTIFY_VARS), kid.name()
