@@ -184,7 +184,7 @@ def _delivered(sub: Subscriber) -> set[str]:
     return {json.loads(m.payload)["id"] for m in sub.received() if m.topic.endswith("/events")}
 
 
-def _streaming(box: SystemdSandbox, unit: str) -> str:
+def _streaming(box: SystemdSandbox, unit: str) -> bool:
     def status() -> str:
         return box.show(unit, "StatusText")["StatusText"]
 
