@@ -1,17 +1,22 @@
 """``edged install-systemd``: install the systemd units and a config, or remove them.
 
-The units in ``systemd/`` run ``/opt/edged/venv/bin/edged``; the installed
-copies run the ``edged`` of the interpreter doing the install (this checkout's
-or this virtualenv's), so ``.venv/bin/edged install-systemd`` is all it takes.
-The config is created from ``config/example.toml`` only when there is none (its
-cameras commented out, a synthetic camera ``demo`` added, so that it runs as is):
-an existing one is never overwritten, and ``--uninstall`` keeps it (and the
-state and events) unless ``--purge`` is given.
+The units and the reference config ship inside the package (``edged/data/``,
+links to ``systemd/`` and ``config/example.toml`` in a checkout, copies in a
+wheel), so this works from any folder wherever edged was installed from. The
+shipped units run ``/opt/edged/venv/bin/edged``; the installed copies run the
+``edged`` of the interpreter doing the install (this checkout's or this
+virtualenv's), so ``.venv/bin/edged install-systemd`` is all it takes. The
+config is created from the reference config only when there is none (its
+cameras commented out, a synthetic camera ``demo`` added, so that it runs as
+is): an existing one is never overwritten, and ``--uninstall`` keeps it (and the
+state and events) unless ``--purge`` is given. :func:`write_package_files` renders
+the same files for the Debian package (scripts/build-deb).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.resources
 import os
 import re
 import shutil
@@ -36,13 +41,19 @@ __all__ = [
     "render_config",
     "render_unit",
     "run_install",
-    "source_root",
+    "shipped",
+    "write_package_files",
 ]
 
-ROOT = Path(__file__).resolve().parent.parent  # a checkout (editable install): systemd/, config/
 UNIT_NAMES = ("edged.service", "edged@.service")
+EXAMPLE = "example.toml"  # the reference config, beside the units in edged/data/
 SHIPPED_EXEC = "/opt/edged/venv/bin/edged"  # ExecStart= in systemd/, replaced on install
 MARKER = "# Installed by `edged install-systemd`"
+# The Debian package's units and conffile: no MARKER, so that `install-systemd
+# --uninstall` never takes them for its own; no version, so that the conffile stays
+# the same from one version to the next and dpkg keeps a user's edits without asking.
+PACKAGED = "# Installed by the edged Debian package"
+PACKAGE_EDGED = "/usr/bin/edged"
 # What the units run and where DynamicUser= lets the service write.
 CONFIG_PATH = "/etc/edged/edged.toml"
 STATE_DIR = "/var/lib/edged"
@@ -65,18 +76,17 @@ class InstallError(EdgedError):
     exit_code = EX_USAGE  # not a bug of edged's: where and how it was asked to install
 
 
-def source_root() -> Path:
-    """The checkout holding ``systemd/`` and ``config/``: this package's (an editable
-    install), else the current directory (a venv installed from a checkout)."""
-    for root in (ROOT, Path.cwd()):
-        if (root / "systemd" / "edged@.service").is_file() and (
-            root / "config" / "example.toml"
-        ).is_file():
-            return root
-    raise InstallError(
-        f"no systemd/edged@.service and config/example.toml in {ROOT} or {Path.cwd()}: "
-        "run install-systemd in a checkout of edged"
-    )
+def shipped(name: str) -> str:
+    """The text of a file shipped inside the package, ``edged/data/NAME``: a unit
+    (``edged@.service``, ``edged.service``) or the reference config (``example.toml``)."""
+    resource = importlib.resources.files(edged) / "data" / name
+    try:
+        return resource.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise InstallError(
+            f"cannot read {resource}: {exc.strerror or exc}: this edged installation is "
+            "incomplete, reinstall it"
+        ) from None
 
 
 def edged_command() -> list[str]:
@@ -97,8 +107,11 @@ def _quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_unit(text: str, command: Sequence[str], source: str = "") -> str:
-    """A shipped unit with ExecStart= running ``command``, marked as installed by us."""
+def render_unit(
+    text: str, command: Sequence[str], source: str = "", head: Sequence[str] | None = None
+) -> str:
+    """A shipped unit with ExecStart= and ExecReload= running ``command``, marked as
+    installed by us (or headed by ``head``)."""
     if SHIPPED_EXEC not in text:
         raise InstallError(f"{source or 'unit'}: no ExecStart={SHIPPED_EXEC} to replace")
     exec_ = " ".join(_quote(a) for a in command)
@@ -108,11 +121,12 @@ def render_unit(text: str, command: Sequence[str], source: str = "") -> str:
         else line
         for line in text.splitlines()
     ]
-    head = [
-        f"{MARKER} (edged {edged.__version__}) from {source or 'systemd/'}.",
-        "# Reinstalling overwrites this file: change settings with `systemctl edit`.",
-    ]
-    return "\n".join(head + lines) + "\n"
+    if head is None:
+        head = [
+            f"{MARKER} (edged {edged.__version__}) from {source or 'systemd/'}.",
+            "# Reinstalling overwrites this file: change settings with `systemctl edit`.",
+        ]
+    return "\n".join([*head, *lines]) + "\n"
 
 
 def _set_key(lines: list[str], section: str, key: str, value: str) -> None:
@@ -163,15 +177,15 @@ DEMO_CAMERA = [
 ]
 
 
-def render_config(example: str) -> str:
+def render_config(example: str, origin: str | None = None) -> str:
     """``config/example.toml`` with the paths that a hardened unit can write to, its
     cameras commented out and a synthetic camera ``demo``: it passes check-config
-    and runs as it is."""
+    and runs as it is. ``origin`` is its first line (default: install-systemd's)."""
     lines = example.splitlines()
     _set_key(lines, "events", "path", f'"{EVENTS_PATH}"')
     _set_key(lines, "daemon", "state_dir", f'"{STATE_DIR}"')
     head = [
-        f"{MARKER} (edged {edged.__version__}) from config/example.toml.",
+        origin or f"{MARKER} (edged {edged.__version__}) from config/example.toml.",
         "# Under systemd edged can write only to /var/lib/edged (state_dir) and",
         "# /var/log/edged (events). This file must stay readable by the service user:",
         "# give camera passwords with LoadCredential= (`systemctl edit edged@NAME`) and",
@@ -275,14 +289,9 @@ def run_install(
             "  python3 -m venv /opt/edged/venv && /opt/edged/venv/bin/pip install .\n"
             "  /opt/edged/venv/bin/edged install-systemd"
         )
-    src = source_root()
     verb = "would write" if dry_run else "wrote"
     for name in UNIT_NAMES:
-        source = src / "systemd" / name
-        try:
-            text = render_unit(source.read_text(), cmd, str(source))
-        except OSError as exc:
-            raise InstallError(f"cannot read the unit {source}: {exc.strerror}") from None
+        text = render_unit(shipped(name), cmd, f"systemd/{name}")
         target = units / name
         if target.exists() and MARKER not in target.read_text(errors="replace"):
             raise InstallError(f"{target} exists and was not installed by edged: remove it first")
@@ -293,14 +302,11 @@ def run_install(
     if config.exists():
         print(f"kept {config} (it exists; never overwritten)", file=out)
     else:
-        example = src / "config" / "example.toml"
-        try:
-            text = render_config(example.read_text())
-        except OSError as exc:
-            raise InstallError(f"cannot read {example}: {exc.strerror}") from None
+        text = render_config(shipped(EXAMPLE))
         if not dry_run:
             _write(config, text, 0o644)
-        print(f"{'would create' if dry_run else 'created'} {config} from {example}", file=out)
+        done = "would create" if dry_run else "created"
+        print(f"{done} {config} from the reference config/example.toml", file=out)
     if dry_run:
         pass
     elif reload and _systemd_running(root):
@@ -317,6 +323,25 @@ def run_install(
         file=out,
     )
     return EX_OK
+
+
+def write_package_files(root: Path, command: Sequence[str] = (PACKAGE_EDGED,)) -> list[Path]:
+    """The Debian package's units (``ROOT/lib/systemd/system``, running ``command``) and
+    its conffile ``ROOT/etc/edged/edged.toml`` (the installed demo config); the paths
+    written. The same renderers as install-systemd, without its marker or version."""
+    head = [
+        f"{PACKAGED}: upgrades replace this file.",
+        "# Change settings with `systemctl edit`, which keeps them in a drop-in.",
+    ]
+    written = []
+    for name in UNIT_NAMES:
+        path = root / "lib/systemd/system" / name
+        _write(path, render_unit(shipped(name), command, head=head), 0o644)
+        written.append(path)
+    origin = f"{PACKAGED}: a conffile, your edits are kept on upgrade."
+    config = root / CONFIG_PATH.lstrip("/")
+    _write(config, render_config(shipped(EXAMPLE), origin), 0o644)
+    return [*written, config]
 
 
 def _uninstall(

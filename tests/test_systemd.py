@@ -579,22 +579,13 @@ def test_install_refusals_are_usage_errors_not_internal_ones(tmp_path, monkeypat
     err = capsys.readouterr().err
     assert "/root/venv/bin/edged is under /root, which ProtectHome=yes hides" in err, err
     assert "internal error" not in err
-    monkeypatch.undo()
-    monkeypatch.setattr(install, "ROOT", tmp_path)  # as if installed from a wheel
+
+
+def test_install_reads_the_units_from_the_package_in_any_folder(tmp_path, monkeypatch):
+    # The wheel's case, end to end: tests/test_package.py.
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["install-systemd", "--prefix", str(tmp_path / "root")]) == 64
-    assert "run install-systemd in a checkout of edged" in capsys.readouterr().err
-
-
-def test_install_finds_the_units_in_the_checkout_it_runs_in(tmp_path, monkeypatch):
-    from edged import install
-
-    monkeypatch.setattr(install, "ROOT", tmp_path)  # as if installed from a wheel
-    monkeypatch.chdir(tmp_path)
-    with pytest.raises(install.InstallError, match="run install-systemd in a checkout"):
-        run_install(tmp_path / "root", out=io.StringIO())
-    monkeypatch.chdir(REPO)
-    assert install.source_root() == REPO
+    assert run_install(tmp_path / "root", out=io.StringIO()) == 0
+    assert (tmp_path / "root/etc/systemd/system/edged@.service").exists()
 
 
 def _render(folder: Path) -> Path:
