@@ -40,20 +40,72 @@ class CameraSnapshot:
     last_error: str
 
 
-class CameraRuntime:
-    """Everything the supervisor keeps per camera."""
+class EventPipes:
+    """A worker's events pipe, one per worker process, and those of workers gone
+    that still hold messages (a camera's own worker, or a shared instance's)."""
 
-    def __init__(self, cfg: CameraConfig) -> None:
-        self.cfg = cfg
-        self.slot = SlotOwner(cfg.name)
+    def __init__(self) -> None:
         self.events_r: Connection | None
         self.events_w: Connection | None
         self.events_r, self.events_w = Pipe(duplex=False)
         # Pipes of workers that are gone, read to their end before they are closed.
         self.retired_events: list[Connection] = []
+
+    def new_events_pipe(self) -> Connection:
+        """A pipe of its own for the next worker: the write end to hand it.
+
+        A worker killed in the middle of a message leaves that message torn.
+        On a pipe shared with its successor, the supervisor would wait forever
+        for the rest; on its own pipe, once the supervisor has closed its copy
+        of the write end (:meth:`handed_over`), a torn message reads as EOF.
+        """
+        if self.events_r is not None:
+            self.retired_events.append(self.events_r)
+        if self.events_w is not None:
+            self.events_w.close()
+        self.events_r, self.events_w = Pipe(duplex=False)
+        return self.events_w
+
+    def handed_over(self) -> None:
+        """The worker has the write end: drop ours, so its death reads as EOF."""
+        if self.events_w is not None:
+            self.events_w.close()
+            self.events_w = None
+
+    def event_pipes(self) -> list[Connection]:
+        """Every pipe with events still to read, oldest worker first."""
+        live = [] if self.events_r is None else [self.events_r]
+        return [*self.retired_events, *live]
+
+    def pipe_ended(self, conn: Connection) -> None:
+        conn.close()
+        if conn is self.events_r:
+            self.events_r = None
+        else:
+            self.retired_events.remove(conn)
+
+    def close_pipes(self) -> None:
+        for conn in self.event_pipes():
+            conn.close()
+        self.retired_events.clear()
+        self.events_r = None
+        self.handed_over()
+
+
+class CameraRuntime(EventPipes):
+    """Everything the supervisor keeps per camera."""
+
+    def __init__(self, cfg: CameraConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.slot = SlotOwner(cfg.name)
         policy = RestartPolicy(cfg.restart_delay, cfg.restart_max_delay, cfg.restart_reset_after)
         self.reader = Child(Role.READER, policy)
         self.worker = Child(Role.WORKER, policy)
+        # A camera of a [processors] table: `worker` is its shared instance's
+        # (edged.pool), which the pool starts and reaps, and this names it.
+        self.shared = False
+        self.worker_label = "worker"
         self.state = CameraState.STARTING
         self.reason = ""
         self.ended = False
@@ -115,7 +167,7 @@ class CameraRuntime:
             height=int(rs["height"]),
             stale_after=self.cfg.stale_after,
             counters=self.counters(),
-            restarts={child.role: child.restarts for child in self.children()},
+            restarts={Role.READER: self.reader.restarts, Role.WORKER: self.worker.restarts},
             restart_reasons=dict(self.restart_reasons),
             last_error=self.last_error,
         )
@@ -125,16 +177,20 @@ class CameraRuntime:
         supervisor records a change, see ``Supervisor.check_health``)."""
         if self.ended:
             return CameraState.ENDED, "end of file"
-        for child in self.children():
-            if child.failed:
-                return CameraState.FAILED, f"{child.role} crash loop, last {child.last_exit}"
+        if self.reader.failed:
+            return CameraState.FAILED, f"reader crash loop, last {self.reader.last_exit}"
+        if self.worker.failed:
+            return (
+                CameraState.FAILED,
+                f"{self.worker_label} crash loop, last {self.worker.last_exit}",
+            )
         if self.reader.process is None:
             return CameraState.RESTARTING, f"reader {self.reader.last_exit}"
         # Frames that nobody processes make no events: not up either.
         if self.worker.process is None:
-            return CameraState.RESTARTING, f"worker {self.worker.last_exit}"
+            return CameraState.RESTARTING, f"{self.worker_label} {self.worker.last_exit}"
         if self.worker.hung:
-            return CameraState.RESTARTING, "worker stuck: killed"
+            return CameraState.RESTARTING, f"{self.worker_label} stuck: killed"
         rs = self.slot.reader
         code = int(rs["state"])
         if code == ReaderState.STREAMING:
@@ -150,49 +206,17 @@ class CameraRuntime:
             return CameraState.ENDED, "end of file"
         return CameraState.STARTING, ""
 
-    def children(self) -> tuple[Child, Child]:
-        return (self.reader, self.worker)
+    def children(self) -> tuple[Child, ...]:
+        """The children this camera starts and reaps itself (not a shared worker)."""
+        return (self.reader,) if self.shared else (self.reader, self.worker)
 
-    # -- the worker's event pipe ---------------------------------------------
-
-    def new_events_pipe(self) -> Connection:
-        """A pipe of its own for the next worker: the write end to hand it.
-
-        A worker killed in the middle of a message leaves that message torn.
-        On a pipe shared with its successor, the supervisor would wait forever
-        for the rest; on its own pipe, once the supervisor has closed its copy
-        of the write end (:meth:`handed_over`), a torn message reads as EOF.
-        """
-        if self.events_r is not None:
-            self.retired_events.append(self.events_r)
-        if self.events_w is not None:
-            self.events_w.close()
-        self.events_r, self.events_w = Pipe(duplex=False)
-        return self.events_w
-
-    def handed_over(self) -> None:
-        """The worker has the write end: drop ours, so its death reads as EOF."""
-        if self.events_w is not None:
-            self.events_w.close()
-            self.events_w = None
-
-    def event_pipes(self) -> list[Connection]:
-        """Every pipe with events still to read, oldest worker first."""
-        live = [] if self.events_r is None else [self.events_r]
-        return [*self.retired_events, *live]
-
-    def pipe_ended(self, conn: Connection) -> None:
-        conn.close()
-        if conn is self.events_r:
-            self.events_r = None
-        else:
-            self.retired_events.remove(conn)
+    def use_shared_worker(self, child: Child, label: str) -> None:
+        """Be served by a shared processor's instance (``label`` names it in states)."""
+        if not self.shared:
+            self.close_pipes()  # its own worker never ran: nothing to read
+        self.worker, self.worker_label, self.shared = child, label, True
 
     def close(self) -> None:
         """Free the slot and the pipes; call after both children are gone and read."""
-        for conn in self.event_pipes():
-            conn.close()
-        self.retired_events.clear()
-        self.events_r = None
-        self.handed_over()
+        self.close_pipes()
         self.slot.close()

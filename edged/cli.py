@@ -8,9 +8,13 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from edged import __version__, install
 from edged.errors import EX_CONFIG, EX_OK, EX_SOFTWARE, ConfigError, EdgedError
+
+if TYPE_CHECKING:
+    from edged.config import Config
 
 log = logging.getLogger("edged")
 
@@ -141,6 +145,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     for cam in config.cameras.values():
         grey = ", grey frames" if cam.frame_format == "gray" else ""
         lines.append(f"  {cam.name}: {cam.display_source} -> {cam.processor.type}{grey}")
+    lines += _shared_report(config, args.config)
     for key in config.unread_credentials():
         section, _, rest = key.partition(".")
         camera = rest.partition(".")[0] if section == "cameras" else None
@@ -156,6 +161,27 @@ def cmd_check_config(args: argparse.Namespace) -> int:
     print("\n".join(scrub(line) for line in lines))
     sys.stdout.flush()  # a closed pipe raises here, where main() handles it
     return EX_OK
+
+
+def _shared_report(config: Config, path: str) -> list[str]:
+    """A line per [processors] table: its cameras, or a warning that none uses it."""
+    from edged.config.load import read_config_text
+    from edged.config.report import key_lines
+
+    lines = []
+    for name, table in config.processors.items():
+        cams = [c.name for c in config.cameras.values() if c.shared_processor == name]
+        if not cams:
+            line = key_lines(read_config_text(path)).get(("processors", name))
+            where = f"{path}:{line}" if line else path
+            lines.append(f"  warning: {where}: processors.{name}: no camera uses it")
+            continue
+        n = min(table.instances, len(cams))
+        lines.append(
+            f"  processor {name} ({table.type}, {n} instance{'s' if n > 1 else ''}, "
+            f"batch {table.batch_size}): {', '.join(cams)}"
+        )
+    return lines
 
 
 def cmd_events(args: argparse.Namespace) -> int:

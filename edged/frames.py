@@ -22,6 +22,20 @@ cannot wedge the worker, and taking it costs no system call. The consumer
 sleeps on a pipe (the doorbell) after saying so under that lock, and the writer
 rings it after a publish only when it finds the consumer asleep, so a busy
 consumer's handoff makes no system call at all, and no busy-waiting.
+
+The invariants every consumer keeps (:meth:`SlotReader.acquire` for one
+slot; :meth:`SlotReader.try_acquire`, :meth:`SlotReader.arm` and select() on
+:attr:`SlotReader.fileno` for a shared worker waiting on several):
+
+* READING_IDX/READING_GEN are moved only under the lock, and only to LATEST:
+  the writer never picks the buffer a consumer holds, however many slots that
+  consumer holds at once (each slot has its own table).
+* WAITING is set only under the lock, after seeing no newer frame; publish()
+  reads it under the same lock. So a frame is either seen or rung for: no
+  lost wake-up. WAITING may be cleared without the lock: a ring too many only
+  costs a wake-up, drained before the next wait.
+* While WAITING is 0 a writer with freshness = "next" may skip converting
+  frames: a consumer that wants the next frame keeps its slot armed.
 """
 
 from __future__ import annotations
@@ -516,6 +530,7 @@ class SlotReader:
         self._poll = select.poll()
         self._poll.register(doorbell_r, select.POLLIN)
         self._data: _DataSegment | None = None
+        self.broken = False  # the last try_acquire() found a frame it could not map
         self.status = StatusRecord(self._ctl.f64, _F_WORKER, WORKER_FIELDS)
 
     @property
@@ -540,6 +555,74 @@ class SlotReader:
         self._data = _DataSegment(gen, mm, len(mm) // NBUF, writeable=False)
         return True
 
+    @property
+    def fileno(self) -> int:
+        """The doorbell's read end: readable after a publish while :meth:`arm`-ed."""
+        return self._doorbell
+
+    def try_acquire(self, after_seq: int) -> tuple[np.ndarray, int, float, float] | None:
+        """Hold the newest frame if it is newer than ``after_seq``, without waiting.
+
+        Returns what :meth:`acquire` returns, or None: no newer frame, or (then
+        :attr:`broken` is True) one whose data segment was replaced or whose
+        writer died, which the next publish or the supervisor's clean-up settles.
+        """
+        ctl = self._ctl
+        q, d = ctl.q, ctl.d
+        self.broken = False
+        # The path of a busy worker, whose frame is already there: no clock
+        # read and no system call before it has the frame.
+        if q[_I_LATEST_SEQ] <= after_seq or q[_I_LATEST_IDX] < 0:
+            return None
+        ctl.lock()
+        try:
+            idx = q[_I_LATEST_IDX]
+            gen = q[_I_GEN]
+            if idx >= 0:
+                q[_I_READING_IDX] = idx
+                q[_I_READING_GEN] = gen
+                b = _I_BUF + 4 * idx
+                seq, h, w, c = q[b], q[b + 1], q[b + 2], q[b + 3]
+                wall = d[_F_BUF + 2 * idx]
+                mono = d[_F_BUF + 2 * idx + 1]
+        finally:
+            ctl.unlock()
+        if idx >= 0 and self._attach(gen):
+            assert self._data is not None
+            image = self._data.view(idx, (h, w, c) if c > 1 else (h, w))
+            return image, seq, wall, mono
+        self.broken = True
+        return None
+
+    def arm(self, after_seq: int) -> bool:
+        """Ask the writer to ring the doorbell at its next publish (for a consumer
+        that sleeps on several slots' doorbells at once with select()).
+
+        False, and nothing asked, when a frame newer than ``after_seq`` is already
+        there: take it instead. The rings of earlier waits are drained first, so
+        a readable doorbell means a publish since this call. :meth:`disarm` when
+        done waiting; a ring after that is harmless (the next arm drains it).
+        """
+        ctl = self._ctl
+        q = ctl.q
+        self._drain()
+        # As in acquire(): WAITING is set under the lock, after looking at
+        # LATEST_SEQ, and publish() reads it under the same lock, so either the
+        # frame is seen here or the writer sees WAITING and rings.
+        ctl.lock()
+        try:
+            newer = q[_I_LATEST_SEQ] > after_seq and q[_I_LATEST_IDX] >= 0
+            if not newer:
+                q[_I_WAITING] = 1
+        finally:
+            ctl.unlock()
+        return not newer
+
+    def disarm(self) -> None:
+        """Stop asking for rings (with freshness = "next" the writer then skips
+        converting frames: see reader.py)."""
+        self._ctl.q[_I_WAITING] = 0
+
     def acquire(
         self, after_seq: int, timeout: float
     ) -> tuple[np.ndarray, int, float, float] | None:
@@ -549,35 +632,16 @@ class SlotReader:
         stays valid until the next :meth:`acquire` or :meth:`release`.
         """
         ctl = self._ctl
-        q, d = ctl.q, ctl.d
+        q = ctl.q
         deadline = 0.0
         drained = False
         while True:
-            # The path of a busy worker, whose frame is already there: no clock
-            # read and no system call before it has the frame.
-            if q[_I_LATEST_SEQ] > after_seq and q[_I_LATEST_IDX] >= 0:
-                ctl.lock()
-                try:
-                    idx = q[_I_LATEST_IDX]
-                    gen = q[_I_GEN]
-                    if idx >= 0:
-                        q[_I_READING_IDX] = idx
-                        q[_I_READING_GEN] = gen
-                        b = _I_BUF + 4 * idx
-                        seq, h, w, c = q[b], q[b + 1], q[b + 2], q[b + 3]
-                        wall = d[_F_BUF + 2 * idx]
-                        mono = d[_F_BUF + 2 * idx + 1]
-                finally:
-                    ctl.unlock()
-                if idx >= 0 and self._attach(gen):
-                    assert self._data is not None
-                    image = self._data.view(idx, (h, w, c) if c > 1 else (h, w))
-                    return image, seq, wall, mono
-                # The segment was replaced or its writer died: the next publish
-                # or the supervisor's clean-up settles it; look again shortly.
-                broken, wait = True, 0.05
-            else:
-                broken, wait = False, timeout
+            got = self.try_acquire(after_seq)
+            if got is not None:
+                return got
+            # A broken frame: look again shortly.
+            broken = self.broken
+            wait = 0.05 if broken else timeout
             if not deadline:
                 deadline = time.monotonic() + timeout
             remaining = min(deadline - time.monotonic(), wait)

@@ -51,6 +51,7 @@ class Frame:
     monotonic: float
     """``time.monotonic()`` at the same instant; comparable across processes."""
     camera: str = ""
+    """The camera's name: what tells a shared processor's cameras apart."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -74,10 +75,13 @@ class Processor:
     config's ``[cameras.NAME.processor]`` table (less its ``type`` key) is
     validated against it and the result is ``self.options``.
 
-    Each camera's processor runs in its own worker process. ``process`` is
-    called with the newest frame only; frames that arrived while it was busy
-    are skipped, never queued. An exception is logged and counted, and the
-    next frame is processed as usual.
+    Each camera's processor runs in its own worker process, unless the config
+    names it in ``[processors.NAME]``: then one instance (per ``instances``)
+    serves several cameras, ``frame.camera`` says whose frame it is, and
+    :meth:`process_batch` gets up to ``batch_size`` frames, one per camera.
+    ``process`` is called with the newest frame only; frames that arrived while
+    it was busy are skipped, never queued. An exception is logged and counted,
+    and the next frame is processed as usual.
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -105,6 +109,14 @@ class Processor:
     def process(self, frame: Frame) -> Iterable[Event]:
         """Look at one frame and return (or yield) the events it shows."""
         raise NotImplementedError
+
+    def process_batch(self, frames: list[Frame]) -> list[Iterable[Event] | None]:
+        """Look at several frames (each of another camera) in one call: one result
+        per frame, in order. Called by a shared processor whose ``batch_size`` is
+        over 1. Override it when the model takes a batch; the default calls
+        :meth:`process` on each frame. An exception counts as a failure of every
+        frame in the batch."""
+        return [self.process(frame) for frame in frames]
 
     def close(self) -> None:
         """Called once when the worker stops."""

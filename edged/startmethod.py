@@ -65,6 +65,7 @@ PRELOAD = (
     "edged.config",  # unpickling a child's CameraConfig needs it
     "edged.reader",
     "edged.worker",
+    "edged.shared_worker",
     "edged.synthetic",
     "edged.snapshots",
     "edged.processors.null",

@@ -23,17 +23,19 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from typing import Any
 
-from edged.camera import CameraRuntime, CameraSnapshot
+from edged.camera import CameraRuntime, CameraSnapshot, EventPipes
 from edged.child import Child
 from edged.config import CameraConfig, Config, load_config
 from edged.errors import EX_OK, EXIT_END_OF_STREAM, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
 from edged.logs import LogSettings, errors_logged, setup_logging
 from edged.metrics import Metrics, MetricsSources
+from edged.pool import Pool, SharedInstance, shared_only_change
 from edged.reader import ReaderState, reader_main
 from edged.redact import scrub
 from edged.reload import ReloadVerdicts
 from edged.router import EventRouter, open_writer
+from edged.shared_worker import shared_worker_main
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
 from edged.startmethod import child_context, start_server, stop_server
@@ -76,7 +78,14 @@ def plan_reload(
     return ReloadPlan(
         wanted=wanted,
         removed=[n for n in running if n not in wanted],
-        changed=[n for n in running if n in wanted and new.cameras[n] != running[n]],
+        changed=[
+            n
+            for n in running
+            if n in wanted
+            and new.cameras[n] != running[n]
+            # Only its shared processor changed: the pool restarts that, not the reader.
+            and not shared_only_change(running[n], new.cameras[n])
+        ],
         added=[n for n in wanted if n not in running],
         vanished=[n for n in requested or [] if n not in new.cameras],
     )
@@ -95,6 +104,7 @@ class Supervisor:
         self.ctx = child_context()  # its server starts in run(), before any thread
         self.log_settings = LogSettings(config.logging.level, config.logging.format)
         self.cams: dict[str, CameraRuntime] = {}
+        self.pool = Pool()  # the instances of [processors] tables
         self.locks: dict[str, int] = {}
         # Before any child exists: it takes NOTIFY_SOCKET out of the environment.
         self.notifier = Notifier()
@@ -137,6 +147,9 @@ class Supervisor:
                 self.lock_camera(name)
             for name in names:
                 self.cams[name] = CameraRuntime(self.config.cameras[name])
+            self.pool.add_missing(self.config, self.cams)
+            for unused in self.config.unused_processors():
+                log.warning("processors.%s: no camera uses it", unused)
             self.events.load_spill()  # under the camera locks: no other edged has this file
             if self.config.metrics.enabled:
                 sources = MetricsSources(
@@ -221,6 +234,9 @@ class Supervisor:
         for cam in self.cams.values():
             handles += cam.event_pipes()
             handles += [c.process.sentinel for c in cam.children() if c.process]
+        for inst in self.pool:
+            handles += inst.event_pipes()
+            handles += [inst.child.process.sentinel] if inst.child.process else []
         ready = wait(handles, timeout=TICK)
         if self._wake_r in ready:
             try:
@@ -236,6 +252,10 @@ class Supervisor:
                 self.reload()
         self.collect_events()
         now = time.monotonic()
+        for inst in self.pool:
+            self.reap_shared(inst, now)
+        if not self.stopping:  # before the cameras' health: it says whether they run
+            self.restart_shared(now)
         for cam in self.cams.values():
             self.reap(cam, now)
             if not self.stopping:
@@ -325,8 +345,14 @@ class Supervisor:
         for name in plan.vanished:
             log.warning("camera %s is no longer in the configuration: stopping it", name)
         wanted, removed, changed, added = plan.wanted, plan.removed, plan.changed, plan.added
+        # Instances whose processor or cameras change stop first: they map the slots.
+        stale = self.pool.stale(new, {n: new.cameras[n] for n in wanted})
         going = [self.cams.pop(n) for n in removed + changed]
-        self.stop_cameras(going)
+        self.stop_cameras(going, stale)
+        for inst in stale:
+            inst.close_pipes()
+        for name, cam in self.cams.items():
+            cam.cfg = new.cameras[name]  # the same but for its shared processor
         for cam in going:
             cam.close()
         for name in removed:
@@ -353,6 +379,9 @@ class Supervisor:
                     log.error("not starting camera %s: %s", name, exc)
                     continue
             self.cams[name] = CameraRuntime(new.cameras[name])
+        self.pool.add_missing(new, self.cams)
+        for unused in new.unused_processors():
+            log.warning("reload: processors.%s: no camera uses it", unused)
         if self.mqtt is not None:  # Home Assistant discovery and snapshot topics follow
             self.mqtt.set_cameras({n: c.cfg for n, c in self.cams.items()}, new.cameras)
         unchanged = len(wanted) - len(changed) - len(added)
@@ -415,6 +444,42 @@ class Supervisor:
             ),
             name=f"edged-worker-{cam.name}",
         )
+
+    def spawn_shared(self, inst: SharedInstance) -> BaseProcess:
+        return self.ctx.Process(
+            target=shared_worker_main,
+            args=(
+                inst.name,
+                inst.index,
+                inst.settings,
+                [cam.cfg for cam in inst.cams],
+                [(cam.slot.name, cam.slot.doorbell_r) for cam in inst.cams],
+                inst.new_events_pipe(),
+                self.log_settings,
+                self.config.daemon.state_dir,
+                self.config.node,
+            ),
+            name=f"edged-worker-{inst.name}-{inst.index}",
+        )
+
+    def restart_shared(self, now: float) -> None:
+        for inst in self.pool:
+            if inst.child.is_due(now):
+                proc = self.spawn_shared(inst)
+                proc.start()
+                inst.started(proc, now)
+            inst.child.settle(now)
+
+    def reap_shared(self, inst: SharedInstance, now: float) -> None:
+        proc = inst.child.process
+        if proc is None or proc.is_alive():
+            return
+        proc.join()
+        code, pid = proc.exitcode, proc.pid
+        proc.close()
+        if self.stopping:
+            inst.stopping = True
+        inst.reaped(code, pid, now)
 
     def restart(self, cam: CameraRuntime, now: float) -> None:
         for child in cam.children():
@@ -558,42 +623,60 @@ class Supervisor:
 
     # -- events --------------------------------------------------------------
 
-    def collect_events(self, cams: list[CameraRuntime] | None = None) -> None:
-        """Accept what the workers sent: of ``cams``, or of every running camera."""
+    def collect_events(
+        self,
+        cams: list[CameraRuntime] | None = None,
+        instances: list[SharedInstance] | None = None,
+    ) -> None:
+        """Accept what the workers sent: of ``cams`` and ``instances``, or of every
+        running camera and shared instance."""
         for cam in list(self.cams.values()) if cams is None else cams:
             for conn in cam.event_pipes():
-                self._read_events(cam, conn)
+                self._read_events(cam, conn, cam.name)
+        for inst in list(self.pool) if cams is None else instances or []:
+            for conn in inst.event_pipes():
+                self._read_events(inst, conn, inst.label)
 
-    def _read_events(self, cam: CameraRuntime, conn: Connection) -> None:
+    def _read_events(self, pipes: EventPipes, conn: Connection, who: str) -> None:
+        """``who``: the camera of a camera's own worker; a shared worker names the
+        camera in each message."""
         while conn.poll():
             try:
                 msg = conn.recv()
             except (EOFError, OSError):
                 # Its worker is gone and everything it sent is read; a message
                 # it was killed in the middle of ends here too.
-                cam.pipe_ended(conn)
+                pipes.pipe_ended(conn)
                 return
             except Exception as exc:
                 # Its bytes are consumed, so the next message is intact.
-                log.error("camera %s: unreadable message from the worker: %r", cam.name, exc)
+                log.error("%s: unreadable message from the worker: %r", who, exc)
                 continue
+            camera = msg.get("camera", who)
             # {"timings": [[age, took], ...], "events": [record, ...]}: the
             # timings of the frames processed since the worker's last message,
             # oldest first, and the events of the newest of them
             # (edged/worker.py batches timings, never events).
             for age, took in msg["timings"]:
                 for hook in self.on_frame:
-                    hook(cam.name, age, took)
+                    hook(camera, age, took)
             for record in msg["events"]:
                 self.events.accept(record)
 
     # -- shutdown ------------------------------------------------------------
 
-    def stop_cameras(self, cams: list[CameraRuntime]) -> None:
-        """Stop these cameras' children: SIGTERM, a grace period, SIGKILL; keep their events."""
+    def stop_cameras(
+        self, cams: list[CameraRuntime], instances: list[SharedInstance] | None = None
+    ) -> None:
+        """Stop these cameras' children and these shared instances: SIGTERM, a grace
+        period, SIGKILL; keep their events."""
+        instances = instances or []
         for cam in cams:
             cam.stopping = True
+        for inst in instances:
+            inst.stopping = True
         procs = [c.process for cam in cams for c in cam.children() if c.process]
+        procs += [inst.child.process for inst in instances if inst.child.process]
         for proc in procs:
             proc.terminate()
         deadline = time.monotonic() + self.config.daemon.stop_timeout
@@ -602,10 +685,11 @@ class Supervisor:
             # During a reload the cameras that keep running go on too: read
             # their pipes, or their workers block on a full one.
             running = [c for c in self.cams.values() if c not in cams]
-            conns = [conn for cam in cams + running for conn in cam.event_pipes()]
+            shared = instances + [i for i in self.pool if i not in instances]
+            conns = [conn for p in [*cams, *running, *shared] for conn in p.event_pipes()]
             wait(live + conns, timeout=min(TICK, max(0.0, deadline - time.monotonic())))
             # These cameras as well as self.cams: a reload has already taken them out.
-            self.collect_events(cams + running)
+            self.collect_events(cams + running, shared)
             if self.notifier.watchdog_due(time.monotonic()):
                 self.notifier.ping()
             if self.metrics is not None:  # /healthz: a long stop_timeout is no hang
@@ -617,12 +701,14 @@ class Supervisor:
         now = time.monotonic()
         for cam in cams:
             self.reap(cam, now)
+        for inst in instances:
+            self.reap_shared(inst, now)
         # A worker's last events are in the pipe even if it was killed.
-        self.collect_events(cams)
+        self.collect_events(cams, instances)
 
     def shutdown(self) -> None:
         self.notifier.stopping()
-        self.stop_cameras(list(self.cams.values()))
+        self.stop_cameras(list(self.cams.values()), list(self.pool))
         self.events.stop()
         if self.mqtt is not None:
             self.mqtt.stop()  # after the last events reached it
@@ -645,6 +731,12 @@ class Supervisor:
     def _close(self) -> None:
         if self.metrics is not None:
             self.metrics.stop()
+        for inst in self.pool:  # first: they map the cameras' slots
+            proc = inst.child.process
+            if proc is not None and proc.is_alive():
+                proc.kill()
+                proc.join()
+            inst.close_pipes()
         for cam in self.cams.values():
             for child in cam.children():
                 if child.process is not None and child.process.is_alive():

@@ -56,6 +56,29 @@ BATCH_INTERVAL = 0.25  # seconds the oldest unsent timing may wait for more
 IDLE_TIMEOUT = 0.5  # seconds between heartbeats while no frame comes
 
 
+class FailureLog:
+    """Logs a processor's exceptions: a traceback at most once a minute; in between
+    only counted, then summarised with the next traceback: a processor failing on
+    every frame must not flood the journal."""
+
+    def __init__(self) -> None:
+        self._last_traceback = -TRACEBACK_INTERVAL
+        self._suppressed = 0
+
+    def report(self, exc: Exception, what: str) -> None:
+        """``what``: "camera front: processor motion failed on frame 42", say."""
+        now = time.monotonic()
+        if now - self._last_traceback < TRACEBACK_INTERVAL:
+            self._suppressed += 1
+            return
+        since = (
+            f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
+        )
+        log.error("%s%s:\n%s", what, since, "".join(traceback.format_exception(exc)).rstrip())
+        self._last_traceback = now
+        self._suppressed = 0
+
+
 class Worker:
     def __init__(
         self,
@@ -76,8 +99,7 @@ class Worker:
         self.out = out
         self.stop = stop
         self.consecutive_errors = 0
-        self._last_traceback = -TRACEBACK_INTERVAL
-        self._suppressed = 0
+        self.failures = FailureLog()
         self._timings: list[list[float]] = []
         self._oldest = 0.0  # time.monotonic() when the oldest of _timings was taken
         self._interval = 1.0 / cam.process_fps if cam.process_fps else 0.0
@@ -175,28 +197,6 @@ class Worker:
         self.out.send({"timings": self._timings, "events": records})
         self._timings = []
 
-    def _report_failure(self, exc: Exception, seq: int) -> None:
-        # A traceback at most once a minute; in between only counted, then
-        # summarised with the next traceback: a processor failing on every
-        # frame must not flood the journal.
-        now = time.monotonic()
-        if now - self._last_traceback < TRACEBACK_INTERVAL:
-            self._suppressed += 1
-            return
-        since = (
-            f" ({self._suppressed} more failures since the last report)" if self._suppressed else ""
-        )
-        log.error(
-            "camera %s: processor %s failed on frame %d%s:\n%s",
-            self.cam.name,
-            self.cam.processor.type,
-            seq,
-            since,
-            "".join(traceback.format_exception(exc)).rstrip(),
-        )
-        self._last_traceback = now
-        self._suppressed = 0
-
     def _process(self, frame: Frame, age: float, start: float) -> list[dict[str, Any]]:
         cam = self.cam
         try:
@@ -210,7 +210,10 @@ class Worker:
         except Exception as exc:
             self.status.add("errors")
             self.consecutive_errors += 1
-            self._report_failure(exc, frame.seq)
+            self.failures.report(
+                exc,
+                f"camera {cam.name}: processor {cam.processor.type} failed on frame {frame.seq}",
+            )
             limit = cam.max_processor_failures
             if limit and self.consecutive_errors >= limit:
                 # Maybe its state is corrupt: a fresh process with a fresh

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -251,3 +251,33 @@ class PairedSource(Source):
     @property
     def nominal_fps(self) -> float | None:
         return 25.0
+
+
+class BatchOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    per_call: float = Field(0.0, ge=0, description="seconds each call takes")
+    per_frame: float = Field(0.0, ge=0, description="seconds more per frame in the call")
+    hang_after: int = Field(0, ge=0, description="calls before one never returns (0: never)")
+
+
+class BatchRecorder(Processor):
+    """A model that takes a batch: each frame's event says the size of its batch,
+    the frame's camera and this instance's pid (a shared processor's view)."""
+
+    Options = BatchOptions
+    pixel_format = "any"
+
+    def setup(self) -> None:
+        self.calls = 0
+
+    def process(self, frame: Frame) -> list[Event]:
+        return self.process_batch([frame])[0]  # type: ignore[return-value]
+
+    def process_batch(self, frames: list[Frame]) -> list[Iterable[Event] | None]:
+        opts = self.options
+        self.calls += 1
+        if opts.hang_after and self.calls > opts.hang_after:  # type: ignore[attr-defined]
+            time.sleep(3600)
+        time.sleep(opts.per_call + opts.per_frame * len(frames))  # type: ignore[attr-defined]
+        data = {"size": len(frames), "pid": os.getpid()}
+        return [[Event("batch", {**data, "camera": f.camera})] for f in frames]

@@ -197,6 +197,11 @@ class CameraConfig(_CameraSettings):
         description="'synthetic', an rtsp:// or other URL, /dev/videoN or a device number, "
         "'package.module:ClassName' for a plugin source, or a video file.",
     )
+    shared_processor: str | None = Field(
+        None,
+        description="The [processors] name that 'processor' gave, if it named one; its type "
+        "and options are then the camera's 'processor' (set by the config, not the user).",
+    )
     metrics_listen: Annotated[str, AfterValidator(check_listen)] | None = Field(
         None,
         description="'host:port' for metrics when edged runs only this camera (edged@NAME), "

@@ -14,17 +14,35 @@ from pydantic import (
     model_validator,
 )
 
-from edged.config.base import Model, context_of, invalid
+from edged.config.base import Model, context_of, did_you_mean, invalid
 from edged.config.cameras import CameraConfig, CameraDefaults, CameraName
 from edged.config.listen import split_listen
 from edged.config.mqtt import MqttConfig, host_node
+from edged.config.processors import SharedProcessorConfig
 from edged.config.secrets import PASSWORD_FIELDS, PasswordSettings
 from edged.config.sections import DaemonConfig, EventsConfig, LoggingConfig, MetricsConfig
 from edged.config.urls import split_userinfo
+from edged.errors import PluginError
+from edged.processor import resolve_processor
 
 # --- the whole file ------------------------------------------------------------------
 
 _SECTIONS = ("events", "metrics", "logging", "daemon", "defaults")
+
+
+def _names_shared(value: Any, shared: set[str]) -> bool:
+    """Whether a camera's ``processor`` names a [processors] table: a string that is
+    one of its keys, or (when there are some) that names no processor type either,
+    so that the error about it lists the [processors] names."""
+    if not isinstance(value, str) or not shared:
+        return False
+    if value in shared:
+        return True
+    try:
+        resolve_processor(value)
+    except PluginError:
+        return True
+    return False
 
 
 class Config(Model):
@@ -36,6 +54,10 @@ class Config(Model):
     daemon: DaemonConfig = Field(default_factory=DaemonConfig, description="[daemon]")
     defaults: CameraDefaults = Field(
         default_factory=CameraDefaults, description="[defaults], as validated on its own."
+    )
+    processors: dict[CameraName, SharedProcessorConfig] = Field(
+        default_factory=dict,
+        description="[processors.NAME] tables: processors that cameras share by name.",
     )
     cameras: dict[CameraName, CameraConfig] = Field(
         default_factory=dict, validate_default=True, description="[cameras.NAME] tables."
@@ -67,6 +89,15 @@ class Config(Model):
             return data
         if not isinstance(defaults, dict):
             defaults = {}  # reported once, at `defaults`; the cameras still get their names
+        tables = data.get("processors")
+        shared = set(tables) if isinstance(tables, dict) else set()
+        by_name = (
+            defaults.get("processor") if _names_shared(defaults.get("processor"), shared) else None
+        )
+        if by_name is not None:
+            # [defaults] processor = "NAME": no processor type, so not validated as one.
+            defaults = {k: v for k, v in defaults.items() if k != "processor"}
+            data["defaults"] = defaults
         try:
             CameraDefaults.model_validate(defaults, context=info.context)
             bad: set[Any] = set()
@@ -74,6 +105,8 @@ class Config(Model):
             # Reported once, at defaults.KEY; the cameras fall back to the built-in value.
             bad = {e["loc"][0] for e in exc.errors() if e["loc"]}
         inherit = {k: v for k, v in defaults.items() if k not in bad}
+        if by_name is not None:
+            inherit["processor"] = by_name
         merged: dict[Any, Any] = {}
         for name, table in cameras.items():
             if not isinstance(table, dict):
@@ -92,6 +125,9 @@ class Config(Model):
             if isinstance(own.get("snapshots"), dict) and isinstance(table.get("snapshots"), dict):
                 # Key by key: a camera that sets only `types` keeps the retention of [defaults].
                 merged[name]["snapshots"] = {**own["snapshots"], **table["snapshots"]}
+            if _names_shared(merged[name].get("processor"), shared):
+                # Resolved in _check, once [processors] is validated.
+                merged[name]["shared_processor"] = merged[name].pop("processor")
         return {**data, "cameras": merged}
 
     @field_validator("cameras")
@@ -109,6 +145,8 @@ class Config(Model):
             raise invalid([(("cameras", k, "name"), message) for k in renamed], "Config")
         if clashes := self._listen_clashes():
             raise invalid(clashes, "Config")
+        if unresolved := self._resolve_shared():
+            raise invalid(unresolved, "Config")
         self._resolve_node()
         context = context_of(info)
         if "path" in context:
@@ -141,6 +179,32 @@ class Config(Model):
                 "(PREFIX/NODE/status is the node's availability): rename it"
             )
             raise invalid([(("cameras", "status"), message)], "Config")
+
+    def _resolve_shared(self) -> list[tuple[str | tuple[str, ...], str]]:
+        """Give each camera that names a [processors] table its type and options."""
+        problems: list[tuple[str | tuple[str, ...], str]] = []
+        for name, camera in self.cameras.items():
+            ref = camera.shared_processor
+            if ref is None:
+                continue
+            table = self.processors.get(ref)
+            if table is None:
+                message = (
+                    f"unknown processor {ref!r}{did_you_mean(ref, self.processors)}: neither "
+                    f"a [processors] name ({', '.join(self.processors)}) nor a processor type"
+                )
+                problems.append((("cameras", name, "processor"), message))
+                continue
+            camera.processor = table.plain()
+            if camera.pixel_format == "gray" and camera.processor.pixel_format == "bgr":
+                message = f"processor {ref!r} ({table.type}) takes BGR frames, not grey"
+                problems.append((("cameras", name, "pixel_format"), message))
+        return problems
+
+    def unused_processors(self) -> list[str]:
+        """[processors] names that no camera uses (a warning, not an error)."""
+        used = {camera.shared_processor for camera in self.cameras.values()}
+        return [name for name in self.processors if name not in used]
 
     def unread_credentials(self) -> list[str]:
         """Key paths of the password_credential settings not read (loaded with
