@@ -27,6 +27,7 @@ from components.mqtt import (
     Subscriber,
     make_tls_files,
     mosquitto_sub_retained,
+    start_sink,
 )
 from daemon import Daemon, start_daemon, wait_for
 from helpers import daemon_toml
@@ -130,22 +131,6 @@ def wait_for_more_tries(broker: Mosquitto, n: int) -> None:
     a sink that would log each failure to have logged them."""
     tries = broker.log.count("Client connection from")
     wait_for(f"{n} more tries", lambda: broker.log.count("Client connection from") >= tries + n, 15)
-
-
-def start_sink(
-    sinks: list[MqttSink], broker: Mosquitto, state_dir: Path, instance: str = "", **options: Any
-) -> MqttSink:
-    opts: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": broker.port,
-        "node": "box1",
-        "reconnect_max_delay": 1,
-        **options,
-    }
-    sink = MqttSink(MqttConfig.model_validate(opts), state_dir, instance)
-    sinks.append(sink)
-    sink.start()
-    return sink
 
 
 def subscribe(subscribers: list[Subscriber], broker: Mosquitto, **kw: Any) -> Subscriber:
