@@ -7,6 +7,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +18,22 @@ import psutil
 # here as well as from there.
 from helpers import wait_for
 
-__all__ = ["TESTS", "Daemon", "shm_segments", "start_daemon", "wait_for"]
+__all__ = ["TESTS", "Daemon", "readyz", "shm_segments", "start_daemon", "wait_for"]
 
 TESTS = Path(__file__).resolve().parent
+
+
+def readyz(port: int) -> dict[str, Any] | None:
+    """The JSON body of ``/readyz`` on 127.0.0.1:``port`` (ready or not); None while
+    nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return json.loads(exc.read())
+    except OSError:
+        return None
 
 
 def shm_segments(pid: int) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -10,12 +9,10 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from components.rtsp import free_port
-from daemon import Daemon, start_daemon, wait_for
+from daemon import Daemon, readyz, start_daemon, wait_for
 from helpers import daemon_toml
 
 pytestmark = pytest.mark.slow
@@ -338,18 +335,8 @@ def test_a_small_dev_shm_is_a_clear_retried_error_not_a_sigbus(tmp_path, daemons
     d.wait_log(said, timeout=20)
     d.wait_log("enlarge /dev/shm (Docker: --shm-size)")
 
-    def readyz() -> dict | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return json.loads(exc.read())
-        except OSError:
-            return None
-
     def camera() -> dict | None:
-        cam = (r := readyz()) and r["cameras"]["cam1"]
+        cam = (r := readyz(port)) and r["cameras"]["cam1"]
         return cam if cam and cam["state"] == "reconnecting" else None
 
     assert said in wait_for("/readyz: reconnecting", camera)["reason"]
