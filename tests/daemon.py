@@ -7,26 +7,33 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import psutil
 
+# wait_for lives in helpers (components/ use it too); test files import it from
+# here as well as from there.
+from helpers import wait_for
+
+__all__ = ["TESTS", "Daemon", "readyz", "shm_segments", "start_daemon", "wait_for"]
+
 TESTS = Path(__file__).resolve().parent
 
 
-def wait_for(what: str, predicate: Callable[[], Any], timeout: float = 10.0, every=0.05) -> Any:
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
+def readyz(port: int) -> dict[str, Any] | None:
+    """The JSON body of ``/readyz`` on 127.0.0.1:``port`` (ready or not); None while
+    nothing answers there."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
+            return json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return json.loads(exc.read())
+    except OSError:
+        return None
 
 
 def shm_segments(pid: int) -> list[str]:

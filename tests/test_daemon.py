@@ -14,22 +14,10 @@ from pathlib import Path
 import psutil
 import pytest
 from daemon import TESTS, shm_segments, start_daemon, wait_for
+from helpers import daemon_toml
 
 REPO = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
-
-
-def _toml(camera: str, **extra: str) -> str:
-    lines = [
-        "[events]",
-        'path = "events.jsonl"',
-        "[daemon]",
-        'stop_timeout = "5s"',
-        "[cameras.cam1]",
-        camera,
-    ]
-    lines += [f"{k} = {v}" for k, v in extra.items()]
-    return "\n".join(lines) + "\n"
 
 
 def test_default_config_writes_motion_events_and_stops_cleanly(tmp_path, daemons):
@@ -56,7 +44,7 @@ def test_process_fps_caps_the_rate_on_fresh_frames(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\nprocess_fps = 5\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0'
     )
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     events = d.wait_events(16, "frame", timeout=30)[:16]
     assert d.stop() == 0
     # 15 intervals of the camera's own clock: about 5 frames a second, not 25
@@ -74,7 +62,7 @@ def test_no_torn_frames_under_load(tmp_path, daemons):
         "source_options = { width = 1280, height = 720 }\n"
         '[cameras.cam1.processor]\ntype = "plugins:SolidCheck"'
     )
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     d.wait_events(20, "ok", timeout=30)
     assert d.events("torn") == []
     assert d.stop() == 0
@@ -88,7 +76,7 @@ def test_slow_processor_works_on_fresh_frames_and_memory_stays_flat(
         f'source = "{server.url}"\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.3\ntimestamps = true'
     )
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     d.wait_events(5, "frame", timeout=20)
     procs = {p.name(): p for p in d.children()}
     rss_before = {n: p.memory_info().rss for n, p in procs.items()}
@@ -121,7 +109,7 @@ def test_killed_children_are_restarted(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
     )
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     d.wait_events(5, "frame")
     for role in ("reader", "worker"):
         (victim,) = d.children(role)
@@ -142,7 +130,7 @@ def test_processor_that_raises_is_logged_counted_and_camera_carries_on(tmp_path,
         'source = "synthetic"\nfps = 25\n'
         '[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 2'
     )
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     d.wait_events(20, "ok")
     assert d.stop() == 0
     log = d.log
@@ -154,7 +142,7 @@ def test_processor_that_raises_is_logged_counted_and_camera_carries_on(tmp_path,
 
 
 def test_supervisor_sigkill_leaves_no_children_or_shared_memory(tmp_path, daemons):
-    d = start_daemon(daemons, tmp_path, _toml('source = "synthetic"'))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": 'source = "synthetic"'}))
     wait_for("children", lambda: len(d.children()) == 2)
     kids = d.children()
     wait_for("shared memory", lambda: shm_segments(d.pid))
@@ -167,7 +155,7 @@ def test_supervisor_sigkill_leaves_no_children_or_shared_memory(tmp_path, daemon
 
 def test_unknown_camera_on_the_command_line_exits_78(tmp_path):
     cfg = tmp_path / "edged.toml"
-    cfg.write_text(_toml('source = "synthetic"'))
+    cfg.write_text(daemon_toml({"cam1": 'source = "synthetic"'}))
     r = subprocess.run(
         [sys.executable, "-m", "edged", "run", "--config", str(cfg), "--camera", "nope"],
         capture_output=True,
@@ -253,7 +241,7 @@ def test_check_config_accepts_the_shipped_default():
 
 def test_motion_on_an_rtsp_camera_decodes_grey_through_pyav(tmp_path, daemons, rtsp_server):
     camera = f'source = "{rtsp_server.url}"\n[cameras.cam1.processor]\ntype = "motion"'
-    (tmp_path / "check.toml").write_text(_toml(camera))
+    (tmp_path / "check.toml").write_text(daemon_toml({"cam1": camera}))
     r = subprocess.run(
         [sys.executable, "-m", "edged", "check-config", str(tmp_path / "check.toml")],
         capture_output=True,
@@ -262,7 +250,7 @@ def test_motion_on_an_rtsp_camera_decodes_grey_through_pyav(tmp_path, daemons, r
     )
     assert r.returncode == 0, r.stderr
     assert f"cam1: {rtsp_server.url} -> motion, grey frames" in r.stdout
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     start = d.wait_events(1, "motion.start", timeout=20)[0]
     assert start["camera"] == "cam1" and start["frame_age_ms"] < 1000
     (reader,) = d.children("reader")
@@ -286,7 +274,7 @@ def test_camera_failures_name_their_cause_and_never_show_the_password(
     server = rtsp_server_factory(user="edged", password="right-Pa55word")
     url = f"rtsp://{credentials}@127.0.0.1:{server.port}{path}"
     camera = f'source = "{url}"\nopen_timeout = "3s"\npixel_format = "{pixels}"'
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     d.wait_log(cause, timeout=20)
     d.wait_log("camera cam1: reconnecting")
     assert d.stop() == 0
@@ -306,7 +294,7 @@ def test_events_command_shows_what_the_daemon_wrote(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\n'
         '[cameras.cam1.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0.0'
     )
-    d = start_daemon(daemons, tmp_path, _toml(camera))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": camera}))
     d.wait_events(10, "frame")
     assert d.stop() == 0
     written = d.events()
@@ -349,7 +337,7 @@ def _starting(d) -> bool:
 
 
 def test_sighup_while_starting_does_not_kill_the_daemon(tmp_path, daemons):
-    d = start_daemon(daemons, tmp_path, _toml('source = "synthetic"'))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": 'source = "synthetic"'}))
     wait_for("edged starting", lambda: _starting(d), every=0.002)
     assert "edged started" not in d.log  # the signals below come during the start
 
@@ -366,7 +354,7 @@ def test_sighup_while_starting_does_not_kill_the_daemon(tmp_path, daemons):
 
 
 def test_sigterm_while_starting_stops_cleanly(tmp_path, daemons):
-    d = start_daemon(daemons, tmp_path, _toml('source = "synthetic"'))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": 'source = "synthetic"'}))
     wait_for("edged starting", lambda: _starting(d), every=0.002)
     assert "edged started" not in d.log
     d.proc.send_signal(signal.SIGTERM)

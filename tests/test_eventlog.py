@@ -1,18 +1,19 @@
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import wait_for
 
 import edged.eventlog
 from edged.eventlog import format_event, iter_events, run_events_command
@@ -37,14 +38,9 @@ class Collector(io.StringIO):
             return self.getvalue().splitlines()
 
 
-def wait_for(condition: Callable[[], bool], what: str | Callable[[], str]) -> None:
-    deadline = time.monotonic() + DEADLINE
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(
-                f"timed out waiting for {what if isinstance(what, str) else what()}"
-            )
-        time.sleep(0.002)
+# Waits for what the follower thread prints: it does so within milliseconds, and a
+# test may wait for it hundreds of times, so poll often.
+wait_for_follower = functools.partial(wait_for, timeout=DEADLINE, every=0.002)
 
 
 def missing(json_lines: list[str], total: int) -> str:
@@ -185,7 +181,7 @@ def test_follow_starts_with_the_last_ten_then_picks_up_new_lines(tmp_path: Path)
     for i in range(15):
         w.write(event(i))
     with following(path) as (out, err):
-        wait_for(lambda: len(out.lines()) >= 10, "the last ten events")
+        wait_for_follower("the last ten events", lambda: len(out.lines()) >= 10)
 
         def write_more() -> None:
             for i in range(15, 65):
@@ -194,7 +190,7 @@ def test_follow_starts_with_the_last_ten_then_picks_up_new_lines(tmp_path: Path)
         t = threading.Thread(target=write_more)
         t.start()
         t.join()
-        wait_for(lambda: len(out.lines()) >= 60, "the new events")
+        wait_for_follower("the new events", lambda: len(out.lines()) >= 60)
     w.close()
     assert seqs_of(out.lines()) == list(range(5, 65))
     assert err.lines() == []
@@ -206,11 +202,11 @@ def test_follow_filters_and_human_format(tmp_path: Path) -> None:
         for i in range(40):
             w.write(event(i, camera="cam1" if i % 3 else "cam2"))
         with following(path, camera="cam2", as_json=False) as (out, _):
-            wait_for(lambda: len(out.lines()) >= 10, "the last ten cam2 events")
+            wait_for_follower("the last ten cam2 events", lambda: len(out.lines()) >= 10)
             w.write(event(40, camera="cam2"))
             w.write(event(41, camera="cam1"))
             w.write(event(42, camera="cam2"))
-            wait_for(lambda: len(out.lines()) >= 12, "new cam2 events")
+            wait_for_follower("new cam2 events", lambda: len(out.lines()) >= 12)
     got = [int(line.split("seq=")[1].split()[0]) for line in out.lines()]
     assert got == [*range(12, 40, 3), 40, 42]
     assert all(" cam2 " in line for line in out.lines())
@@ -221,14 +217,14 @@ def test_follow_across_one_rotation(tmp_path: Path) -> None:
     w = writer(path, max_bytes=3000, backups=1)
     w.write(event(0))
     with following(path) as (out, _):
-        wait_for(lambda: len(out.lines()) >= 1, "the first event")
+        wait_for_follower("the first event", lambda: len(out.lines()) >= 1)
         n = 1
         while w.rotations == 0:
             w.write(event(n))
             n += 1
         w.write(event(n))
         n += 1
-        wait_for(lambda: len(out.lines()) >= n, "events after the rotation")
+        wait_for_follower("events after the rotation", lambda: len(out.lines()) >= n)
     w.close()
     assert seqs_of(out.lines()) == list(range(n))
 
@@ -249,14 +245,14 @@ def test_follow_across_many_rotations_loses_and_repeats_nothing(
                     # With few backups a file can be gone before the follower
                     # sees it (tail -F loses those too): let it keep up.
                     done = i + 1
-                    wait_for(lambda done=done: len(out.lines()) >= done, "the follower")
+                    wait_for_follower("the follower", lambda done=done: len(out.lines()) >= done)
 
         t = threading.Thread(target=write_all)
         t.start()
         t.join()
-        wait_for(
-            lambda: len(out.lines()) >= total,
+        wait_for_follower(
             lambda: f"all events: got {len(out.lines())}, {missing(out.lines(), total)}",
+            lambda: len(out.lines()) >= total,
         )
     w.close()
     assert w.rotations > 20
@@ -299,7 +295,7 @@ def test_follow_is_not_fooled_by_a_listing_taken_mid_rotation(
     w = writer(path, max_bytes=500, backups=10)
     w.write(event(0))
     with following(path) as (out, _):
-        wait_for(lambda: len(out.lines()) == 1, "the first event")
+        wait_for_follower("the first event", lambda: len(out.lines()) == 1)
         hide.set()
         seq = 1
         while w.rotations < 2:  # a file rotated away whole, and its successor
@@ -307,11 +303,11 @@ def test_follow_is_not_fooled_by_a_listing_taken_mid_rotation(
             seq += 1
         w.write(event(seq))
         seq += 1
-        wait_for(lambda: hidden_listings >= 2, "the follower to list the backups")
+        wait_for_follower("the follower to list the backups", lambda: hidden_listings >= 2)
         hide.clear()
-        wait_for(
-            lambda: len(out.lines()) >= seq,
+        wait_for_follower(
             lambda: f"{seq} events: got {len(out.lines())}, {missing(out.lines(), seq)}",
+            lambda: len(out.lines()) >= seq,
         )
     w.close()
     assert seqs_of(out.lines()) == list(range(seq))
@@ -325,10 +321,10 @@ def test_follow_goes_on_when_the_file_it_read_leaves_the_folder(tmp_path: Path) 
     elsewhere.mkdir()
     path.write_text(json.dumps(event(0)) + "\n")
     with following(path) as (out, err):
-        wait_for(lambda: len(out.lines()) == 1, "the first event")
+        wait_for_follower("the first event", lambda: len(out.lines()) == 1)
         path.rename(elsewhere / "events.jsonl.1")
         path.write_text(json.dumps(event(1)) + "\n")
-        wait_for(lambda: len(out.lines()) == 2, "the event in the new file")
+        wait_for_follower("the event in the new file", lambda: len(out.lines()) == 2)
     assert seqs_of(out.lines()) == [0, 1]
     assert err.lines() == []
 
@@ -344,13 +340,13 @@ def test_follow_does_not_repeat_old_backups_when_the_file_is_deleted(tmp_path: P
         w.write(event(seq))
         seq += 1
     with following(path) as (out, err):
-        wait_for(lambda: len(out.lines()) > 0, "the tail of the file")
+        wait_for_follower("the tail of the file", lambda: len(out.lines()) > 0)
         shown = len(out.lines())
         path.unlink()
         now[0] += 60  # the writer looks for a moved file once a second
         w.write(event(seq))
         assert w.reopens == 1
-        wait_for(lambda: len(out.lines()) > shown, "the event in the new file")
+        wait_for_follower("the event in the new file", lambda: len(out.lines()) > shown)
     w.close()
     assert seqs_of(out.lines()) == list(range(seq - shown, seq + 1))
 
@@ -364,7 +360,7 @@ def test_follow_reads_every_backup_left_after_rotations_deleted_its_file(
     w = writer(path, max_bytes=1000, backups=2)
     w.write(event(0))
     with following(path, poll_interval=2.0) as (out, _):
-        wait_for(lambda: len(out.lines()) == 1, "the first event")
+        wait_for_follower("the first event", lambda: len(out.lines()) == 1)
         seq = 1
         while w.rotations < 5:  # well within the 2 s until the next look
             w.write(event(seq))
@@ -377,7 +373,7 @@ def test_follow_reads_every_backup_left_after_rotations_deleted_its_file(
             ]
             + path.read_text().splitlines()
         )
-        wait_for(lambda: seqs_of(out.lines())[-1:] == [seq - 1], "the newest event")
+        wait_for_follower("the newest event", lambda: seqs_of(out.lines())[-1:] == [seq - 1])
     w.close()
     shown = seqs_of(out.lines())
     # In order, nothing twice, every line still on disk; the first file's
@@ -393,10 +389,10 @@ def test_follow_reads_backups_it_missed(tmp_path: Path) -> None:
     w = writer(path, max_bytes=1000, backups=50)
     w.write(event(0))
     with following(path, poll_interval=0.2) as (out, _):
-        wait_for(lambda: len(out.lines()) >= 1, "the first event")
+        wait_for_follower("the first event", lambda: len(out.lines()) >= 1)
         for i in range(1, 60):  # several rotations, most likely within one poll
             w.write(event(i))
-        wait_for(lambda: len(out.lines()) >= 60, "all events")
+        wait_for_follower("all events", lambda: len(out.lines()) >= 60)
     w.close()
     assert w.rotations >= 4
     assert seqs_of(out.lines()) == list(range(60))
@@ -405,11 +401,11 @@ def test_follow_reads_backups_it_missed(tmp_path: Path) -> None:
 def test_follow_waits_for_a_missing_file(tmp_path: Path) -> None:
     path = tmp_path / "later" / "events.jsonl"
     with following(path) as (out, err):
-        wait_for(lambda: str(path) in err.getvalue(), "a note that the file is missing")
+        wait_for_follower("a note that the file is missing", lambda: str(path) in err.getvalue())
         with writer(path) as w:
             for i in range(3):
                 w.write(event(i))
-            wait_for(lambda: len(out.lines()) >= 3, "events in the new file")
+            wait_for_follower("events in the new file", lambda: len(out.lines()) >= 3)
     assert seqs_of(out.lines()) == [0, 1, 2]  # a new file is read from its start
     assert "appeared" in err.getvalue()
 
@@ -421,12 +417,12 @@ def test_follow_waits_for_a_partial_line_to_complete(tmp_path: Path) -> None:
         f.write((json.dumps(event(0)) + "\n").encode())
         f.write(line[:20])  # unfinished at start: not in the tail, read once complete
         with following(path) as (out, err):
-            wait_for(lambda: len(out.lines()) >= 1, "the complete event")
+            wait_for_follower("the complete event", lambda: len(out.lines()) >= 1)
             f.write(line[20:40])
             f.write(line[40:] + line[:30])
-            wait_for(lambda: len(out.lines()) >= 2, "the completed line")
+            wait_for_follower("the completed line", lambda: len(out.lines()) >= 2)
             f.write(line[30:])
-            wait_for(lambda: len(out.lines()) >= 3, "the second completed line")
+            wait_for_follower("the second completed line", lambda: len(out.lines()) >= 3)
     assert seqs_of(out.lines()) == [0, 1, 1]
     assert err.lines() == []
 
@@ -435,10 +431,10 @@ def test_follow_reports_garbage_once(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("garbage one\n" + json.dumps(event(0)) + "\n")
     with following(path) as (out, err), open(path, "a") as f:
-        wait_for(lambda: len(out.lines()) >= 1, "the first event")
+        wait_for_follower("the first event", lambda: len(out.lines()) >= 1)
         f.write("garbage two\n" + json.dumps(event(1)) + "\n")
         f.flush()
-        wait_for(lambda: len(out.lines()) >= 2, "the second event")
+        wait_for_follower("the second event", lambda: len(out.lines()) >= 2)
     assert seqs_of(out.lines()) == [0, 1]
     notes = err.lines()
     assert len(notes) == 2
@@ -472,16 +468,16 @@ def test_follow_goes_on_when_only_an_unfinished_line_is_taken_back(
     monkeypatch.setattr(edged.eventlog.os, "pread", watching_pread)
     monkeypatch.setattr(edged.eventlog.os, "fstat", watching_fstat)
     with following(path) as (out, err), open(path, "ab", buffering=0) as f:
-        wait_for(lambda: len(out.lines()) >= 3, "the first events")
+        wait_for_follower("the first events", lambda: len(out.lines()) >= 3)
         f.write(fragment)
         assert read_it.wait(DEADLINE), "the follower never read the fragment"
         f.truncate(size)
         assert saw_undo.wait(DEADLINE), "the follower never looked at the file again"
         f.seek(size)
         f.write((json.dumps(event(3)) + "\n" + json.dumps(event(4)) + "\n").encode())
-        wait_for(lambda: len(out.lines()) >= 5, "the events written after the undo")
+        wait_for_follower("the events written after the undo", lambda: len(out.lines()) >= 5)
         f.write((json.dumps(event(5)) + "\n").encode())
-        wait_for(lambda: len(out.lines()) >= 6, "one more event")
+        wait_for_follower("one more event", lambda: len(out.lines()) >= 6)
     assert seqs_of(out.lines()) == [0, 1, 2, 3, 4, 5]
     assert err.lines() == []
 
@@ -490,9 +486,9 @@ def test_follow_file_truncated(tmp_path: Path) -> None:
     path = tmp_path / "events.jsonl"
     path.write_text("".join(json.dumps(event(i)) + "\n" for i in range(5)))
     with following(path) as (out, err):
-        wait_for(lambda: len(out.lines()) >= 5, "the first events")
+        wait_for_follower("the first events", lambda: len(out.lines()) >= 5)
         path.write_text(json.dumps(event(100)) + "\n")  # copytruncate-style
-        wait_for(lambda: len(out.lines()) >= 6, "the event after truncation")
+        wait_for_follower("the event after truncation", lambda: len(out.lines()) >= 6)
     assert seqs_of(out.lines()) == [0, 1, 2, 3, 4, 100]
     assert "truncated" in err.getvalue()
 

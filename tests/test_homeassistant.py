@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from components.mqtt import Mosquitto, Subscriber, mosquitto_sub_retained
+from components.mqtt import Mosquitto, Subscriber, mosquitto_sub_retained, start_sink
 from daemon import Daemon, wait_for
 
 import edged
@@ -132,25 +132,6 @@ def test_discovery_is_off_by_default_and_the_prefix_is_checked(tmp_path: Path) -
 # -- against a real broker ------------------------------------------------------------
 
 
-def start_sink(
-    sinks: list[MqttSink],
-    broker: Mosquitto,
-    tmp_path: Path,
-    cams: dict[str, CameraConfig],
-    instance: str = "",
-    configured: list[str] | None = None,
-    states: dict[str, tuple[str, str]] | None = None,
-) -> MqttSink:
-    """A started sink of node box1; ``states``: camera -> (state, reason) before it connects."""
-    cfg = MqttConfig(host="127.0.0.1", port=broker.port, node="box1", homeassistant=True)
-    sink = MqttSink(cfg, tmp_path, instance, cams, configured)
-    sinks.append(sink)
-    for name, (state, reason) in (states or {}).items():
-        sink.on_state(snap(name, state, reason))
-    sink.start()
-    return sink
-
-
 def snap(name: str, state: str, reason: str = "") -> CameraSnapshot:
     return CameraSnapshot(name=name, state=state, reason=reason, state_since=time.time(),
                           up=state == "streaming", last_frame_time=0.0, frame_age=float("inf"),
@@ -189,7 +170,7 @@ def test_discovery_is_retained_and_published_again_when_home_assistant_comes_onl
     sub = Subscriber(mosquitto, "homeassistant/+/+/+/config", client_id="ha")
     subscribers.append(sub)
     cams = cameras(tmp_path)
-    sink = start_sink(sinks, mosquitto, tmp_path, cams)
+    sink = start_sink(sinks, mosquitto, tmp_path, cameras=cams, homeassistant=True)
     wanted = {t: json.loads(p) for t, p in ha.discovery_messages(sink.cfg, "box1", cams).items()}
     wait_for("discovery", lambda: all(configs(sub, t) for t in wanted))
     for topic, payload in wanted.items():
@@ -215,7 +196,9 @@ def test_a_per_camera_unit_makes_its_entities_follow_its_own_availability(
     tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink]
 ) -> None:
     cams = cameras(tmp_path)
-    one = start_sink(sinks, mosquitto, tmp_path, {"cam1": cams["cam1"]}, "cam1")
+    one = start_sink(
+        sinks, mosquitto, tmp_path, "cam1", cameras={"cam1": cams["cam1"]}, homeassistant=True
+    )
     wait_for("discovery", lambda: mosquitto_sub_retained(mosquitto, MOTION, timeout=1))
     for topic in (EVENT, MOTION):
         payload = json.loads(mosquitto_sub_retained(mosquitto, topic) or b"{}")
@@ -233,7 +216,7 @@ def test_motion_state_follows_motion_events_retained(
 ) -> None:
     sub = Subscriber(mosquitto, "edged/+/+/motion", client_id="motion")
     subscribers.append(sub)
-    sink = start_sink(sinks, mosquitto, tmp_path, cameras(tmp_path))
+    sink = start_sink(sinks, mosquitto, tmp_path, cameras=cameras(tmp_path), homeassistant=True)
     wait_for("OFF at start", lambda: sub.received("edged/box1/cam1/motion"))
     for n, kind in enumerate(["motion.start", "frame", "motion.end", "motion.start"]):
         for cam in ("cam1", "cam2"):
@@ -257,8 +240,10 @@ def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
     sub = Subscriber(mosquitto, "#", client_id="ha")
     subscribers.append(sub)
     cams = cameras(tmp_path)
-    states = {"cam1": ("reconnecting", "connection refused"), "cam2": ("starting", "")}
-    sink = start_sink(sinks, mosquitto, tmp_path, cams, states=states)
+    states = [snap("cam1", "reconnecting", "connection refused"), snap("cam2", "starting")]
+    sink = start_sink(
+        sinks, mosquitto, tmp_path, cameras=cams, snapshots=states, homeassistant=True
+    )
     wait_for("online", lambda: last_payload(sub, "edged/box1/status") == b"online")
     live = [(m.topic, m.payload) for m in sub.received() if not m.retain]
     online = live.index(("edged/box1/status", b"online"))
@@ -290,7 +275,15 @@ def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
     up = ("streaming", "")
     # The last runs: edged.service with every camera, then an edged@cam9 unit.
     for cams, instance in ((before, ""), ({"cam9": before["cam9"]}, "cam9")):
-        old = start_sink(sinks, mosquitto, tmp_path, cams, instance, states=dict.fromkeys(cams, up))
+        old = start_sink(
+            sinks,
+            mosquitto,
+            tmp_path,
+            instance,
+            cameras=cams,
+            snapshots=[snap(n, *up) for n in cams],
+            homeassistant=True,
+        )
         status = old.status_topic  # 'online' goes out last
         wait_for("online", lambda t=status: mosquitto_sub_retained(mosquitto, t, 1) == b"online")
         old.stop()
@@ -308,8 +301,8 @@ def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
     }
 
     # cam9 is gone from the config; this unit runs cam1 of the cameras left.
-    start_sink(sinks, mosquitto, tmp_path, {"cam1": before["cam1"]}, "cam1",
-               configured=["cam1", "cam2", "cam3"])  # fmt: skip
+    start_sink(sinks, mosquitto, tmp_path, "cam1", cameras={"cam1": before["cam1"]},
+               configured=["cam1", "cam2", "cam3"], homeassistant=True)  # fmt: skip
     wait_for("cam9 cleared", lambda: not any("cam9" in t for t in retained_topics(mosquitto)))
     now = retained_topics(mosquitto)
     # Everything else stays: the other cameras of the config, and what is not ours.

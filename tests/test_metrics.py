@@ -30,6 +30,7 @@ from typing import Any
 import pytest
 from components.rtsp import free_port
 from daemon import Daemon, start_daemon, wait_for
+from helpers import daemon_toml
 from prometheus_client.parser import text_string_to_metric_families
 
 from edged.camera import CameraRuntime, CameraSnapshot
@@ -624,14 +625,6 @@ def test_dashboard_and_rules_use_only_exported_metrics(metrics: Metrics, feeds: 
 # --- end to end: a live daemon ----------------------------------------------------------------
 
 
-def _toml(port: int, camera: str, processor: str = 'type = "null"') -> str:
-    return (
-        '[events]\npath = "events.jsonl"\n[daemon]\nstop_timeout = "5s"\n'
-        f'[metrics]\nlisten = "127.0.0.1:{port}"\n'
-        f"[cameras.cam1]\n{camera}\n[cameras.cam1.processor]\n{processor}\n"
-    )
-
-
 def edged_status(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "edged", "status", "--config", str(config), *args],
@@ -664,7 +657,11 @@ def test_stopped_rtsp_server_drives_camera_down_then_up(tmp_path, daemons, rtsp_
         f'source = "{server.url}"\nopen_timeout = "2s"\nread_timeout = "2s"\n'
         'stale_after = "1s"\nrestart_delay = "0.2s"\nrestart_max_delay = "1s"'
     )
-    d = start_daemon(daemons, tmp_path, _toml(port, camera))
+    d = start_daemon(
+        daemons,
+        tmp_path,
+        daemon_toml({"cam1": camera}, processors={"cam1": 'type = "null"'}, metrics=port),
+    )
     up = wait_scrape(base, "camera up", lambda s: s.value("edged_camera_up", camera="cam1") == 1)
     assert up.value("edged_camera_reconnects_total", camera="cam1") == 0
     assert get(base + "/healthz") == (200, "ok\n")
@@ -721,7 +718,11 @@ def test_readyz_follows_a_stalled_camera(tmp_path, daemons, rtsp_server_factory)
     # A camera that freezes with its connection open: no frames, no error, until
     # the read timeout; stale_after says when that counts.
     camera = f'source = "{server.url}"\nstale_after = "1s"\nread_timeout = "8s"'
-    d = start_daemon(daemons, tmp_path, _toml(port, camera))
+    d = start_daemon(
+        daemons,
+        tmp_path,
+        daemon_toml({"cam1": camera}, processors={"cam1": 'type = "null"'}, metrics=port),
+    )
     wait_for("ready", lambda: readyz(base)[0] == 200 if scrape(base) else False, 20)
     assert server.pid is not None
     os.kill(server.pid, signal.SIGSTOP)
@@ -762,8 +763,10 @@ def test_slow_processor_drives_skipped_frames_and_fills_histograms(tmp_path, dae
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(
-            port, 'source = "synthetic"\nfps = 25', 'type = "plugins:SlowProcessor"\ndelay = 0.3'
+        daemon_toml(
+            {"cam1": 'source = "synthetic"\nfps = 25'},
+            processors={"cam1": 'type = "plugins:SlowProcessor"\ndelay = 0.3'},
+            metrics=port,
         ),
     )
     s = wait_scrape(
@@ -806,7 +809,15 @@ def test_slow_processor_drives_skipped_frames_and_fills_histograms(tmp_path, dae
 def test_a_real_prometheus_scrapes_edged(tmp_path, daemons):
     prometheus = require(PROMETHEUS)
     port, prom_port = free_port(), free_port()
-    d = start_daemon(daemons, tmp_path, _toml(port, 'source = "synthetic"\nfps = 10'))
+    d = start_daemon(
+        daemons,
+        tmp_path,
+        daemon_toml(
+            {"cam1": 'source = "synthetic"\nfps = 10'},
+            processors={"cam1": 'type = "null"'},
+            metrics=port,
+        ),
+    )
     wait_scrape(
         f"http://127.0.0.1:{port}",
         "camera up",
@@ -924,7 +935,11 @@ def test_metrics_address_in_use_stops_startup_with_a_clear_error(tmp_path):
         taken.listen()
         port = taken.getsockname()[1]
         config = tmp_path / "edged.toml"
-        config.write_text(_toml(port, 'source = "synthetic"'))
+        config.write_text(
+            daemon_toml(
+                {"cam1": 'source = "synthetic"'}, processors={"cam1": 'type = "null"'}, metrics=port
+            )
+        )
         r = subprocess.run(
             [sys.executable, "-m", "edged", "run", "--config", str(config)],
             capture_output=True,
@@ -967,7 +982,11 @@ def test_a_stuck_processor_is_killed_restarted_and_reported(tmp_path, daemons):
         'restart_delay = "3s"\nrestart_max_delay = "3s"'
     )
     processor = 'type = "plugins:StuckProcessor"\nafter = 2'
-    d = start_daemon(daemons, tmp_path, _toml(port, camera, processor))
+    d = start_daemon(
+        daemons,
+        tmp_path,
+        daemon_toml({"cam1": camera}, processors={"cam1": processor}, metrics=port),
+    )
     # Two frames, then process() never returns: the worker's heartbeat stops
     # with it, so only the process() deadline can tell.
     d.wait_events(2, "frame", timeout=20)
@@ -993,7 +1012,11 @@ def test_a_worker_that_cannot_set_up_is_reported_while_it_waits(tmp_path, daemon
     base = f"http://127.0.0.1:{port}"
     camera = 'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"'
     processor = 'type = "plugins:BrokenSetupProcessor"'
-    d = start_daemon(daemons, tmp_path, _toml(port, camera, processor))
+    d = start_daemon(
+        daemons,
+        tmp_path,
+        daemon_toml({"cam1": camera}, processors={"cam1": processor}, metrics=port),
+    )
     code, body = wait_for_state(base, "restarting", "the worker restarting")
     # Frames decode, but nothing processes them: not up, and /readyz says why.
     assert code == 503

@@ -15,6 +15,7 @@ import socket
 import sqlite3
 import textwrap
 import time
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,10 @@ from components.mqtt import (
     Subscriber,
     make_tls_files,
     mosquitto_sub_retained,
+    start_sink,
 )
 from daemon import Daemon, start_daemon, wait_for
+from helpers import daemon_toml
 
 from edged.config import MqttConfig, parse_config
 from edged.errors import ConfigError
@@ -111,15 +114,13 @@ def test_example_config_documents_every_mqtt_option() -> None:
     table = re.sub(r"(?m)^(password|password_file|password_credential|ca_file|certfile|keyfile)"
                    r" = .*\n?", "", table)  # fmt: skip
     shown = MqttConfig.model_validate(
-        {k: v for k, v in _toml(table)["mqtt"].items() if k not in ("node", "client_id", "port")}
+        {
+            k: v
+            for k, v in tomllib.loads(table)["mqtt"].items()
+            if k not in ("node", "client_id", "port")
+        }
     )
     assert shown == MqttConfig(username="edged") and shown.broker_port == 1883
-
-
-def _toml(text: str) -> dict[str, Any]:
-    import tomllib
-
-    return tomllib.loads(text)
 
 
 # -- the sink, against a real broker ------------------------------------------------------
@@ -130,22 +131,6 @@ def wait_for_more_tries(broker: Mosquitto, n: int) -> None:
     a sink that would log each failure to have logged them."""
     tries = broker.log.count("Client connection from")
     wait_for(f"{n} more tries", lambda: broker.log.count("Client connection from") >= tries + n, 40)
-
-
-def start_sink(
-    sinks: list[MqttSink], broker: Mosquitto, state_dir: Path, instance: str = "", **options: Any
-) -> MqttSink:
-    opts: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": broker.port,
-        "node": "box1",
-        "reconnect_max_delay": 1,
-        **options,
-    }
-    sink = MqttSink(MqttConfig.model_validate(opts), state_dir, instance)
-    sinks.append(sink)
-    sink.start()
-    return sink
 
 
 def subscribe(subscribers: list[Subscriber], broker: Mosquitto, **kw: Any) -> Subscriber:
@@ -494,33 +479,16 @@ def test_undelivered_events_of_another_outbox_file_are_reported_at_start(
 # -- the daemon ---------------------------------------------------------------------------
 
 
-def daemon_toml(port: int, cameras: tuple[str, ...] = ("cam1", "cam2"), mqtt: str = "") -> str:
-    lines = [
-        "[events]",
-        'path = "events.jsonl"',
-        "[metrics]",
-        "enabled = false",
-        "[daemon]",
-        'state_dir = "state"',
-        "[mqtt]",
-        'host = "127.0.0.1"',
-        f"port = {port}",
-        'node = "box1"',
-        'reconnect_max_delay = "1s"',
-        mqtt,
-    ]
-    for cam in cameras:
-        lines += [
-            f"[cameras.{cam}]",
-            'source = "synthetic"',
-            "width = 160",
-            "height = 120",
-            "fps = 20",
-            f"[cameras.{cam}.processor]",
-            'type = "plugins:SlowProcessor"',
-            "delay = 0.05",
-        ]
-    return "\n".join(lines) + "\n"
+def mqtt_daemon_toml(port: int, cameras: tuple[str, ...] = ("cam1", "cam2"), mqtt: str = "") -> str:
+    """A daemon of node box1 publishing to the broker at ``port`` (``mqtt``: more
+    keys of ``[mqtt]``), its ``cameras`` small synthetic ones with a slow processor."""
+    broker = f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nnode = "box1"\nreconnect_max_delay = "1s"'
+    return daemon_toml(
+        dict.fromkeys(cameras, 'source = "synthetic"\nwidth = 160\nheight = 120\nfps = 20'),
+        processors=dict.fromkeys(cameras, 'type = "plugins:SlowProcessor"\ndelay = 0.05'),
+        metrics="enabled = false",
+        sections=f"{broker}\n{mqtt}",
+    )
 
 
 def jsonl_lines(d: Daemon) -> dict[str, bytes]:
@@ -571,7 +539,7 @@ def test_daemon_events_match_the_jsonl_lines_and_availability_follows_the_daemon
     tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
 ) -> None:
     sub = subscribe(subscribers, mosquitto)
-    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port))
+    d = start_daemon(daemons, tmp_path, mqtt_daemon_toml(mosquitto.port))
     wait_for("20 events per camera", lambda: min(len(events(sub, c)) for c in ("cam1", "cam2"))
              >= 20, timeout=30)  # fmt: skip
     assert mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online"
@@ -592,7 +560,7 @@ def test_daemon_events_match_the_jsonl_lines_and_availability_follows_the_daemon
 def test_daemon_sigkill_fires_the_last_will(
     tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
 ) -> None:
-    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port, ("cam1",)))
+    d = start_daemon(daemons, tmp_path, mqtt_daemon_toml(mosquitto.port, ("cam1",)))
     wait_for("online", lambda: mosquitto_sub_retained(mosquitto, "edged/box1/status") == b"online")
     d.kill()
     wait_for(
@@ -606,7 +574,7 @@ def test_daemon_broker_outage_loses_nothing(
     tmp_path: Path, mosquitto: Mosquitto, daemons: list[Daemon], subscribers: list[Subscriber]
 ) -> None:
     sub = subscribe(subscribers, mosquitto)
-    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port))
+    d = start_daemon(daemons, tmp_path, mqtt_daemon_toml(mosquitto.port))
     wait_for("events on MQTT", lambda: len(events(sub, "cam1")) >= 10, timeout=30)
     mosquitto.stop()
     stopped = time.monotonic()
@@ -628,7 +596,7 @@ def test_daemon_sigkill_with_undelivered_events_delivers_them_after_restart(
 ) -> None:
     sub = subscribe(subscribers, mosquitto)
     mosquitto.stop()
-    toml = daemon_toml(mosquitto.port)
+    toml = mqtt_daemon_toml(mosquitto.port)
     d = start_daemon(daemons, tmp_path, toml)
     wait_for("undelivered events", lambda: outbox_depth(d) >= 50, timeout=30)
     d.kill()
@@ -654,7 +622,7 @@ def test_daemon_recovers_a_damaged_outbox(
     state = tmp_path / "state"
     state.mkdir()
     outbox_path(state).write_bytes(b"\x00garbage\xff" * 1000)
-    d = start_daemon(daemons, tmp_path, daemon_toml(mosquitto.port, ("cam1",)))
+    d = start_daemon(daemons, tmp_path, mqtt_daemon_toml(mosquitto.port, ("cam1",)))
     d.wait_log("is damaged")
     wait_for("events on MQTT", lambda: len(events(sub, "cam1")) >= 5, timeout=30)
     assert d.stop() == 0

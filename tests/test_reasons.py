@@ -8,13 +8,11 @@ import socket
 import subprocess
 import sys
 import threading
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 from components.rtsp import free_port
-from daemon import Daemon, wait_for
+from daemon import Daemon, readyz, wait_for
 
 from edged.config import camera_from_dict
 from edged.errors import SourceError
@@ -75,17 +73,6 @@ class NotifySocket:
         return any(text in s for s in self.statuses)
 
 
-def _readyz(port: int) -> dict | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-            return json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        with exc:
-            return json.loads(exc.read())
-    except OSError:
-        return None
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("pixels", ["bgr", "gray"])
 def test_the_cause_of_a_failing_camera_is_in_readyz_status_and_systemd_status(
@@ -122,7 +109,7 @@ def _check_everywhere(
     daemons.append(d)
 
     def down_with_causes() -> dict | None:
-        body = _readyz(port)
+        body = readyz(port)
         if not body:
             return None
         cams = body["cameras"]
@@ -169,7 +156,7 @@ def test_an_empty_or_truncated_video_file_is_said_to_be_unplayable(
     daemons.append(d)
 
     def unplayable() -> bool:
-        body = _readyz(port)
+        body = readyz(port)
         return bool(body) and all(NOT_PLAYABLE in c["reason"] for c in body["cameras"].values())
 
     wait_for("both files said to be unplayable", unplayable, timeout=20)

@@ -15,19 +15,17 @@ from pathlib import Path
 import pytest
 from components.rtsp import free_port
 from daemon import TESTS, Daemon, wait_for
+from helpers import daemon_toml
 
 pytestmark = pytest.mark.slow
 
 
-def _config(cameras: dict[str, str], extra: str = "") -> str:
-    out = ['[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n' + extra]
-    for name, processor_delay in cameras.items():
-        out.append(
-            f'[cameras.{name}]\nsource = "synthetic"\nfps = 25\n'
-            f'[cameras.{name}.processor]\ntype = "plugins:SlowProcessor"\n'
-            f"delay = {processor_delay}\n"
-        )
-    return "\n".join(out)
+def _config(cameras: dict[str, str]) -> str:
+    """Synthetic cameras, each with a SlowProcessor of the given delay."""
+    return daemon_toml(
+        dict.fromkeys(cameras, 'source = "synthetic"\nfps = 25'),
+        processors={n: f'type = "plugins:SlowProcessor"\ndelay = {d}' for n, d in cameras.items()},
+    )
 
 
 @pytest.fixture
@@ -111,11 +109,9 @@ def test_a_camera_is_captured_by_one_daemon_only(daemon, tmp_path):
 
 
 def _counting(log: object, delay: float) -> str:
-    return (
-        '[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n'
-        '[cameras.cam1]\nsource = "synthetic"\nfps = 25\n'
-        f'[cameras.cam1.processor]\ntype = "plugins:CountingProcessor"\nlog = "{log}"\n'
-        f"delay = {delay}\n"
+    return daemon_toml(
+        {"cam1": 'source = "synthetic"\nfps = 25'},
+        processors={"cam1": f'type = "plugins:CountingProcessor"\nlog = "{log}"\ndelay = {delay}'},
     )
 
 
@@ -180,14 +176,14 @@ def test_a_slow_stop_during_reload_keeps_the_other_cameras_and_health_going(tmp_
     noted = tmp_path / "processed.log"
 
     def toml(delay: float) -> str:
-        return (
-            '[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n'
-            f'stop_timeout = "30s"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
-            '[cameras.cam1]\nsource = "synthetic"\nfps = 25\n'
-            f'[cameras.cam1.processor]\ntype = "plugins:CountingProcessor"\nlog = "{noted}"\n'
-            f"delay = {delay}\n"
-            '[cameras.cam2]\nsource = "synthetic"\nfps = 25\n'
-            '[cameras.cam2.processor]\ntype = "plugins:SlowProcessor"\ndelay = 0\n'
+        return daemon_toml(
+            {"cam1": 'source = "synthetic"\nfps = 25', "cam2": 'source = "synthetic"\nfps = 25'},
+            processors={
+                "cam1": f'type = "plugins:CountingProcessor"\nlog = "{noted}"\ndelay = {delay}',
+                "cam2": 'type = "plugins:SlowProcessor"\ndelay = 0',
+            },
+            daemon='state_dir = "state"\nstop_timeout = "30s"',
+            metrics=port,
         )
 
     d = Daemon(tmp_path, toml(12.0))
@@ -225,10 +221,11 @@ def _get(url: str) -> int:
         return int(exc.code)
 
 
-ONE_CAMERA = (
-    '[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n'
-    '[cameras.cam1]\nsource = "synthetic"\nfps = 25\n'
-    'processor = { type = "plugins:SlowProcessor", delay = 0 }\n'
+ONE_CAMERA = daemon_toml(
+    {
+        "cam1": 'source = "synthetic"\nfps = 25\n'
+        'processor = { type = "plugins:SlowProcessor", delay = 0 }'
+    }
 )
 NOBODY = 65534
 # Root without the capabilities that let it into other users' folders: an

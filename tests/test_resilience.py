@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -10,21 +9,13 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from components.rtsp import free_port
-from daemon import Daemon, start_daemon, wait_for
+from daemon import Daemon, readyz, start_daemon, wait_for
+from helpers import daemon_toml
 
 pytestmark = pytest.mark.slow
-
-
-def _toml(cameras: dict[str, str]) -> str:
-    out = ['[events]\npath = "events.jsonl"\n[daemon]\nstate_dir = "state"\n']
-    for name, body in cameras.items():
-        out.append(f"[cameras.{name}]\n{body}\n")
-    return "\n".join(out)
 
 
 def _frames(url: str, extra: str = "", pixels: str = "bgr") -> str:
@@ -100,7 +91,7 @@ def test_server_outage_reconnects_with_backoff(tmp_path, daemons, rtsp_server, p
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(
+        daemon_toml(
             _camera(
                 "cam1",
                 rtsp_server.url,
@@ -143,7 +134,7 @@ def test_silent_server_is_detected_and_retried(tmp_path, daemons, pixels):
         d = start_daemon(
             daemons,
             tmp_path,
-            _toml(_camera("cam1", url, 'open_timeout = "2s"\nstale_after = "2s"', pixels)),
+            daemon_toml(_camera("cam1", url, 'open_timeout = "2s"\nstale_after = "2s"', pixels)),
         )
         d.wait_log("timed out", timeout=15)
         wait_for("a second connection", lambda: len(silent.conns) >= 2, timeout=15)
@@ -158,7 +149,9 @@ def test_stream_that_stops_mid_stream_with_socket_open(tmp_path, daemons, rtsp_s
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(_camera("cam1", rtsp_server.url, 'stale_after = "1s"\nread_timeout = "3s"', pixels)),
+        daemon_toml(
+            _camera("cam1", rtsp_server.url, 'stale_after = "1s"\nread_timeout = "3s"', pixels)
+        ),
     )
     d.wait_events(10, "frame", timeout=20)
     before = d.events()
@@ -187,7 +180,9 @@ def test_wrong_credentials_retry_slowly_without_flooding(
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(_camera("cam1", url, 'restart_delay = "0.1s"\nrestart_max_delay = "4s"', pixels)),
+        daemon_toml(
+            _camera("cam1", url, 'restart_delay = "0.1s"\nrestart_max_delay = "4s"', pixels)
+        ),
     )
     d.wait_log("authentication failed", timeout=15)
     time.sleep(6)  # let it retry for a while: then count
@@ -204,7 +199,7 @@ def test_processor_failing_every_frame_restarts_the_worker(tmp_path, daemons):
         'source = "synthetic"\nfps = 25\nmax_processor_failures = 10\nrestart_delay = "0.2s"\n'
         '[cameras.cam1.processor]\ntype = "plugins:FlakyProcessor"\nfail_every = 1\n'
     )
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": body}))
     d.wait_log("failed 10 frames in a row", timeout=20)
     d.wait_log("worker (pid", timeout=10)
     wait_for("a new worker", lambda: d.children("worker"), timeout=10)
@@ -219,7 +214,9 @@ def test_resolution_change_across_reconnect(tmp_path, daemons, rtsp_server_facto
     d = start_daemon(
         daemons,
         tmp_path,
-        _toml(_camera("cam1", server.url, 'restart_delay = "0.2s"\nread_timeout = "2s"', pixels)),
+        daemon_toml(
+            _camera("cam1", server.url, 'restart_delay = "0.2s"\nread_timeout = "2s"', pixels)
+        ),
     )
     d.wait_events(5, "frame", timeout=20)
     server.stop()
@@ -242,7 +239,7 @@ def test_a_dead_camera_does_not_delay_the_others(tmp_path, daemons, rtsp_server)
             **_camera("live", rtsp_server.url),
         }
         start = time.monotonic()
-        d = start_daemon(daemons, tmp_path, _toml(cams))
+        d = start_daemon(daemons, tmp_path, daemon_toml(cams))
         wait_for(
             "events from the live camera",
             lambda: any(e["camera"] == "live" for e in d.events("frame")),
@@ -256,7 +253,7 @@ def test_a_dead_camera_does_not_delay_the_others(tmp_path, daemons, rtsp_server)
 
 
 def test_a_camera_repeating_frames_faster_than_its_rate_is_noticed(tmp_path, daemons):
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": 'source = "plugins:RepeatingSource"'}))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": 'source = "plugins:RepeatingSource"'}))
     d.wait_log("more than its nominal 5.0: it may be repeating frames", timeout=20)
     assert d.log.count("repeating frames") == 1
     assert d.stop() == 0
@@ -264,7 +261,7 @@ def test_a_camera_repeating_frames_faster_than_its_rate_is_noticed(tmp_path, dae
 
 def test_a_source_plugin_that_cannot_be_built_is_one_clear_line_retried_slowly(tmp_path, daemons):
     body = _plugin_source("BrokenSource", delay="0.1s", most="2s")
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": body}))
     d.wait_log("cannot create the source: vendor SDK libcam.so not found", timeout=20)
     d.wait_log("reader (pid", timeout=10)
     assert "failed to set up (exit 78) after" in d.log
@@ -285,7 +282,7 @@ def test_a_source_plugin_failing_after_open_is_retried_with_one_line_per_cause(
     tmp_path, daemons, mode, said
 ):
     body = _plugin_source("BadFrameSource", options=f'{{ mode = "{mode}" }}')
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": body}))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": body}))
     d.wait_log(said, timeout=20)
     # Each attempt opens and then fails: still down, not "reconnected" every time.
     wait_for("20 attempts", lambda: "(attempt 20)" in d.log, timeout=30)
@@ -296,7 +293,7 @@ def test_a_source_plugin_failing_after_open_is_retried_with_one_line_per_cause(
 
 
 def test_a_live_source_plugin_that_returns_none_is_reconnected_not_ended(tmp_path, daemons):
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": _plugin_source("VanishingSource")}))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": _plugin_source("VanishingSource")}))
     d.wait_log("the source ended; retrying", timeout=20)
     wait_for("two reconnects", lambda: d.log.count("reconnected after") >= 2, timeout=20)
     assert "end of" not in d.log and "ended" not in d.log.replace("the source ended", "")
@@ -304,7 +301,7 @@ def test_a_live_source_plugin_that_returns_none_is_reconnected_not_ended(tmp_pat
 
 
 def test_a_loss_after_a_reconnect_is_reported_as_a_new_outage(tmp_path, daemons):
-    d = start_daemon(daemons, tmp_path, _toml({"cam1": _plugin_source("DroppingSource")}))
+    d = start_daemon(daemons, tmp_path, daemon_toml({"cam1": _plugin_source("DroppingSource")}))
     d.wait_log("camera still booting; retrying", timeout=20)
     wait_for("the first loss", lambda: "camera stopped sending" in d.log, timeout=20)
     # Frames came in between: the loss is attempt 1 of a new outage, and is said.
@@ -331,25 +328,15 @@ def test_a_small_dev_shm_is_a_clear_retried_error_not_a_sigbus(tmp_path, daemons
         '[cameras.cam1.processor]\ntype = "null"\n'
     )
     port = free_port()
-    toml = _toml({"cam1": body}) + f'\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+    toml = daemon_toml({"cam1": body}, metrics=port)
     d = Daemon(tmp_path, toml, wrap=_in_small_shm("4m")).start()
     daemons.append(d)
     said = "cannot reserve 7.9 MiB of shared memory in /dev/shm (4.0 MiB, "
     d.wait_log(said, timeout=20)
     d.wait_log("enlarge /dev/shm (Docker: --shm-size)")
 
-    def readyz() -> dict | None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as r:
-                return json.loads(r.read())
-        except urllib.error.HTTPError as exc:
-            with exc:
-                return json.loads(exc.read())
-        except OSError:
-            return None
-
     def camera() -> dict | None:
-        cam = (r := readyz()) and r["cameras"]["cam1"]
+        cam = (r := readyz(port)) and r["cameras"]["cam1"]
         return cam if cam and cam["state"] == "reconnecting" else None
 
     assert said in wait_for("/readyz: reconnecting", camera)["reason"]

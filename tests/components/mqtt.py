@@ -13,6 +13,8 @@ messages and persistent subscriber sessions, as a real broker reboot does.
 that records every message it receives, and reconnects by itself after the
 broker restarts: messages published while it was away are queued for it by
 the broker and arrive once it is back.
+
+``start_sink`` starts edged's own MQTT sink against such a broker.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from components.rtsp import free_port
+from edged.camera import CameraSnapshot
+from edged.config import CameraConfig, MqttConfig
+from edged.sinks.mqtt import MqttSink
 
 MOSQUITTO = "/usr/sbin/mosquitto"
 MOSQUITTO_PASSWD = "/usr/bin/mosquitto_passwd"
@@ -309,3 +314,32 @@ def mosquitto_sub_retained(broker: Mosquitto, topic: str, timeout: float = 5) ->
     cmd += ["-W", str(max(1, round(timeout))), "--retained-only"]
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout + 5)
     return proc.stdout.rstrip(b"\n") if proc.returncode == 0 and proc.stdout else None
+
+
+def start_sink(
+    sinks: list[MqttSink],
+    broker: Mosquitto,
+    state_dir: Path,
+    instance: str = "",
+    *,
+    cameras: Mapping[str, CameraConfig] | None = None,
+    configured: list[str] | None = None,
+    snapshots: Iterable[CameraSnapshot] = (),
+    **options: Any,
+) -> MqttSink:
+    """A started ``MqttSink`` of node box1 at ``broker``, remembered in ``sinks`` (the
+    ``sinks`` fixture stops them). ``options``: more ``[mqtt]`` keys; ``snapshots``:
+    camera states it has before it connects."""
+    opts: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": broker.port,
+        "node": "box1",
+        "reconnect_max_delay": 1,
+        **options,
+    }
+    sink = MqttSink(MqttConfig.model_validate(opts), state_dir, instance, cameras, configured)
+    sinks.append(sink)
+    for snapshot in snapshots:
+        sink.on_state(snapshot)
+    sink.start()
+    return sink

@@ -18,7 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from daemon import wait_for
+from helpers import wait_for
 
 from components.rtsp import free_port
 

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
+from helpers import wait_for
 
 SYSTEMD = "/lib/systemd/systemd"
 
@@ -89,17 +90,6 @@ def sandbox_problem() -> str | None:
     return None
 
 
-def _wait(what: str, predicate, timeout: float, every: float = 0.05):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise SandboxError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
 class SystemdSandbox:
     """systemd as PID 1 of a namespace; every command runs in it through nsenter.
 
@@ -142,8 +132,8 @@ class SystemdSandbox:
                 start_new_session=True,
             )
         try:
-            self._pid = _wait("systemd to start in the namespace", self._find_systemd, 10)
-            _wait("systemctl is-system-running: running", self._booted, timeout, every=0.1)
+            self._pid = wait_for("systemd to start in the namespace", self._find_systemd, 10)
+            wait_for("systemctl is-system-running: running", self._booted, timeout, every=0.1)
         except BaseException:
             self.stop()
             raise
@@ -246,5 +236,5 @@ class SystemdSandbox:
                 self._unshare.wait()
         if self._pid is not None:
             pid = self._pid
-            _wait("systemd to exit", lambda: not psutil.pid_exists(pid), 30)
+            wait_for("systemd to exit", lambda: not psutil.pid_exists(pid), 30)
         self._pid = None
