@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from importlib.metadata import entry_points
 from typing import Any, ClassVar, Literal
 
@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict
 
 from edged.errors import PluginError
 from edged.plugin import import_class
+from edged.regions import Box, CameraRegions
 
 ENTRY_POINT_GROUP = "edged.processors"
 PixelFormat = Literal["bgr", "gray"]
@@ -99,6 +100,11 @@ class Processor:
     the processor takes either (the camera's ``pixel_format`` decides, BGR by
     default)."""
 
+    cameras: Mapping[str, CameraRegions] = {}
+    """The cameras this processor serves, by name, with their zones and masks
+    (``[cameras.NAME.zones]``, ``[cameras.NAME.masks]``, relative coordinates); set
+    by the worker before :meth:`setup`. Look up ``self.cameras[frame.camera]``."""
+
     def __init__(self, options: BaseModel, camera: str) -> None:
         self.options = options
         self.camera = camera
@@ -117,6 +123,12 @@ class Processor:
         :meth:`process` on each frame. An exception counts as a failure of every
         frame in the batch."""
         return [self.process(frame) for frame in frames]
+
+    def boxes(self, camera: str) -> Sequence[Box]:
+        """What this processor sees in its newest frame of ``camera``, as boxes in
+        relative coordinates, for the live view; called after each processed frame.
+        The default: none."""
+        return ()
 
     def close(self) -> None:
         """Called once when the worker stops."""

@@ -385,6 +385,7 @@ def shared_worker_main(
         cls = resolve_processor(settings.type)
         # camera "": one instance serves several; frame.camera names each frame's.
         processor = cls(settings.build_options(), "")
+        processor.cameras = {cam.name: cam.regions for cam in cams}
         processor.setup()
     except (EdgedError, Exception) as exc:
         reason = scrub(str(exc)) if isinstance(exc, EdgedError) else error_text(exc)

@@ -268,6 +268,7 @@ def worker_main(
     try:
         cls = resolve_processor(cam.processor.type)
         processor = cls(cam.processor.build_options(), cam.name)
+        processor.cameras = {cam.name: cam.regions}
         processor.setup()
     except (EdgedError, Exception) as exc:
         # error_text: a pydantic error's input may be one of the plugin's secrets.

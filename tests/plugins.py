@@ -281,3 +281,21 @@ class BatchRecorder(Processor):
         time.sleep(opts.per_call + opts.per_frame * len(frames))  # type: ignore[attr-defined]
         data = {"size": len(frames), "pid": os.getpid()}
         return [[Event("batch", {**data, "camera": f.camera})] for f in frames]
+
+
+class RegionsProcessor(Processor):
+    """Reports, once per frame, the zones and masks it was given for the frame's camera,
+    and the zones that contain the frame's centre."""
+
+    pixel_format = "any"
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        regions = self.cameras[frame.camera or self.camera]
+        yield Event(
+            "regions",
+            {
+                "zones": {z.name: [list(p) for p in z.points] for z in regions.zones},
+                "masks": [m.name for m in regions.masks],
+                "centre_in": regions.zones_at(0.5, 0.5),
+            },
+        )

@@ -33,6 +33,7 @@ from edged.config.urls import FFMPEG_SCHEMES, MALFORMED_URL, SourceKind, source_
 from edged.errors import PluginError
 from edged.processor import PixelFormat
 from edged.redact import scrub
+from edged.regions import CameraRegions, regions_from
 from edged.source import resolve_source
 from edged.units import Duration
 
@@ -47,6 +48,43 @@ def _check_event_types(value: list[str]) -> list[str]:
     for pattern in value:
         if not _EVENT_TYPE_PATTERN.fullmatch(pattern):
             raise ValueError("an event type or prefix uses letters, digits, '_', '.', ':', '-'")
+    return value
+
+
+RelativeCoordinate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class RegionConfig(Model):
+    """``[cameras.NAME.zones.ZONE]`` or ``[cameras.NAME.masks.MASK]``: a polygon in
+    relative frame coordinates (see :mod:`edged.regions`)."""
+
+    points: list[tuple[RelativeCoordinate, RelativeCoordinate]] = Field(
+        min_length=3,
+        max_length=100,
+        description="The corners, [x, y] each, relative to the frame: 0-1 from the left "
+        "and from the top, so the region survives a change of resolution.",
+    )
+
+    @model_validator(mode="after")
+    def _check_area(self) -> Self:
+        # Shoelace formula: collinear points enclose nothing, which would make a
+        # zone that never matches, silently.
+        pts = self.points
+        twice_area = sum(
+            x1 * y2 - x2 * y1 for (x1, y1), (x2, y2) in zip(pts, pts[1:] + pts[:1], strict=True)
+        )
+        if abs(twice_area) < 1e-9:
+            raise ValueError("the points enclose no area (they lie on one line)")
+        return self
+
+
+def _check_region_names(value: dict[str, RegionConfig]) -> dict[str, RegionConfig]:
+    for name in value:
+        if not _CAMERA_NAME.fullmatch(name) or len(name) > MAX_CAMERA_NAME:
+            raise ValueError(
+                f"region name {name[:MAX_CAMERA_NAME]!r}: use 1-{MAX_CAMERA_NAME} of a-z, 0-9, "
+                "'_' and '-'"
+            )
     return value
 
 
@@ -202,6 +240,14 @@ class CameraConfig(_CameraSettings):
         description="The [processors] name that 'processor' gave, if it named one; its type "
         "and options are then the camera's 'processor' (set by the config, not the user).",
     )
+    zones: Annotated[dict[str, RegionConfig], AfterValidator(_check_region_names)] = Field(
+        default_factory=dict,
+        description="Named polygons: a detection standing in one gets the zone's name.",
+    )
+    masks: Annotated[dict[str, RegionConfig], AfterValidator(_check_region_names)] = Field(
+        default_factory=dict,
+        description="Named polygons whose detections are dropped.",
+    )
     metrics_listen: Annotated[str, AfterValidator(check_listen)] | None = Field(
         None,
         description="'host:port' for metrics when edged runs only this camera (edged@NAME), "
@@ -283,6 +329,15 @@ class CameraConfig(_CameraSettings):
                 self.password = SecretStr(url_password)
         self._load_secret(info)
         return self
+
+    @property
+    def regions(self) -> CameraRegions:
+        """The camera's zones and masks, as processors and the web page see them."""
+        return CameraRegions(
+            self.name,
+            zones=regions_from((n, z.points) for n, z in self.zones.items()),
+            masks=regions_from((n, m.points) for n, m in self.masks.items()),
+        )
 
     @property
     def source_kind(self) -> SourceKind:
