@@ -241,6 +241,6 @@ def test_one_node_name_on_two_boxes_is_reported(
         name, state, reason, state_since = "front-door", "streaming", "", 1.8e9
 
     second.on_state(Snap())  # type: ignore[arg-type]
-    wait_for("the collision seen", lambda: first.collisions == {"front-door": "edge1"})
+    wait_for("the collision seen", lambda: first.stats().collisions == {"front-door": "edge1"})
     assert "another box also calls itself node 'edge1'" in caplog.text
     assert len(first.stats().collisions) == 1

@@ -38,7 +38,10 @@ Threads: :meth:`MqttSink.submit` and :meth:`MqttSink.on_state` run in the
 supervisor's thread and never touch the network: ``submit`` stores the event
 in the outbox (one SQLite insert, committed at once; see
 ``edged.sinks.outbox``) and wakes the delivery thread; ``on_state`` only
-records the state. paho's own thread (``loop_start``) runs the connection and
+records the state. The retained per-camera side (states, Home Assistant
+discovery and motion sensors, the sweep, collisions) is
+``edged.sinks.camera_topics.CameraTopics``, which the delivery thread asks to
+publish what changed. paho's own thread (``loop_start``) runs the connection and
 reconnects with paho's doubling backoff. The delivery thread pages through
 the outbox in id order, keeps at most ``max_inflight`` events published and
 unacknowledged, and removes each from the outbox when its PUBACK arrives
@@ -64,11 +67,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as dt
 import json
 import logging
 import re
-import secrets
 import ssl
 import sys
 import threading
@@ -84,8 +85,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from edged.config import CameraConfig, MqttConfig
 from edged.event import encode_event
-from edged.sinks import homeassistant as ha
-from edged.sinks import retained
+from edged.sinks.camera_topics import CameraTopics
 from edged.sinks.outbox import Outbox, OutboxStats, find_stranded
 
 if TYPE_CHECKING:
@@ -188,16 +188,14 @@ class MqttSink:
         self.state_dir = state_dir
         self.node = config.node_name
         self.prefix = config.topic_prefix
-        # Says which process wrote a state: the same node name on two boxes shows as
-        # a state of one of our cameras, naming our node, that we did not publish.
-        self.session = secrets.token_hex(6)
-        self.collisions: dict[str, str] = {}  # camera -> the other node on its topics
         self.instance = instance
         # Two processes with one client id take the session from each other, over
         # and over: a configured id shared by edged@ units gets the instance too.
         base = config.client_id or f"edged-{self.node}"
         self.client_id = f"{base}-{instance}" if instance else base
         self.status_topic = status_topic(self.prefix, self.node, instance)
+        self.topics = CameraTopics(config, self.node, instance, self.status_topic)
+        self.session = self.topics.session
         self.max_payload = int(config.max_payload)
         self._broker_max_packet: int | None = None  # MQTT 5 CONNACK's Maximum Packet Size
         self._oversize_logged = False
@@ -223,9 +221,6 @@ class MqttSink:
         self._announce = False  # connected: publish 'online' and every state
         self._link = ""  # the connection state last logged
         self._refusal = ""  # the last reason the broker gave for refusing an event
-        self._states: dict[str, bytes] = {}
-        self._dirty: set[str] = set()
-        self._states_lock = threading.Lock()
         self._inflight: dict[int, int] = {}  # paho message id -> outbox row id
         self._cursor = 0  # highest outbox row id handed to paho
         self._thread: threading.Thread | None = None
@@ -233,17 +228,6 @@ class MqttSink:
         self.snapshots_published = 0
         self.snapshots_missing = 0  # deleted (retention) or unreadable before they went out
         self._snapshot_cameras: frozenset[str] = frozenset()
-        self.ha_status_topic = f"{config.homeassistant_prefix}/status"
-        self._discovery: dict[str, bytes] = {}  # Home Assistant config topic -> payload
-        self._discover = threading.Event()  # publish the discovery configs (again)
-        self._motion: dict[str, bytes] = {}  # camera -> ON/OFF, the binary sensor's state
-        self._motion_dirty: set[str] = set()
-        self._untyped: set[str] = set()  # cameras whose missing event entity was logged
-        self._sweep_due: float | None = None  # collecting retained messages until then
-        self._retained: dict[str, bytes] = {}  # what the sweep collected: topic -> payload
-        self._running: frozenset[str] = frozenset()
-        self._configured: frozenset[str] = frozenset()
-        self._watched: dict[str, str] = {}  # state topic of a camera we run -> camera
         self.set_cameras(cameras or {}, configured)
         self._client = self._make_client()
 
@@ -315,14 +299,7 @@ class MqttSink:
         payload = encode_event(record)[:-1]  # the JSONL line without its newline
         camera = str(record.get("camera", ""))
         self.outbox.put(camera, payload)
-        # The binary sensor follows events as they happen, not as they are delivered:
-        # after an outage it is the current state that matters, not the replayed past.
-        state = ha.motion_state(str(record.get("type", "")))
-        if state is not None and camera in self._motion:
-            with self._states_lock:
-                if self._motion[camera] != state:
-                    self._motion[camera] = state
-                    self._motion_dirty.add(camera)
+        self.topics.on_event(camera, str(record.get("type", "")))
         self._idle.clear()
         self._wake.set()
 
@@ -334,55 +311,17 @@ class MqttSink:
         has its discovery configs removed (empty retained messages).
         ``configured``: every camera in the config (default: ``cameras``); what
         a camera not among them left retained is cleared at connect."""
-        self._running = frozenset(cameras)
-        self._configured = frozenset(cameras if configured is None else configured)
-        watched = {self.topic(name, "state"): name for name in cameras}
-        new = sorted(set(watched) - set(self._watched))
-        self._watched = watched
+        new = self.topics.set_cameras(cameras, configured)
         if new and self.connected:
             self._client.subscribe([(t, 1) for t in new])
         self._snapshot_cameras = frozenset(
             n for n, c in cameras.items() if c.snapshots.enabled and c.snapshots.mqtt
         )
-        if not self.cfg.homeassistant:
-            return
-        for name in sorted(set(cameras) - self._untyped):
-            if not ha.event_types(cameras[name]):
-                self._untyped.add(name)
-                log.info(
-                    "mqtt: camera %s: processor %s declares no event_types: Home Assistant "
-                    "gets no event entity for it (its events are on %s)",
-                    name,
-                    cameras[name].processor.type,
-                    self.topic(name, "events"),
-                )
-        configs = ha.discovery_messages(
-            self.cfg, self.node, cameras, self.status_topic, self.instance
-        )
-        with self._states_lock:
-            gone = {topic: b"" for topic in self._discovery if topic not in configs}
-            self._discovery = {**gone, **configs}
-            for name in cameras:
-                if ha.has_motion(cameras[name]) and name not in self._motion:
-                    self._motion[name] = ha.OFF  # a new worker starts with no episode
-                    self._motion_dirty.add(name)
-        self._discover.set()
         self._wake.set()
 
     def on_state(self, snap: CameraSnapshot) -> None:
         """Record a camera's new state; the delivery thread publishes it (retained)."""
-        since = dt.datetime.fromtimestamp(snap.state_since, dt.UTC)
-        payload = {
-            "node": self.node,  # whose it is, for the sweep of cameras gone (see retained)
-            "session": self.session,
-            "state": snap.state,
-            "reason": snap.reason,
-            "since": since.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        }
-        data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        with self._states_lock:
-            self._states[snap.name] = data
-            self._dirty.add(snap.name)
+        self.topics.on_state(snap)
         self._wake.set()
 
     def stats(self) -> MqttStats:
@@ -394,7 +333,7 @@ class MqttSink:
             connected=self.connected,
             snapshots_published=self.snapshots_published,
             snapshots_missing=self.snapshots_missing,
-            collisions=dict(self.collisions),
+            collisions=dict(self.topics.collisions),
         )
 
     def stop(self) -> None:
@@ -416,10 +355,7 @@ class MqttSink:
         self._wake.set()
         self._thread.join()
         if self.connected:
-            # No episode outlives the process: OFF first, or Home Assistant shows
-            # motion again when 'online' comes back.
-            for name in sorted(self._motion):
-                self._publish(self.topic(name, "motion"), ha.OFF, retain=True)
+            self.topics.motion_off(self._publish)
             info = self._client.publish(self.status_topic, b"offline", qos=1, retain=True)
             with contextlib.suppress(RuntimeError, ValueError):  # not queued: disconnected
                 info.wait_for_publish(OFFLINE_TIMEOUT)
@@ -457,19 +393,9 @@ class MqttSink:
             return
         limit = getattr(properties, "MaximumPacketSize", None)
         self._broker_max_packet = int(limit) if isinstance(limit, int) and limit > 0 else None
-        if self.cfg.homeassistant:
-            # Subscriptions end with the session: made again on every connect.
-            client.subscribe(self.ha_status_topic, qos=1)
-            self._discover.set()  # before _announce: the configs go out before 'online'
+        self.topics.connected(client)  # before _announce: discovery goes out before 'online'
         self.connected = True
         self._announce = True
-        with self._states_lock:
-            self._retained = {}
-            self._sweep_due = time.monotonic() + retained.SWEEP_WINDOW
-        client.subscribe([(t, 1) for t in retained.sweep_topics(self.cfg, self.node)])
-        # For the whole connection: another box writing our cameras' state is a collision.
-        if self._watched:  # paho refuses an empty list
-            client.subscribe([(t, 1) for t in sorted(self._watched)])
         self._link_changed("connected", logging.INFO, "mqtt: connected to %s", self.where)
         self._wake.set()
 
@@ -543,54 +469,12 @@ class MqttSink:
         self._wake.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        camera = self._watched.get(msg.topic)
-        if camera is not None and msg.payload:
-            self._check_collision(camera, msg.topic, bytes(msg.payload), bool(msg.retain))
-        if msg.retain and msg.payload and msg.topic != self.ha_status_topic:
-            with self._states_lock:
-                if self._sweep_due is not None:
-                    self._retained[msg.topic] = bytes(msg.payload)
-            return
-        # Home Assistant's birth message: it (re)started and forgot what was discovered.
-        if msg.topic == self.ha_status_topic and msg.payload == b"online":
-            log.debug("mqtt: Home Assistant is online: publishing discovery again")
-            self._discover.set()
+        if self.topics.on_message(msg):
             self._wake.set()
 
     def topic(self, camera: str, what: str) -> str:
         """A camera's topic: ``events``, ``state``, ``motion`` or ``snapshot``."""
-        return self.cfg.camera_topic(self.node, camera, what)
-
-    def _check_collision(self, camera: str, topic: str, payload: bytes, old: bool) -> None:
-        """A state on one of our cameras' state topics that this process did not write:
-        another box publishes there (a retained one from before we connected only
-        when it names another node: naming ours, it is our previous run's)."""
-        state = retained.state_json(payload)
-        node, session = state.get("node"), state.get("session")
-        if not isinstance(node, str) or session == self.session:
-            return
-        if node == self.node and (old or session is None):
-            return
-        if self.collisions.get(camera) == node:
-            return
-        self.collisions[camera] = node
-        if node == self.node:
-            log.error(
-                "mqtt: camera %s: another box also calls itself node %r and publishes on %s: "
-                "every box of a fleet needs its own [daemon] node (and client id)",
-                camera,
-                node,
-                topic,
-            )
-            return
-        log.error(
-            "mqtt: camera %s: node %r publishes on this box's topic %s too: their states "
-            "overwrite each other and their events mix; give each box's topics its node "
-            '(topic_layout = "node", the default) or its own topic_prefix',
-            camera,
-            node,
-            topic,
-        )
+        return self.topics.topic(camera, what)
 
     def _link_changed(self, state: str, level: int, msg: str, *args: Any) -> None:
         if state != self._link:
@@ -611,21 +495,12 @@ class MqttSink:
                     next_maintain = time.monotonic() + MAINTAIN_EVERY
                 if self.connected:
                     announce, self._announce = self._announce, False
-                    if announce:
-                        with self._states_lock:
-                            self._dirty.update(self._states)
-                            self._motion_dirty.update(self._motion)
-                    if self._discover.is_set():
-                        self._discover.clear()
-                        self._publish_discovery()
-                    self._publish_states()
+                    self.topics.publish_due(self._publish)
                     if announce:
                         # Last: 'online' before the states would make Home Assistant
                         # show the previous run's retained ones (a motion ON) as current.
                         self._publish(self.status_topic, b"online", retain=True)
-                    due = self._sweep_due
-                    if due is not None and time.monotonic() >= due:
-                        self._sweep()
+                    self.topics.sweep_if_due(self._publish, self._client.unsubscribe)
                     self._fill_window()
                 if not self._inflight and not self.outbox.fetch(self._cursor, 1):
                     self._idle.set()
@@ -637,42 +512,6 @@ class MqttSink:
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> mqtt.MQTTMessageInfo:
         return self._client.publish(topic, payload, qos=1, retain=retain)
-
-    def _publish_states(self) -> None:
-        with self._states_lock:
-            todo = [(name, self._states[name]) for name in sorted(self._dirty)]
-            self._dirty.clear()
-            motion = [(name, self._motion[name]) for name in sorted(self._motion_dirty)]
-            self._motion_dirty.clear()
-        for name, data in todo:
-            self._publish(self.topic(name, "state"), data, retain=True)
-        for name, data in motion:
-            self._publish(self.topic(name, "motion"), data, retain=True)
-
-    def _sweep(self) -> None:
-        """Clear what cameras no longer in the config left retained (see edged.sinks.retained)."""
-        with self._states_lock:
-            found, self._retained, self._sweep_due = self._retained, {}, None
-            announced = {topic for topic, payload in self._discovery.items() if payload}
-        self._client.unsubscribe(retained.sweep_topics(self.cfg, self.node))
-        topics, gone = retained.stale_topics(
-            self.cfg, self.node, self._configured, self._running, announced, found
-        )
-        for topic in topics:
-            self._publish(topic, b"", retain=True)
-        if topics:
-            log.info(
-                "mqtt: cleared %d retained topics of this node no longer in use%s",
-                len(topics),
-                f" (cameras no longer in the config: {', '.join(gone)})" if gone else "",
-            )
-
-    def _publish_discovery(self) -> None:
-        with self._states_lock:
-            configs = dict(self._discovery)
-            self._discovery = {t: p for t, p in configs.items() if p}  # removals go once
-        for topic, payload in configs.items():
-            self._publish(topic, payload, retain=True)
 
     def _fill_window(self) -> None:
         room = self.cfg.max_inflight - len(self._inflight)
