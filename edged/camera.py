@@ -7,14 +7,23 @@ systemd STATUS, MQTT state) are given.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection, Pipe
+from typing import Any
 
 from edged.child import Child, RestartPolicy
 from edged.config import CameraConfig
 from edged.frames import SlotOwner
 from edged.reader import ReaderState
 from edged.states import CameraState, Role
+
+log = logging.getLogger("edged.supervisor")  # read by the supervisor: its lines
+
+TimingHook = Callable[[str, float, float], None]
+"""``(camera, age, took)`` of one processed frame."""
+EventHook = Callable[[dict[str, Any]], None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +92,34 @@ class EventPipes:
             self.events_r = None
         else:
             self.retired_events.remove(conn)
+
+    def drain(self, who: str, on_timing: TimingHook, on_event: EventHook) -> None:
+        """Read every message waiting in the pipes, oldest worker first, without
+        blocking. ``who``: the camera of a camera's own worker; a shared worker names
+        the camera in each message.
+
+        A message is ``{"timings": [[age, took], ...], "events": [record, ...]}``:
+        the timings of the frames processed since the worker's last message,
+        oldest first, and the events of the newest of them (edged/worker.py
+        batches timings, never events)."""
+        for conn in self.event_pipes():
+            while conn.poll():
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    # Its worker is gone and everything it sent is read; a message
+                    # it was killed in the middle of ends here too.
+                    self.pipe_ended(conn)
+                    break
+                except Exception as exc:
+                    # Its bytes are consumed, so the next message is intact.
+                    log.error("%s: unreadable message from the worker: %r", who, exc)
+                    continue
+                camera = msg.get("camera", who)
+                for age, took in msg["timings"]:
+                    on_timing(camera, age, took)
+                for record in msg["events"]:
+                    on_event(record)
 
     def close_pipes(self) -> None:
         for conn in self.event_pipes():

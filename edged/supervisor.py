@@ -11,7 +11,6 @@ sentinels and the signal wake-up socket with a tick, then dispatches:
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import logging
 import os
 import signal
@@ -19,43 +18,33 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from multiprocessing.connection import Connection, wait
-from multiprocessing.process import BaseProcess
+from multiprocessing.connection import wait
 from typing import Any
 
-from edged.camera import CameraRuntime, CameraSnapshot, EventPipes
-from edged.child import Child
+from edged import hangs
+from edged.camera import CameraRuntime, CameraSnapshot
 from edged.config import CameraConfig, Config, load_config
 from edged.errors import EX_OK, EXIT_END_OF_STREAM, CameraBusyError, ConfigError, StartupError
 from edged.frames import leftover_segments, unlink_segment
+from edged.locks import CameraLocks
 from edged.logs import LogSettings, errors_logged, setup_logging
 from edged.metrics import Metrics, MetricsSources
 from edged.pool import Pool, SharedInstance, shared_only_change
-from edged.reader import ReaderState, reader_main
 from edged.redact import scrub
 from edged.reload import ReloadVerdicts
 from edged.router import EventRouter, open_writer
-from edged.shared_worker import shared_worker_main
 from edged.sinks.jsonl import JsonlWriter, SinkError
 from edged.sinks.mqtt import MqttSink
+from edged.spawn import Spawner
 from edged.startmethod import child_context, start_server, stop_server
 from edged.states import CameraState, Role
 from edged.systemd import Notifier, format_status
-from edged.worker import worker_main
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Supervisor"]
 
 TICK = 0.25
-HANG_MARGIN = 3.0  # seconds beyond a reader's own timeouts before it counts as hung
-# A worker beats at least every 0.5 s outside process() (edged/worker.py):
-# silent this long there, it is stuck (process() itself has process_timeout).
-WORKER_SILENCE = 10.0
-# Events held in memory while the event file cannot be written: at most
-# [events] max_pending_bytes of lines, and this many (a line costs ~40 bytes of
-# bookkeeping beside its own, which matters only for tiny events).
-MAX_PENDING = 100_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,10 +91,10 @@ class Supervisor:
         subset = cameras is not None and set(cameras) != set(config.cameras)
         self.instance = ".".join(sorted(cameras)) if cameras and subset else ""
         self.ctx = child_context()  # its server starts in run(), before any thread
-        self.log_settings = LogSettings(config.logging.level, config.logging.format)
+        self.spawn = Spawner(self.ctx, config)
         self.cams: dict[str, CameraRuntime] = {}
         self.pool = Pool()  # the instances of [processors] tables
-        self.locks: dict[str, int] = {}
+        self.locks = CameraLocks(config.daemon.state_dir)
         # Before any child exists: it takes NOTIFY_SOCKET out of the environment.
         self.notifier = Notifier()
         self._status_due = 0.0
@@ -144,7 +133,7 @@ class Supervisor:
             start_server(self.ctx)
             names = self.requested or list(self.config.cameras)
             for name in names:
-                self.lock_camera(name)
+                self.locks.lock(name)
             for name in names:
                 self.cams[name] = CameraRuntime(self.config.cameras[name])
             self.pool.add_missing(self.config, self.cams)
@@ -182,37 +171,6 @@ class Supervisor:
         finally:
             self._close()
         return EX_OK
-
-    def lock_camera(self, name: str) -> None:
-        """Refuse to capture a camera another edged (an edged@ unit, say) already captures."""
-        folder = self.config.daemon.state_dir / "locks"
-        path = folder / f"{name}.lock"
-        try:
-            folder.mkdir(parents=True, exist_ok=True, mode=0o750)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise StartupError(
-                f"cannot use daemon.state_dir {self.config.daemon.state_dir}: "
-                f"{exc.strerror or exc} ({exc.filename or path})",
-                exc,
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            raise CameraBusyError(
-                f"camera {name} is already captured by another edged process (pid {holder}, "
-                f"lock {path}); stop that one (edged.service or edged@{name}) first"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.locks[name] = fd
-
-    def unlock_camera(self, name: str) -> None:
-        fd = self.locks.pop(name, None)
-        if fd is not None:
-            os.close(fd)
 
     def _install_signals(self, held: list[int] | None = None) -> None:
         self._wake_r, self._wake_w = socket.socketpair()
@@ -356,11 +314,12 @@ class Supervisor:
         for cam in going:
             cam.close()
         for name in removed:
-            self.unlock_camera(name)
+            self.locks.unlock(name)
         old, self.config = self.config, new
         if new.logging != old.logging:
             setup_logging(LogSettings(new.logging.level, new.logging.format))
-            self.log_settings = LogSettings(new.logging.level, new.logging.format)
+        self.spawn.configure(new)
+        self.locks.state_dir = new.daemon.state_dir  # cameras added from now on
         self.events.reconfigure(new.events, writer)
         # What a reload does not apply (the listener, the broker session, where
         # state lives) it says, rather than claim it reloaded.
@@ -374,7 +333,7 @@ class Supervisor:
         for name in changed + added:
             if name in added:
                 try:
-                    self.lock_camera(name)
+                    self.locks.lock(name)
                 except (CameraBusyError, StartupError) as exc:  # busy, or no state_dir
                     log.error("not starting camera %s: %s", name, exc)
                     continue
@@ -423,49 +382,10 @@ class Supervisor:
 
     # -- children ----------------------------------------------------------
 
-    def spawn_reader(self, cam: CameraRuntime) -> BaseProcess:
-        return self.ctx.Process(
-            target=reader_main,
-            args=(cam.cfg, cam.slot.name, cam.slot.doorbell_w, self.log_settings),
-            name=f"edged-reader-{cam.name}",
-        )
-
-    def spawn_worker(self, cam: CameraRuntime) -> BaseProcess:
-        return self.ctx.Process(
-            target=worker_main,
-            args=(
-                cam.cfg,
-                cam.slot.name,
-                cam.slot.doorbell_r,
-                cam.new_events_pipe(),
-                self.log_settings,
-                self.config.daemon.state_dir,
-                self.config.node,
-            ),
-            name=f"edged-worker-{cam.name}",
-        )
-
-    def spawn_shared(self, inst: SharedInstance) -> BaseProcess:
-        return self.ctx.Process(
-            target=shared_worker_main,
-            args=(
-                inst.name,
-                inst.index,
-                inst.settings,
-                [cam.cfg for cam in inst.cams],
-                [(cam.slot.name, cam.slot.doorbell_r) for cam in inst.cams],
-                inst.new_events_pipe(),
-                self.log_settings,
-                self.config.daemon.state_dir,
-                self.config.node,
-            ),
-            name=f"edged-worker-{inst.name}-{inst.index}",
-        )
-
     def restart_shared(self, now: float) -> None:
         for inst in self.pool:
             if inst.child.is_due(now):
-                proc = self.spawn_shared(inst)
+                proc = self.spawn.shared(inst)
                 proc.start()
                 inst.started(proc, now)
             inst.child.settle(now)
@@ -486,7 +406,7 @@ class Supervisor:
             if child.is_due(now):
                 cam.bank_counters(child.role)
                 reader = child.role == Role.READER
-                proc = self.spawn_reader(cam) if reader else self.spawn_worker(cam)
+                proc = self.spawn.reader(cam) if reader else self.spawn.worker(cam)
                 proc.start()
                 if not reader:
                     cam.handed_over()
@@ -535,27 +455,8 @@ class Supervisor:
             )
 
     def check_health(self, cam: CameraRuntime, now: float) -> None:
-        rs = cam.slot.reader
-        proc = cam.reader.process
-        if proc is not None and rs["pid"] and not cam.reader.hung:
-            # Once killed, not again every tick: a process in uninterruptible
-            # sleep (a V4L2 driver) outlives SIGKILL until the kernel lets go.
-            # The reader beats between native calls; FFmpeg's own timeouts
-            # should end any call well inside these. Past them, it is stuck.
-            if int(rs["state"]) == ReaderState.STREAMING:
-                allowance = max(cam.cfg.stale_after, cam.cfg.read_timeout) + HANG_MARGIN
-            else:
-                allowance = cam.cfg.open_timeout + HANG_MARGIN
-            silent = now - rs["heartbeat"]
-            if silent > allowance:
-                self._kill_stuck(
-                    cam,
-                    cam.reader,
-                    "reader (pid %d) silent for %.0fs, stuck in a native call; killing it",
-                    int(rs["pid"]),
-                    silent,
-                )
-        self._check_worker(cam, now)
+        hangs.check_reader(cam, now)
+        hangs.check_worker(cam, now, loop_late=now - self._ticked > hangs.WORKER_SILENCE / 4)
         for child in cam.children():
             child.settle(now)
         state, reason = cam.state_at(now)
@@ -582,45 +483,6 @@ class Supervisor:
             for hook in self.on_state:
                 hook(snap)
 
-    def _check_worker(self, cam: CameraRuntime, now: float) -> None:
-        ws = cam.slot.worker
-        if cam.worker.process is None or not ws["pid"] or cam.worker.hung:
-            return  # not started, still setting up its processor, or being killed
-        if now - self._ticked > WORKER_SILENCE / 4:
-            # This loop was held up itself (a slow disk, a long reload): a
-            # worker blocked meanwhile on its full events pipe, just drained,
-            # has not had the CPU to beat yet. Judge it next tick.
-            return
-        busy = ws["busy_since"]  # before the heartbeat: see edged/worker.py
-        if busy:
-            if now - busy > cam.cfg.process_timeout:
-                self._kill_stuck(
-                    cam,
-                    cam.worker,
-                    "processor %s stuck in process() for %.0fs (process_timeout %gs): "
-                    "killing the worker (pid %d)",
-                    cam.cfg.processor.type,
-                    now - busy,
-                    cam.cfg.process_timeout,
-                    int(ws["pid"]),
-                )
-        elif now - ws["heartbeat"] > WORKER_SILENCE:
-            self._kill_stuck(
-                cam,
-                cam.worker,
-                "worker (pid %d) silent for %.0fs outside process(): killing it",
-                int(ws["pid"]),
-                now - ws["heartbeat"],
-            )
-
-    def _kill_stuck(self, cam: CameraRuntime, child: Child, why: str, *args: object) -> None:
-        """SIGKILL a child that stopped making progress, once: ``hung`` holds off
-        the next check until it is reaped, and makes its restart count as hung."""
-        log.error("camera %s: " + why, cam.name, *args)
-        child.killed_as_hung()
-        assert child.process is not None
-        child.process.kill()
-
     # -- events --------------------------------------------------------------
 
     def collect_events(
@@ -630,38 +492,16 @@ class Supervisor:
     ) -> None:
         """Accept what the workers sent: of ``cams`` and ``instances``, or of every
         running camera and shared instance."""
-        for cam in list(self.cams.values()) if cams is None else cams:
-            for conn in cam.event_pipes():
-                self._read_events(cam, conn, cam.name)
-        for inst in list(self.pool) if cams is None else instances or []:
-            for conn in inst.event_pipes():
-                self._read_events(inst, conn, inst.label)
+        if cams is None:
+            cams, instances = list(self.cams.values()), list(self.pool)
+        for cam in cams:
+            cam.drain(cam.name, self._frame_done, self.events.accept)
+        for inst in instances or []:
+            inst.drain(inst.label, self._frame_done, self.events.accept)
 
-    def _read_events(self, pipes: EventPipes, conn: Connection, who: str) -> None:
-        """``who``: the camera of a camera's own worker; a shared worker names the
-        camera in each message."""
-        while conn.poll():
-            try:
-                msg = conn.recv()
-            except (EOFError, OSError):
-                # Its worker is gone and everything it sent is read; a message
-                # it was killed in the middle of ends here too.
-                pipes.pipe_ended(conn)
-                return
-            except Exception as exc:
-                # Its bytes are consumed, so the next message is intact.
-                log.error("%s: unreadable message from the worker: %r", who, exc)
-                continue
-            camera = msg.get("camera", who)
-            # {"timings": [[age, took], ...], "events": [record, ...]}: the
-            # timings of the frames processed since the worker's last message,
-            # oldest first, and the events of the newest of them
-            # (edged/worker.py batches timings, never events).
-            for age, took in msg["timings"]:
-                for hook in self.on_frame:
-                    hook(camera, age, took)
-            for record in msg["events"]:
-                self.events.accept(record)
+    def _frame_done(self, camera: str, age: float, took: float) -> None:
+        for hook in self.on_frame:
+            hook(camera, age, took)
 
     # -- shutdown ------------------------------------------------------------
 
@@ -743,8 +583,7 @@ class Supervisor:
                     child.process.kill()
                     child.process.join()
             cam.close()
-        for name in list(self.locks):
-            self.unlock_camera(name)
+        self.locks.unlock_all()
         if self.verdicts is not None:
             self.verdicts.close()
         self.events.close()
