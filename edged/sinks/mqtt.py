@@ -86,7 +86,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from edged.config import CameraConfig, MqttConfig
 from edged.event import encode_event
 from edged.sinks.camera_topics import CameraTopics
-from edged.sinks.outbox import Outbox, OutboxStats, find_stranded
+from edged.sinks.outbox import Outbox, OutboxStats
+from edged.sinks.outbox_file import find_stranded
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -41,7 +41,8 @@ A file that is corrupt or truncated at start is salvaged: every row that can
 still be read is kept, the damaged file is renamed aside with a timestamp
 suffix (``outbox.sqlite3.corrupt-20260102T030405``), and that is logged; it
 never stops the daemon. If no file can be used at all, the outbox lives in
-memory, and that is logged as an error.
+memory, and that is logged as an error (``edged.sinks.outbox_file`` opens,
+locks and salvages the file).
 
 Thread safety: every method takes one lock; :meth:`Outbox.put` is called by
 the supervisor's thread, the others by the MQTT delivery thread and metrics.
@@ -51,8 +52,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
-import json
 import logging
 import os
 import sqlite3
@@ -61,20 +60,15 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal
+
+from edged.sinks.outbox_file import StoredRow, SyncPolicy, open_file
 
 log = logging.getLogger(__name__)
 
 Row = tuple[int, str, bytes]  # (id, camera, payload)
-SyncPolicy = Literal["normal", "full"]
 
 DROP_LOG_EVERY = 10.0  # seconds between log lines about dropped events
-_SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS events ("
-    "id INTEGER PRIMARY KEY, camera TEXT NOT NULL, created REAL NOT NULL, payload BLOB NOT NULL)"
-)
 _VACUUM_PAGES = 256  # free pages worth giving back to the file system once empty
-_LOCK_PATIENCE = 0.5  # seconds to wait for an outbox lock another process holds briefly
 
 
 # Why events leave the outbox undelivered (the keys of dropped_by and of the
@@ -133,17 +127,14 @@ class Outbox:
         self._depth = 0  # rows in the database
         self._bytes = 0  # payload bytes in the database
         # Events the database would not take, oldest first: (id, camera, created, payload).
-        self._held: deque[tuple[int, str, float, bytes]] = deque()
+        self._held: deque[StoredRow] = deque()
         self._held_bytes = 0
         self._failing: str | None = None  # why writes fail, while they do
         # Why reads fail, by what was reading: damage may fail one query and not
         # another, and a success of one must not log a recovery the next undoes.
         self._unreadable: dict[str, str] = {}
         self._stored_top = 0  # the highest id ever inserted into the database
-        self.dropped_total = 0
-        self.dropped_by: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
-        self._unlogged: dict[str, int] = {}
-        self._last_drop_log = float("-inf")
+        self.drops = DropCounter(clock)
         self.salvaged = 0  # rows recovered from a corrupt file at start
         self._db = self._open()
 
@@ -165,7 +156,7 @@ class Outbox:
                 while self._held_bytes > self.max_bytes and len(self._held) > 1:
                     _, _, _, old = self._held.popleft()
                     self._held_bytes -= len(old)
-                    self._count_drop("memory", 1)
+                    self.drops.count("memory", 1)
             return rid
 
     def fetch(self, after: int, limit: int) -> list[Row]:
@@ -209,7 +200,7 @@ class Outbox:
         ids = list(ids)
         self.remove(ids)
         with self._lock:
-            self._count_drop(reason, len(ids))
+            self.drops.count(reason, len(ids))
 
     def maintain(self) -> None:
         """Periodic work (about once a second): expire old rows, move held events to the
@@ -220,7 +211,7 @@ class Outbox:
                 self._flush_held()
             if self._depth == 0 and not self._held:
                 self._vacuum()
-            self._log_drops(self._clock())
+            self.drops.log_due(self._clock())
 
     def stats(self) -> OutboxStats:
         """What is waiting, and what was dropped (by reason; they sum to ``dropped_total``)."""
@@ -236,16 +227,16 @@ class Outbox:
             return OutboxStats(
                 depth=self._depth + len(self._held),
                 bytes=self._bytes + self._held_bytes,
-                dropped_total=self.dropped_total,
+                dropped_total=self.drops.total,
                 oldest_age_s=max(0.0, self._clock() - oldest) if oldest is not None else 0.0,
                 held_in_memory=len(self._held),
-                dropped_by=dict(self.dropped_by),
+                dropped_by=dict(self.drops.by_reason),
             )
 
     def close(self) -> None:
         """Log unlogged drops, checkpoint and close. Idempotent."""
         with self._lock:
-            self._log_drops(float("inf"))
+            self.drops.log_due(float("inf"))
             if self._held:
                 self._flush_held()
             if self._held:
@@ -260,82 +251,12 @@ class Outbox:
 
     # -- storage ------------------------------------------------------------------
 
-    def _connect(self, path: Path | None) -> sqlite3.Connection:
-        # isolation_level=None: each statement commits on its own unless we BEGIN.
-        db = sqlite3.connect(
-            ":memory:" if path is None else str(path),
-            isolation_level=None,
-            check_same_thread=False,  # one connection, guarded by self._lock
-            timeout=5.0,
-        )
-        try:
-            if path is not None:
-                db.execute("PRAGMA auto_vacuum=INCREMENTAL")  # only takes on a new file
-                mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise sqlite3.DatabaseError(f"cannot use WAL mode (got {mode})")
-            db.execute(f"PRAGMA synchronous={'FULL' if self.sync == 'full' else 'NORMAL'}")
-            check = db.execute("PRAGMA quick_check").fetchall()
-            if check != [("ok",)]:
-                raise _Damaged(str(check[0][0]) if check else "quick_check failed")
-            db.execute(_SCHEMA)
-            try:
-                db.execute("SELECT id, camera, created, payload FROM events LIMIT 0")
-            except sqlite3.OperationalError as exc:
-                raise _Damaged(f"unexpected table layout: {exc}") from None
-        except BaseException:
-            db.close()
-            raise
-        return db
-
     def _open(self) -> sqlite3.Connection:
-        path = self.path
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock_path(path)
-            except OSError as exc:
-                log.error(
-                    "outbox: cannot use %s (%s); keeping undelivered events in memory only, "
-                    "they are lost if edged stops",
-                    path,
-                    exc.strerror or exc,
-                )
-                path = self.path = None
-        salvage: list[tuple[int, str, float, bytes]] = []
-        try:
-            db = self._connect(path)
-        except (sqlite3.Error, _Damaged) as exc:
-            assert path is not None  # an in-memory database does not fail like this
-            if not _is_damage(exc):
-                # Locked, unreadable, disk full: the file may well be fine. Leave it be.
-                log.error(
-                    "outbox: cannot open %s (%s); keeping undelivered events in memory only, "
-                    "they are lost if edged stops",
-                    path,
-                    exc,
-                )
-                self.path = None
-                return self._connect(None)
-            salvage = _salvage(path)
-            aside = self._move_aside(path)
-            log.warning(
-                "outbox: %s is damaged (%s): salvaged %d events, moved the file to %s",
-                path,
-                exc,
-                len(salvage),
-                aside or "(nowhere: it could not be renamed, so it was deleted)",
-            )
-            try:
-                db = self._connect(path)
-            except (sqlite3.Error, _Damaged) as exc2:
-                log.error(
-                    "outbox: cannot create %s (%s); keeping events in memory only", path, exc2
-                )
-                self.path = None
-                db = self._connect(None)
-        if salvage:
+        opened = open_file(self.path, self.sync, self._clock)
+        db, self.path, self._lockfile = opened.db, opened.path, opened.lockfile
+        if opened.salvaged:
             self._db = db
+            salvage = opened.salvaged
             self.salvaged = len(salvage) if self._insert(salvage) else 0
             if not self.salvaged:
                 self._held.extend(salvage)
@@ -354,46 +275,7 @@ class Outbox:
             )
         return db
 
-    def _lock_path(self, path: Path) -> None:
-        # Two edged processes sharing one outbox would each send every event.
-        fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        # A moment's patience: find_stranded() in another process may hold the lock
-        # for the instant it takes to see whether the file is in use.
-        deadline = time.monotonic() + _LOCK_PATIENCE
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError:
-                if time.monotonic() >= deadline:
-                    os.close(fd)
-                    raise OSError(f"{path} is in use by another edged process") from None
-                time.sleep(0.02)
-        self._lockfile = fd
-
-    def _move_aside(self, path: Path) -> Path | None:
-        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(self._clock()))
-        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
-        n = 1
-        while aside.exists():
-            n += 1
-            aside = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
-        moved: Path | None = aside
-        for suffix in ("", "-wal"):
-            src = Path(f"{path}{suffix}")
-            try:
-                os.replace(src, Path(f"{aside}{suffix}"))
-            except FileNotFoundError:
-                pass
-            except OSError:
-                with contextlib.suppress(OSError):
-                    src.unlink()
-                moved = None if suffix == "" else moved
-        with contextlib.suppress(OSError):
-            Path(f"{path}-shm").unlink()
-        return moved
-
-    def _insert(self, rows: list[tuple[int, str, float, bytes]]) -> bool:
+    def _insert(self, rows: list[StoredRow]) -> bool:
         try:
             if len(rows) == 1:
                 self._db.execute("INSERT INTO events VALUES (?, ?, ?, ?)", rows[0])
@@ -481,7 +363,7 @@ class Outbox:
             return False
         self._depth -= n
         self._bytes -= size
-        self._count_drop(reason, n)
+        self.drops.count(reason, n)
         return True
 
     def _enforce_size(self) -> None:
@@ -512,7 +394,7 @@ class Outbox:
         while self._held and self._held[0][2] < cutoff:
             _, _, _, old = self._held.popleft()
             self._held_bytes -= len(old)
-            self._count_drop("age", 1)
+            self.drops.count("age", 1)
         while True:
             try:
                 cur = self._db.execute(
@@ -539,22 +421,33 @@ class Outbox:
         except sqlite3.Error:
             pass
 
-    # -- drops --------------------------------------------------------------------
 
-    def _count_drop(self, reason: str, n: int) -> None:
-        if n <= 0:
-            return
-        self.dropped_total += n
-        self.dropped_by[reason] = self.dropped_by.get(reason, 0) + n
-        self._unlogged[reason] = self._unlogged.get(reason, 0) + n
-        self._log_drops(self._clock())
+class DropCounter:
+    """Events that left the outbox undelivered: counted by reason, and logged at
+    most once per ``DROP_LOG_EVERY`` seconds, a line per reason for the burst."""
 
     _OLDEST = frozenset({"size", "age", "memory"})  # the bounds drop the oldest first
 
-    def _log_drops(self, now: float) -> None:
-        if not self._unlogged or now - self._last_drop_log < DROP_LOG_EVERY:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.total = 0
+        self.by_reason: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self._unlogged: dict[str, int] = {}
+        self._last_log = float("-inf")
+
+    def count(self, reason: str, n: int) -> None:
+        if n <= 0:
             return
-        self._last_drop_log = now if now != float("inf") else self._last_drop_log
+        self.total += n
+        self.by_reason[reason] = self.by_reason.get(reason, 0) + n
+        self._unlogged[reason] = self._unlogged.get(reason, 0) + n
+        self.log_due(self._clock())
+
+    def log_due(self, now: float) -> None:
+        """Log what is unlogged, if the last line is old enough (``now`` = inf: at once)."""
+        if not self._unlogged or now - self._last_log < DROP_LOG_EVERY:
+            return
+        self._last_log = now if now != float("inf") else self._last_log
         for reason, n in self._unlogged.items():
             log.warning(
                 "outbox: dropped the %d %sundelivered event%s: %s (%d dropped in all)",
@@ -562,94 +455,6 @@ class Outbox:
                 "oldest " if reason in self._OLDEST else "",
                 "" if n == 1 else "s",
                 DROP_REASONS.get(reason, reason),
-                self.dropped_total,
+                self.total,
             )
         self._unlogged.clear()
-
-
-class _Damaged(Exception):
-    """The outbox file is readable but not sound."""
-
-
-def _is_damage(exc: Exception) -> bool:
-    if isinstance(exc, _Damaged):
-        return True
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB"))
-
-
-def _is_event(payload: object) -> bool:
-    """Whether a salvaged payload is whole: a row cut by the damage may read as
-    zeros, and the outbox only ever holds JSON objects."""
-    if not isinstance(payload, bytes):
-        return False
-    try:
-        return isinstance(json.loads(payload), dict)
-    except ValueError:  # also UnicodeDecodeError
-        return False
-
-
-def _salvage(path: Path) -> list[tuple[int, str, float, bytes]]:
-    """Every row that can still be read from a damaged outbox file, oldest first."""
-    found: dict[int, tuple[int, str, float, bytes]] = {}
-    try:
-        uri = f"{path.resolve().as_uri()}?mode=ro"
-        db = sqlite3.connect(uri, uri=True, isolation_level=None)
-    except sqlite3.Error:
-        return []
-    try:
-        # Lets SQLite read a truncated file up to where it ends instead of refusing
-        # it whole (the header's page count is then larger than the file).
-        with contextlib.suppress(sqlite3.Error):
-            db.execute("PRAGMA writable_schema=ON")
-        # Read forwards and backwards: a damaged page in the middle stops one
-        # scan, and the other still reaches the rows beyond it.
-        for order in ("ASC", "DESC"):
-            try:
-                for rid, camera, created, payload in db.execute(
-                    f"SELECT id, camera, created, payload FROM events ORDER BY id {order}"
-                ):
-                    if isinstance(rid, int) and _is_event(payload):
-                        found[rid] = (rid, str(camera), float(created), payload)
-            except (sqlite3.Error, ValueError, TypeError):
-                pass
-    finally:
-        db.close()
-    return [found[k] for k in sorted(found)]
-
-
-def find_stranded(own: Path) -> list[tuple[Path, dict[str, int]]]:
-    """Other outbox files beside ``own`` that no running edged holds and that still
-    hold events: (file, undelivered events per camera). They are left by another
-    way of running the same cameras (``edged.service`` and ``edged@NAME`` units
-    keep separate files), and nothing sends them until that way runs again."""
-    found: list[tuple[Path, dict[str, int]]] = []
-    try:
-        others = sorted(own.parent.glob("outbox*.sqlite3"))
-    except OSError:
-        return found
-    for path in others:
-        if path == own or not path.is_file():
-            continue
-        try:
-            fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError:
-            continue
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                continue  # a running edged delivers these
-            try:
-                db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=1)
-                try:
-                    counts = dict(db.execute("SELECT camera, count(*) FROM events GROUP BY camera"))
-                finally:
-                    db.close()
-            except sqlite3.Error:
-                continue
-        finally:
-            os.close(fd)  # also releases the lock
-        if counts:
-            found.append((path, {str(c): int(n) for c, n in sorted(counts.items())}))
-    return found
