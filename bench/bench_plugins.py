@@ -77,3 +77,24 @@ class AgeProbe(Processor):
         made = decode_timestamp(frame.image)
         age = None if made is None else (time.time() - made) * 1000
         yield Event("probe", {"true_age_ms": age})
+
+
+class BallastOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    mib: int = Field(200, ge=0, le=8192, description="MiB that setup() allocates and touches")
+
+
+class Ballast(Processor):
+    """A stand-in for a model's weights (``bench/memory.py``): ``setup()`` allocates
+    ``mib`` MiB and writes every page, so they count in PSS; frames cost nothing."""
+
+    Options = BallastOptions
+    pixel_format = "any"
+
+    def setup(self) -> None:
+        import numpy as np
+
+        self.weights = np.ones(self.options.mib * 2**20, dtype=np.uint8)  # type: ignore[attr-defined]
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        return iter(())

@@ -1,13 +1,22 @@
-"""Memory of the whole edged process tree against the number of cameras, spawn vs forkserver.
+"""Memory of the whole edged process tree against the number of cameras.
 
     .venv/bin/python bench/memory.py [--counts 1 2 4 8] [--seconds 12] [--rounds 1]
-                                     [--methods forkserver spawn] [--results bench/results]
-                                     [--publish]
+                                     [--methods forkserver spawn shared-200 own-200]
+                                     [--results bench/results] [--publish]
 
-For each start method (``EDGED_START_METHOD``, edged/startmethod.py) and each N,
-one ``python -m edged run`` with N synthetic 640x360 25 fps cameras, each with
-its own ``null`` processor (a reader and a worker process per camera). The
-methods alternate at every N, so drift of the machine hits both alike.
+For each variant and each N, one ``python -m edged run`` with N synthetic
+640x360 25 fps cameras. The variants alternate at every N, so drift of the
+machine hits all alike:
+
+* ``forkserver``: each camera its own ``null`` processor (a reader and a worker
+  process per camera), children forked from the preloaded server (the default);
+* ``spawn``: the same, children spawned (``EDGED_START_METHOD=spawn``, edged
+  before issue 17);
+* ``shared-200``: every camera names one ``[processors.model]`` whose
+  ``setup()`` allocates and touches 200 MiB (``bench_plugins.Ballast``, a
+  stand-in for a model's weights): one worker process for all cameras;
+* ``own-200``: the same processor inline in each camera: a copy per camera,
+  what a model cost before shared processors.
 
 * PSS after ``--seconds`` from the start, summed over the supervisor and all its
   descendants: readers, workers, the fork server, the resource tracker
@@ -20,7 +29,8 @@ methods alternate at every N, so drift of the machine hits both alike.
 
 Prints a Markdown table, writes ``<UTC>Z-memory.json`` and a PNG into
 ``--results``; ``--publish`` copies the PNG to ``bench/img/memory.png``.
-Goals (issue 17): 8 cameras <= 300 MiB in all, each further camera <= 25 MiB.
+Goals (issue 17): 8 cameras <= 300 MiB in all, each further camera <= 25 MiB
+(``forkserver``); 8 cameras sharing a 200 MiB model <= 500 MiB (``shared-200``).
 """
 
 from __future__ import annotations
@@ -51,8 +61,10 @@ sys.path.insert(0, str(TESTS))
 
 from components.rtsp import free_port  # noqa: E402
 
-METHODS = ("forkserver", "spawn")
+METHODS = ("forkserver", "spawn", "shared-200", "own-200")
 GOAL_TOTAL_8 = 300.0  # MiB, 8 cameras
+GOAL_SHARED_8 = 500.0  # MiB, 8 cameras sharing one processor holding 200 MiB
+BALLAST_MIB = 200
 GOAL_SLOPE = 25.0  # MiB per further camera
 READY_TIMEOUT = 120.0
 _PROCESSED = re.compile(r'^edged_frames_processed_total\{camera="([^"]+)"\}\s+([0-9.eE+-]+)$')
@@ -102,12 +114,17 @@ def tree_pss(pid: int) -> tuple[float, dict[str, float], int]:
     return total, by_role, len(procs)
 
 
-def _config(tmp: Path, n: int, port: int) -> Path:
+def _config(tmp: Path, n: int, port: int, method: str) -> Path:
+    ballast = f'type = "bench_plugins:Ballast"\nmib = {BALLAST_MIB}\n'
+    shared = method == "shared-200"
     cams = "".join(
         f'\n[cameras.cam{i}]\nsource = "synthetic"\nwidth = 640\nheight = 360\nfps = 25\n'
-        f'[cameras.cam{i}.processor]\ntype = "null"\n'
+        + ('processor = "model"\n' if shared else f"[cameras.cam{i}.processor]\n")
+        + ("" if shared else ballast if method == "own-200" else 'type = "null"\n')
         for i in range(n)
     )
+    if shared:
+        cams = f"\n[processors.model]\n{ballast}" + cams
     path = tmp / "edged.toml"
     path.write_text(
         f'[events]\npath = "{tmp / "events.jsonl"}"\n'
@@ -138,9 +155,13 @@ def trial(method: str, n: int, seconds: float, workdir: Path) -> Trial:
     t = Trial(method, n)
     tmp = Path(tempfile.mkdtemp(prefix=f"{method}-{n}-", dir=workdir))
     port = free_port()
-    env = dict(os.environ, EDGED_START_METHOD=method)
+    env = dict(
+        os.environ,
+        EDGED_START_METHOD="spawn" if method == "spawn" else "forkserver",
+        PYTHONPATH=os.pathsep.join([str(BENCH), str(TESTS)]),
+    )
     env.pop("NOTIFY_SOCKET", None)
-    cmd = [sys.executable, "-m", "edged", "run", "--config", str(_config(tmp, n, port))]
+    cmd = [sys.executable, "-m", "edged", "run", "--config", str(_config(tmp, n, port, method))]
     log = open(tmp / "stderr.log", "wb")  # noqa: SIM115 - closed below
     t0 = time.monotonic()
     proc = subprocess.Popen(
@@ -190,7 +211,8 @@ def report(trials: list[Trial], methods: list[str], counts: list[int], started: 
     ok = [t for t in trials if not t.error]
     lines = [
         f"edged memory, {started:%Y-%m-%d %H:%M} UTC, {platform.node()}, "
-        f"{psutil.cpu_count()} CPUs: N synthetic 640x360 25 fps cameras, `null` processors",
+        f"{psutil.cpu_count()} CPUs: N synthetic 640x360 25 fps cameras (variants: see "
+        "bench/memory.py's docstring)",
         "",
         "| cameras | " + " | ".join(f"{m} PSS MiB" for m in methods) + " | "
         + " | ".join(f"{m} start-up s (any / all)" for m in methods) + " |",
@@ -232,6 +254,16 @@ def report(trials: list[Trial], methods: list[str], counts: list[int], started: 
             f"{'met' if per <= GOAL_SLOPE else 'NOT met'})",
         ]
         lines.append("- forkserver: " + "; ".join(verdict))
+    if "shared-200" in methods and 8 in counts:
+        total = _median(ok, "shared-200", 8, "pss_mib")
+        own = _median(ok, "own-200", 8, "pss_mib")
+        verdict_ = "failed" if total is None else (
+            f"{total:.0f} MiB (goal <= {GOAL_SHARED_8:.0f}: "
+            f"{'met' if total <= GOAL_SHARED_8 else 'NOT met'})"
+        )  # fmt: skip
+        if own is not None:
+            verdict_ += f"; a copy per camera: {own:.0f} MiB"
+        lines.append(f"- 8 cameras sharing one {BALLAST_MIB} MiB processor: " + verdict_)
     return "\n".join(lines)
 
 
@@ -244,7 +276,9 @@ def plot(trials: list[Trial], methods: list[str], path: Path, title: str) -> Pat
     except ImportError:
         return None
     fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    colors = {"forkserver": "#d62728", "spawn": "#1f77b4"}
+    colors = {
+        "forkserver": "#d62728", "spawn": "#1f77b4", "shared-200": "#2ca02c", "own-200": "#9467bd"
+    }  # fmt: skip
     for m in methods:
         ts = sorted((t for t in trials if t.method == m and not t.error), key=lambda t: t.n)
         if not ts:
@@ -255,6 +289,9 @@ def plot(trials: list[Trial], methods: list[str], path: Path, title: str) -> Pat
         ax.plot(xs, [base + per * x for x in xs], "-", color=colors.get(m),
                 label=f"{m}: {per:.1f} MiB per camera")  # fmt: skip
     ax.plot([8], [GOAL_TOTAL_8], "k*", ms=10, label=f"goal: 8 cameras <= {GOAL_TOTAL_8:.0f} MiB")
+    if "shared-200" in methods:
+        goal = f"goal: 8 sharing a {BALLAST_MIB} MiB model <= {GOAL_SHARED_8:.0f} MiB"
+        ax.plot([8], [GOAL_SHARED_8], "g*", ms=10, label=goal)
     ax.set_xlabel("cameras (each a reader and a worker process)")
     ax.set_ylabel("PSS of the whole process tree, MiB")
     ax.set_ylim(bottom=0)

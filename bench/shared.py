@@ -46,20 +46,39 @@ def _config(n: int, options: str) -> str:
     return "\n".join(out)
 
 
+def _frame_times(path: Path) -> list[float]:
+    try:
+        lines = path.read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    events = [json.loads(x) for x in lines if x.endswith("}")]
+    return [datetime.fromisoformat(e["time"]).timestamp() for e in events]
+
+
 def run(n: int, options: str, seconds: float) -> list[dict]:
-    """Run the daemon for WARMUP + ``seconds``; the events of the measured part."""
+    """Run the daemon until its events span WARMUP + ``seconds`` of frame time; the
+    events of the measured part, ``seconds`` long, after the first WARMUP seconds.
+
+    The window is in the events' own frame time, from the first event: a start-up
+    slowed by a loaded machine shifts it, never shortens it."""
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         (folder / "edged.toml").write_text(_config(n, options))
         env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}
         cmd = [sys.executable, "-m", "edged", "run", "--config", "edged.toml"]
         proc = subprocess.Popen(cmd, cwd=folder, env=env, stderr=subprocess.DEVNULL)
+        path = folder / "events.jsonl"
+        deadline = time.monotonic() + 120 + WARMUP + seconds
         try:
-            time.sleep(WARMUP + seconds)  # a benchmark's duration, not a synchronisation
+            while time.monotonic() < deadline and proc.poll() is None:
+                times = _frame_times(path)
+                if times and max(times) >= min(times) + WARMUP + seconds:
+                    break
+                time.sleep(0.2)  # polling the file, with a deadline
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(30)
-        events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+        events = [json.loads(line) for line in path.read_text().splitlines()]
     if not events:
         return []
     times = [datetime.fromisoformat(e["time"]).timestamp() for e in events]
