@@ -652,6 +652,10 @@ class Supervisor:
                 # Its bytes are consumed, so the next message is intact.
                 log.error("%s: unreadable message from the worker: %r", who, exc)
                 continue
+            if "setup_error" in msg:
+                # The worker's last words before exit 78: the failed state's reason.
+                pipes.setup_failed(str(msg["setup_error"]))
+                continue
             camera = msg.get("camera", who)
             # {"timings": [[age, took], ...], "events": [record, ...]}: the
             # timings of the frames processed since the worker's last message,
