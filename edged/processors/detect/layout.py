@@ -137,8 +137,8 @@ def classify(
     shown = ", ".join(f"{t.name!r} {t.shape_text()}" for t in outputs) or "none"
     wanted = f"the {forced} layout" if forced else EXPECTED_OUTPUT
     what = "output" if len(outputs) == 1 else "outputs"
-    fit = "fits" if len(outputs) == 1 else "fit"
-    raise LayoutError(f"{what} {shown} {fit} no layout edged reads; expected {wanted}")
+    verb = "fits" if len(outputs) == 1 else "fit"
+    raise LayoutError(f"{what} {shown} {verb} no layout edged reads; expected {wanted}")
 
 
 # --- decoding -----------------------------------------------------------------------
