@@ -75,6 +75,10 @@ class EventPipes:
         self.events_r, self.events_w = Pipe(duplex=False)
         return self.events_w
 
+    def setup_failed(self, reason: str) -> None:
+        """The worker on these pipes said why it cannot set up."""
+        raise NotImplementedError
+
     def handed_over(self) -> None:
         """The worker has the write end: drop ours, so its death reads as EOF."""
         if self.events_w is not None:
@@ -114,6 +118,10 @@ class EventPipes:
                 except Exception as exc:
                     # Its bytes are consumed, so the next message is intact.
                     log.error("%s: unreadable message from the worker: %r", who, exc)
+                    continue
+                if "setup_error" in msg:
+                    # The worker's last words before exit 78: the failed state's reason.
+                    self.setup_failed(str(msg["setup_error"]))
                     continue
                 camera = msg.get("camera", who)
                 for age, took in msg["timings"]:
@@ -156,6 +164,9 @@ class CameraRuntime(EventPipes):
     @property
     def name(self) -> str:
         return self.cfg.name
+
+    def setup_failed(self, reason: str) -> None:
+        self.worker.setup_failed(reason)
 
     _COUNTERS = {
         (Role.READER, "frames"): "frames_decoded",
@@ -215,12 +226,9 @@ class CameraRuntime(EventPipes):
         if self.ended:
             return CameraState.ENDED, "end of file"
         if self.reader.failed:
-            return CameraState.FAILED, f"reader crash loop, last {self.reader.last_exit}"
+            return CameraState.FAILED, f"reader {self.reader.failure()}"
         if self.worker.failed:
-            return (
-                CameraState.FAILED,
-                f"{self.worker_label} crash loop, last {self.worker.last_exit}",
-            )
+            return CameraState.FAILED, f"{self.worker_label} {self.worker.failure()}"
         if self.reader.process is None:
             return CameraState.RESTARTING, f"reader {self.reader.last_exit}"
         # Frames that nobody processes make no events: not up either.

@@ -4,7 +4,11 @@ A :class:`Child` is a reader or a worker slot of a camera: the process now
 running in it (if any), when to start the next one, and the policy that
 decides it: exponential backoff with jitter (:class:`Backoff`), reset after
 a stable run, and a crash-loop window that slows restarts to the maximum
-delay and marks the camera failed while no process runs. The supervisor
+delay and marks the camera failed while no process runs. A child that could
+not set up (exit 78: a model file gone, a vendor SDK missing) is failed at
+once, with its own words as the reason (:meth:`Child.setup_failed`), and
+retried at the maximum delay: it will not fix itself soon, but it may be
+fixed (the file put back) without a restart of edged. The supervisor
 starts and reaps processes; everything it decides about an exit comes from
 :meth:`Child.exited`, and every question it asks (is one due? is the camera
 failed because of it?) is a query without side effects. Time is always
@@ -112,6 +116,8 @@ class Child:
         self.hung = False  # killed by edged for making no progress; cleared at its exit
         self.recent: list[float] = []  # restart times within the crash-loop window
         self.crash_loop = False
+        self.setup_error = ""  # why its last process could not set up, in its own words
+        self.cannot_set_up = False  # its last process exited 78
 
     # -- queries (no side effects) ---------------------------------------------------
 
@@ -121,13 +127,26 @@ class Child:
 
     @property
     def failed(self) -> bool:
-        """In a crash loop with no process running: the camera is failed."""
-        return self.crash_loop and self.process is None
+        """In a crash loop, or unable to set up, with no process running: the camera
+        is failed."""
+        return (self.crash_loop or self.cannot_set_up) and self.process is None
+
+    def failure(self) -> str:
+        """Why it is failed, for the camera's state (see :attr:`failed`)."""
+        if self.cannot_set_up:
+            return f"cannot set up: {self.setup_error or self.last_exit}"
+        return f"crash loop, last {self.last_exit}"
 
     # -- transitions ---------------------------------------------------------------
 
     def started_process(self, process: BaseProcess, now: float) -> None:
         self.process, self.started, self.due = process, now, None
+        self.setup_error = ""
+
+    def setup_failed(self, reason: str) -> None:
+        """Its process said why it cannot set up (before exiting 78); kept as the
+        reason of the failed state until the next process starts."""
+        self.setup_error = reason
 
     def killed_as_hung(self) -> None:
         """edged killed the process for making no progress: its exit counts as hung."""
@@ -146,7 +165,8 @@ class Child:
         ran = now - self.started
         self.backoff.succeeded(ran)
         delay = self.backoff.next_delay()
-        if code == EX_CONFIG:
+        self.cannot_set_up = code == EX_CONFIG
+        if self.cannot_set_up:
             # The processor or source plugin cannot be set up: retry slowly,
             # it will not fix itself soon.
             delay = max(delay, self.policy.maximum)

@@ -66,6 +66,9 @@ class SharedInstance(EventPipes):
         for cam in cams:
             cam.use_shared_worker(self.child, self.label)
 
+    def setup_failed(self, reason: str) -> None:
+        self.child.setup_failed(reason)
+
     @property
     def key(self) -> InstanceKey:
         return (self.name, self.index)

@@ -28,6 +28,7 @@ ENTRY_POINT_GROUP = "edged.processors"
 PixelFormat = Literal["bgr", "gray"]
 PIXEL_FORMATS: tuple[str, ...] = ("bgr", "gray", "any")
 BUILTINS: dict[str, str] = {
+    "detect": "edged.processors.detect.processor:DetectProcessor",
     "motion": "edged.processors.motion:MotionProcessor",
     "null": "edged.processors.null:NullProcessor",
 }

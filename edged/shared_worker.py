@@ -49,7 +49,13 @@ from edged.reader import prepare_child
 from edged.redact import scrub
 from edged.snapshots import SnapshotWriter
 from edged.source import bgr_to_gray
-from edged.worker import BATCH_INTERVAL, IDLE_TIMEOUT, FailureLog, ProcessorFailing
+from edged.worker import (
+    BATCH_INTERVAL,
+    IDLE_TIMEOUT,
+    FailureLog,
+    ProcessorFailing,
+    tell_setup_error,
+)
 
 if TYPE_CHECKING:
     from edged.config import CameraConfig
@@ -390,6 +396,7 @@ def shared_worker_main(
     except (EdgedError, Exception) as exc:
         reason = scrub(str(exc)) if isinstance(exc, EdgedError) else error_text(exc)
         log.error("%s: cannot set up %s: %s", label, settings.type, reason)
+        tell_setup_error(out, reason)
         os._exit(EX_CONFIG)
     lanes = []
     for cam, (slot_name, doorbell) in zip(cams, slots, strict=True):

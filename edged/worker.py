@@ -18,6 +18,7 @@ a busy camera costs a few messages a second rather than one per frame.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -54,6 +55,7 @@ class ProcessorFailing(Exception):
 TRACEBACK_INTERVAL = 60.0
 BATCH_INTERVAL = 0.25  # seconds the oldest unsent timing may wait for more
 IDLE_TIMEOUT = 0.5  # seconds between heartbeats while no frame comes
+MAX_REASON = 500  # characters of a setup error sent to the supervisor
 
 
 class FailureLog:
@@ -239,6 +241,13 @@ class Worker:
         return records
 
 
+def tell_setup_error(out: Connection, reason: str) -> None:
+    """Send the supervisor why the processor cannot set up (the camera's failed
+    state shows it); best effort, the exit code says the rest."""
+    with contextlib.suppress(OSError, ValueError):
+        out.send({"setup_error": reason[:MAX_REASON]})
+
+
 def worker_main(
     cam: CameraConfig,
     slot_name: str,
@@ -274,6 +283,7 @@ def worker_main(
         # error_text: a pydantic error's input may be one of the plugin's secrets.
         reason = scrub(str(exc)) if isinstance(exc, EdgedError) else error_text(exc)
         log.error("camera %s: cannot set up processor %s: %s", cam.name, cam.processor.type, reason)
+        tell_setup_error(out, reason)
         os._exit(EX_CONFIG)
     slot = SlotReader(slot_name, doorbell.fileno())
     snapshots = None

@@ -299,3 +299,46 @@ class RegionsProcessor(Processor):
                 "centre_in": regions.zones_at(0.5, 0.5),
             },
         )
+
+
+class MovingSquareSource(Source):
+    """A dark scene that a bright square crosses from left to right (for detect).
+
+    Options: ``width``, ``height`` (160x120), ``fps`` (20), ``size`` (the square's
+    side, relative to the height: 0.25), ``y`` (its top, relative: 0.4), ``delay``
+    (seconds of dark before it enters: 1), ``cross`` (seconds it takes: 3),
+    ``pause`` (dark seconds between crossings: 3), ``crossings`` (0: forever)."""
+
+    def __init__(self, options: dict[str, object] | None = None, camera: str = "") -> None:
+        super().__init__(options, camera)
+        get = self.options.get
+        self.height, self.width = int(get("height", 120)), int(get("width", 160))  # type: ignore[call-overload]
+        self.interval = 1 / float(get("fps", 20))  # type: ignore[arg-type]
+        self.side = round(float(get("size", 0.25)) * self.height)  # type: ignore[arg-type]
+        self.top = round(float(get("y", 0.4)) * self.height)  # type: ignore[arg-type]
+        self.delay = float(get("delay", 1.0))  # type: ignore[arg-type]
+        self.cross = float(get("cross", 3.0))  # type: ignore[arg-type]
+        self.pause = float(get("pause", 3.0))  # type: ignore[arg-type]
+        self.crossings = int(get("crossings", 0))  # type: ignore[call-overload]
+        self.start = 0.0
+        self.due = 0.0
+
+    def open(self) -> None:
+        self.start = self.due = time.monotonic()
+
+    def read(self) -> np.ndarray:
+        self.due = max(self.due + self.interval, time.monotonic())
+        time.sleep(max(0.0, self.due - time.monotonic()))
+        frame = np.zeros((self.height, self.width, 3), np.uint8)
+        t = time.monotonic() - self.start - self.delay
+        period = self.cross + self.pause
+        n = int(t // period) if t >= 0 else -1
+        into = t - n * period
+        if n >= 0 and (not self.crossings or n < self.crossings) and into < self.cross:
+            left = round(-self.side + (self.width + self.side) * into / self.cross)
+            frame[self.top : self.top + self.side, max(0, left) : max(0, left + self.side)] = 255
+        return frame
+
+    @property
+    def nominal_fps(self) -> float | None:
+        return 1 / self.interval

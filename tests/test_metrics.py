@@ -1007,7 +1007,7 @@ def test_a_stuck_processor_is_killed_restarted_and_reported(tmp_path, daemons):
 
 
 @pytest.mark.slow
-def test_a_worker_that_cannot_set_up_is_reported_while_it_waits(tmp_path, daemons):
+def test_a_worker_that_cannot_set_up_is_failed_with_its_reason_while_it_waits(tmp_path, daemons):
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     camera = 'source = "synthetic"\nfps = 25\nrestart_delay = "0.2s"'
@@ -1017,14 +1017,16 @@ def test_a_worker_that_cannot_set_up_is_reported_while_it_waits(tmp_path, daemon
         tmp_path,
         daemon_toml({"cam1": camera}, processors={"cam1": processor}, metrics=port),
     )
-    code, body = wait_for_state(base, "restarting", "the worker restarting")
-    # Frames decode, but nothing processes them: not up, and /readyz says why.
+    code, body = wait_for_state(base, "failed", "the worker unable to set up")
+    # Frames decode, but nothing processes them: failed, and /readyz says why in the
+    # processor's own words (it will not fix itself: retried at restart_max_delay).
     assert code == 503
-    assert body["cameras"]["cam1"]["reason"] == "worker failed to set up (exit 78)"
+    reason = "worker cannot set up: RuntimeError: model file /nonexistent/model.onnx is missing"
+    assert body["cameras"]["cam1"]["reason"] == reason
     assert "model file /nonexistent/model.onnx is missing" in d.log
     r = edged_status(d.config)
     assert r.returncode == 1, r.stdout + r.stderr
-    assert "worker failed to set up" in r.stdout
+    assert "worker cannot set up: RuntimeError: model file" in r.stdout
     assert d.stop() == 0
 
 

@@ -125,6 +125,27 @@ def test_a_setup_failure_is_retried_slowly():
     assert child.exited(EX_CONFIG, 1.0).delay == POLICY.maximum
 
 
+def test_a_child_that_cannot_set_up_is_failed_at_once_with_its_reason():
+    child = Child(Role.WORKER, POLICY)
+    _run(child, 0.0)
+    child.setup_failed("cannot load model /m.onnx: file not found")
+    child.exited(EX_CONFIG, 1.0)
+    assert child.failed and not child.crash_loop  # failed at the first exit, not the fifth
+    assert child.failure() == "cannot set up: cannot load model /m.onnx: file not found"
+    now = child.due
+    assert now is not None
+    _run(child, now)
+    assert not child.failed  # trying again
+    assert child.setup_error == ""
+    child.exited(EX_CONFIG, now + 1)
+    assert child.failure() == "cannot set up: failed to set up (exit 78)"  # it said nothing
+    now = child.due
+    assert now is not None
+    _run(child, now)
+    child.exited(1, now + 1)
+    assert not child.failed  # a crash is restarted as before
+
+
 def test_exit_descriptions():
     assert describe_exit(None) == "vanished"
     assert describe_exit(-signal.SIGKILL) == "killed by SIGKILL"
