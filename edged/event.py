@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_EVENT_DATA",
     "SCHEMA_VERSION",
+    "EventRecord",
     "encode_event",
     "encode_plain",
     "make_event",
@@ -69,9 +70,22 @@ MAX_EVENT_DATA = 64 * 1024  # bytes of the data's JSON
 _oversize_logged = False
 
 
+class EventRecord(dict[str, Any]):
+    """An event record (a dict, as written to JSONL) that also carries the image the
+    processor gave for its snapshot (:attr:`edged.Event.snapshot`) while it is in
+    the worker. Pickled (to the supervisor) it is a plain dict: the image stays."""
+
+    __slots__ = ("image",)
+
+    image: Any  # np.ndarray | None; Any: this module does not import numpy
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return (dict, (dict(self),))
+
+
 def make_event(
     cam: str, processor: str, event: Event, frame: Frame, age: float, took: float, node: str = ""
-) -> dict[str, Any]:
+) -> EventRecord:
     """The event record, exactly as written to JSONL and published to MQTT."""
     global _oversize_logged
     if not isinstance(event, Event):
@@ -97,19 +111,23 @@ def make_event(
                 MAX_EVENT_DATA,
             )
         data = {"edged_error": "data too large", "bytes": size, "limit": MAX_EVENT_DATA}
-    return {
-        "schema": SCHEMA_VERSION,
-        "id": uuid.uuid4().hex,
-        "node": node,  # with camera, where it happened: a fleet's consumer needs both
-        "camera": cam,
-        "processor": processor,
-        "type": event.type,
-        "time": utc_iso(frame.timestamp),
-        "seq": frame.seq,
-        "frame_age_ms": round(age * 1000, 3),
-        "processing_ms": round(took * 1000, 3),
-        "data": data,
-    }
+    record = EventRecord(
+        {
+            "schema": SCHEMA_VERSION,
+            "id": uuid.uuid4().hex,
+            "node": node,  # with camera, where it happened: a fleet's consumer needs both
+            "camera": cam,
+            "processor": processor,
+            "type": event.type,
+            "time": utc_iso(frame.timestamp),
+            "seq": frame.seq,
+            "frame_age_ms": round(age * 1000, 3),
+            "processing_ms": round(took * 1000, 3),
+            "data": data,
+        }
+    )
+    record.image = event.snapshot
+    return record
 
 
 def encode_event(event: dict[str, Any]) -> bytes:

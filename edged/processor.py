@@ -62,6 +62,11 @@ class Event:
 
     type: str
     data: dict[str, Any] = dataclasses.field(default_factory=dict)
+    snapshot: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
+    """An image to save as this event's snapshot instead of the frame (HxWx3 BGR or
+    HxW grey uint8; a box drawn on a copy of the frame, an earlier and better frame):
+    used when the camera takes snapshots of this event type, ignored otherwise. It
+    stays in the worker process: only the saved file's path reaches the event."""
 
 
 class NoOptions(BaseModel):

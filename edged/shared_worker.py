@@ -332,10 +332,11 @@ class SharedWorker:
     ) -> None:
         status, slot, shots = lane.status, lane.slot, lane.snapshots
         # Encoded before the release (the image is shared memory), written after it.
-        jpeg = shots.encode(taken.image) if shots and records and shots.wants(records) else None
+        jpegs = shots.encode_all(taken.image, records) if shots and records else []
         slot.release()
-        if shots and jpeg is not None:
-            shots.save(jpeg, taken.wall, taken.frame.seq, records)
+        for jpeg, wanting, part in jpegs:
+            assert shots is not None  # jpegs come from it
+            shots.save(jpeg, taken.wall, taken.frame.seq, wanting, part)
         if lane.wait_for_next:
             lane.last_seq = max(lane.last_seq, slot.latest_seq)
         # The heartbeat before busy_since is cleared: see Worker.run.

@@ -33,6 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from edged.event import EventRecord
+
 if TYPE_CHECKING:
     from edged.config import SnapshotsConfig
     from edged.frames import StatusRecord
@@ -41,13 +43,18 @@ log = logging.getLogger(__name__)
 
 FOLDER = "snapshots"
 """The snapshots' folder in ``[daemon] state_dir``: ``snapshots/CAMERA/``."""
-_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z_\d+\.jpg")
+_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z_\d+(-\d+)?\.jpg")
 
 
-def snapshot_name(timestamp: float, seq: int) -> str:
-    """The file name of a frame's snapshot; names sort in time order."""
+def snapshot_name(timestamp: float, seq: int, part: int = 0) -> str:
+    """The file name of a frame's snapshot; names sort in time order. ``part``: the
+    number of an event's own image (:attr:`edged.Event.snapshot`) among the frame's."""
     when = dt.datetime.fromtimestamp(timestamp, dt.UTC).strftime("%Y%m%dT%H%M%S.%fZ")
-    return f"{when}_{seq}.jpg"
+    return f"{when}_{seq}" + (f"-{part}" if part else "") + ".jpg"
+
+
+Encoded = tuple[bytes, list[dict[str, Any]], int]
+"""A JPEG, the records it is the snapshot of, and its part number (0: the frame)."""
 
 
 class SnapshotWriter:
@@ -113,9 +120,33 @@ class SnapshotWriter:
             return None
         return bytes(buf)
 
-    def save(self, jpeg: bytes, timestamp: float, seq: int, records: list[dict[str, Any]]) -> None:
+    def encode_all(self, image: np.ndarray, records: list[dict[str, Any]]) -> list[Encoded]:
+        """The JPEGs these records (of one frame) want: each record with an image of
+        its own (:class:`edged.event.EventRecord`) gets that one, the others share
+        one of the frame. Call it while the frame is still held."""
+        wanting = [r for r in records if self.cfg.matches(str(r.get("type", "")))]
+        out: list[Encoded] = []
+        shared = []
+        for record in wanting:
+            own = record.image if isinstance(record, EventRecord) else None
+            if own is None:
+                shared.append(record)
+            elif (jpeg := self.encode(own)) is not None:
+                out.append((jpeg, [record], len(out) + 1))
+        if shared and (jpeg := self.encode(image)) is not None:
+            out.append((jpeg, shared, 0))
+        return out
+
+    def save(
+        self,
+        jpeg: bytes,
+        timestamp: float,
+        seq: int,
+        records: list[dict[str, Any]],
+        part: int = 0,
+    ) -> None:
         """Write the JPEG and name it in the records that want it; on failure leave them be."""
-        name = snapshot_name(timestamp, seq)
+        name = snapshot_name(timestamp, seq, part)
         path = self.folder / name
         tmp = self.folder / f".{name}.tmp"
         try:

@@ -161,10 +161,11 @@ class Worker:
             took = time.monotonic() - start
             shots = self.snapshots
             # Encoded before the release (the image is shared memory), written after it.
-            jpeg = shots.encode(image) if shots and records and shots.wants(records) else None
+            jpegs = shots.encode_all(image, records) if shots and records else []
             slot.release()
-            if shots and jpeg is not None:
-                shots.save(jpeg, wall, seq, records)
+            for jpeg, wanting, part in jpegs:
+                assert shots is not None  # jpegs come from it
+                shots.save(jpeg, wall, seq, wanting, part)
             if wait_for_next:
                 # Frames published while we were busy are already old: wait
                 # for the next one (the reader did not convert the others).
@@ -205,7 +206,7 @@ class Worker:
             result = self.processor.process(frame)
             events = list(result) if result is not None else []
             took = time.monotonic() - start
-            records = [
+            records: list[dict[str, Any]] = [
                 make_event(cam.name, cam.processor.type, e, frame, age, took, self.node)
                 for e in events
             ]

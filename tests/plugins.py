@@ -342,3 +342,14 @@ class MovingSquareSource(Source):
     @property
     def nominal_fps(self) -> float | None:
         return 1 / self.interval
+
+
+class MarkedSnapshots(Processor):
+    """Two events per frame: ``marked`` with an all-white image of its own as its
+    snapshot, ``plain`` with none (its snapshot is the frame)."""
+
+    pixel_format = "bgr"
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        yield Event("marked", {}, snapshot=np.full_like(frame.image, 255))
+        yield Event("plain", {})
