@@ -115,6 +115,14 @@ class Processor:
         self.options = options
         self.camera = camera
 
+    @classmethod
+    def counted_labels(cls, options: BaseModel) -> tuple[str, ...]:
+        """The labels whose counts this processor reports with these options: its
+        ``object.*`` events carry ``data["label"]`` and ``data["count"]`` (the objects
+        with that label the camera has now), and Home Assistant gets a count sensor
+        per camera for each. The default: none."""
+        return ()
+
     def setup(self) -> None:
         """Called once in the worker process before the first frame (load models here)."""
 

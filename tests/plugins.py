@@ -353,3 +353,24 @@ class MarkedSnapshots(Processor):
     def process(self, frame: Frame) -> Iterator[Event]:
         yield Event("marked", {}, snapshot=np.full_like(frame.image, 255))
         yield Event("plain", {})
+
+
+class CountOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    classes: list[str] = Field(default_factory=lambda: ["person", "traffic light"])
+
+
+class ObjectCounter(Processor):
+    """Counts the labels in its ``classes`` (Home Assistant gets a sensor for each);
+    the tests submit its ``object.*`` events themselves."""
+
+    Options = CountOptions
+    pixel_format = "any"
+    event_types = ("object.start", "object.update", "object.end")
+
+    @classmethod
+    def counted_labels(cls, options: BaseModel) -> tuple[str, ...]:
+        return tuple(options.classes)  # type: ignore[attr-defined]
+
+    def process(self, frame: Frame) -> Iterator[Event]:
+        return iter(())

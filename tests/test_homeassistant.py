@@ -311,6 +311,70 @@ def test_what_cameras_gone_from_the_config_left_retained_is_cleared_at_connect(
         assert kept in now
 
 
+COUNTER = '[cameras.cam5]\nsource = "synthetic"\nprocessor = "plugins:ObjectCounter"\n'
+
+
+def _object(camera: str, n: int, kind: str, label: str, count: int) -> dict[str, Any]:
+    data = {"id": n, "label": label, "count": count}
+    return {"schema": 1, "id": f"{camera}-{n}", "camera": camera, "type": kind, "data": data}
+
+
+def test_a_count_sensor_per_counted_label(tmp_path: Path) -> None:
+    cams = parse_config(COUNTER, str(tmp_path / "edged.toml")).cameras
+    messages = ha.discovery_messages(MqttConfig(node="box1", homeassistant=True), "box1", cams)
+    for level, label in (("person", "person"), ("traffic_light", "traffic light")):
+        topic = f"homeassistant/sensor/edged_box1/cam5_{level}_count/config"
+        sensor = json.loads(messages[topic])
+        assert sensor["state_topic"] == f"edged/box1/cam5/{level}"
+        assert sensor["name"] == f"{label} count"
+        assert sensor["state_class"] == "measurement"
+        assert sensor["availability_mode"] == "all"  # unknown while the camera is down
+    assert ha.count_level("state") == "state_count"  # never the camera's own topics
+    assert ha.count_level("Person/+#") == "person___"
+
+
+def test_object_counts_are_retained_per_camera_and_label(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
+) -> None:
+    cams = parse_config(COUNTER, str(tmp_path / "edged.toml")).cameras
+    sub = Subscriber(mosquitto, "edged/box1/cam5/+", client_id="counts")
+    subscribers.append(sub)
+    sink = start_sink(sinks, mosquitto, tmp_path, cameras=cams, homeassistant=True)
+    person = "edged/box1/cam5/person"
+    wait_for("0 at start", lambda: last_payload(sub, person) == b"0")
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/cam5/traffic_light") == b"0"
+    for n, (kind, count) in enumerate(
+        [("object.start", 1), ("object.start", 2), ("object.update", 2), ("object.end", 1)]
+    ):
+        sink.submit(_object("cam5", n, kind, "person", count))
+    sink.submit(_object("cam5", 9, "object.start", "dog", 1))  # counted, though no sensor
+    wait_for("dog", lambda: last_payload(sub, "edged/box1/cam5/dog") == b"1")
+    wait_for("1 person", lambda: last_payload(sub, person) == b"1")
+    # A state, not a log: counts that change faster than they go out are coalesced.
+    got = [m.payload for m in sub.received(person)]
+    assert got[0] == b"0" and set(got) <= {b"0", b"1", b"2"}
+    assert all(m.qos == 1 for m in sub.received(person))
+    assert mosquitto_sub_retained(mosquitto, person) == b"1"
+    # A camera that stops streaming sees nothing known: its counts go back to 0.
+    sink.on_state(snap("cam5", "reconnecting", "connection refused"))
+    wait_for("0 again", lambda: last_payload(sub, person) == b"0")
+    assert mosquitto_sub_retained(mosquitto, "edged/box1/cam5/dog") == b"0"
+
+
+def test_a_gone_cameras_counts_are_cleared_at_connect(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink]
+) -> None:
+    cams = parse_config(CAMERAS + COUNTER, str(tmp_path / "edged.toml")).cameras
+    old = start_sink(sinks, mosquitto, tmp_path, cameras=cams, homeassistant=True)
+    person = "edged/box1/cam5/person"
+    wait_for("count", lambda: mosquitto_sub_retained(mosquitto, person, 1) == b"0")
+    old.stop()
+    start_sink(sinks, mosquitto, tmp_path, cameras={"cam1": cams["cam1"]},
+               configured=["cam1", "cam2", "cam3"], homeassistant=True)  # fmt: skip
+    wait_for("cam5 cleared", lambda: not any("cam5" in t for t in retained_topics(mosquitto)))
+    assert STATUS["cam1"] in retained_topics(mosquitto)  # what is still configured stays
+
+
 def test_a_processor_without_event_types_is_said_at_start(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

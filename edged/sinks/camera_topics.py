@@ -5,6 +5,9 @@ cameras, and publishes it when the MQTT sink's delivery thread asks:
 
 - ``PREFIX/NODE/CAMERA/state``: the camera's state and reason (JSON), recorded
   by :meth:`CameraTopics.on_state` in the supervisor's thread;
+- ``PREFIX/NODE/CAMERA/LABEL``: how many objects of a label the camera sees
+  now, from the ``count`` of its ``object.*`` events (``0`` at start for the
+  labels its processor counts, and while the camera is not streaming);
 - Home Assistant's discovery configs and the ``motion`` binary sensors
   (``edged.sinks.homeassistant``), after every connect and whenever Home
   Assistant announces ``online``;
@@ -70,6 +73,8 @@ class CameraTopics:
         self._running: frozenset[str] = frozenset()
         self._configured: frozenset[str] = frozenset()
         self._watched: dict[str, str] = {}  # state topic of a camera we run -> camera
+        self._counts: dict[tuple[str, str], bytes] = {}  # (camera, label) -> objects now
+        self._counts_dirty: set[tuple[str, str]] = set()
 
     def topic(self, camera: str, what: str) -> str:
         """A camera's topic: ``events``, ``state``, ``motion`` or ``snapshot``."""
@@ -87,6 +92,12 @@ class CameraTopics:
         watched = {self.topic(name, "state"): name for name in cameras}
         new = sorted(set(watched) - set(self._watched))
         self._watched = watched
+        with self._lock:
+            for name, camera in cameras.items():
+                for label in ha.counted_labels(camera):
+                    if (name, label) not in self._counts:
+                        self._counts[(name, label)] = b"0"  # a new worker sees none yet
+                        self._counts_dirty.add((name, label))
         if self.cfg.homeassistant:
             self._set_discovery(cameras)
         return new
@@ -128,16 +139,30 @@ class CameraTopics:
         with self._lock:
             self._states[snap.name] = data
             self._dirty.add(snap.name)
+            if snap.state != "streaming":
+                # What it sees now is nothing known: no count outlives the picture.
+                for key, count in self._counts.items():
+                    if key[0] == snap.name and count != b"0":
+                        self._counts[key] = b"0"
+                        self._counts_dirty.add(key)
 
-    def on_event(self, camera: str, type_: str) -> None:
-        """An event of the camera: the binary sensor follows events as they happen, not
-        as they are delivered (after an outage the current state matters, not the past)."""
-        state = ha.motion_state(type_)
+    def on_event(self, camera: str, record: Mapping[str, object]) -> None:
+        """An event of the camera: the motion sensor and the object counts follow
+        events as they happen, not as they are delivered (after an outage the
+        current state matters, not the past)."""
+        state = ha.motion_state(str(record.get("type", "")))
         if state is not None and camera in self._motion:
             with self._lock:
                 if self._motion[camera] != state:
                     self._motion[camera] = state
                     self._motion_dirty.add(camera)
+        found = ha.object_count(record)
+        if found is not None and camera in self._running:
+            key, count = (camera, found[0]), str(found[1]).encode()
+            with self._lock:
+                if self._counts.get(key) != count:
+                    self._counts[key] = count
+                    self._counts_dirty.add(key)
 
     # -- paho's thread --------------------------------------------------------------
 
@@ -153,6 +178,7 @@ class CameraTopics:
             self._sweep_due = time.monotonic() + retained.SWEEP_WINDOW
             self._dirty.update(self._states)
             self._motion_dirty.update(self._motion)
+            self._counts_dirty.update(self._counts)
         client.subscribe([(t, 1) for t in retained.sweep_topics(self.cfg, self.node)])
         # For the whole connection: another box writing our cameras' state is a collision.
         if self._watched:  # paho refuses an empty list
@@ -223,10 +249,14 @@ class CameraTopics:
             self._dirty.clear()
             motion = [(name, self._motion[name]) for name in sorted(self._motion_dirty)]
             self._motion_dirty.clear()
+            counts = [(key, self._counts[key]) for key in sorted(self._counts_dirty)]
+            self._counts_dirty.clear()
         for name, data in todo:
             publish(self.topic(name, "state"), data, True)
         for name, data in motion:
             publish(self.topic(name, "motion"), data, True)
+        for (name, label), data in counts:
+            publish(self.topic(name, ha.count_level(label)), data, True)
 
     def sweep_if_due(self, publish: Publish, unsubscribe: Callable[[list[str]], Any]) -> None:
         """Once the sweep window after a connect has passed: clear what cameras no

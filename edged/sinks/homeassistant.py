@@ -21,6 +21,10 @@ process (its status topic), and per camera one device (``edged_NODE_CAMERA``,
   state. A retained state topic is what Home Assistant reads at startup.
 - an ``image`` entity on the camera's snapshot topic for a camera whose
   snapshots go to MQTT.
+- a ``sensor`` per label a processor counts (``Processor.counted_labels``:
+  the ``detect`` processor's ``classes``), on the label's retained count
+  topic (``PREFIX/NODE/CAMERA/LABEL``, :func:`count_level`): how many of them
+  the camera sees now.
 
 Every entity's availability is the status topic of the process that runs the
 camera (``online`` while edged is connected, ``offline`` from the Last Will
@@ -65,6 +69,39 @@ def event_types(camera: CameraConfig) -> tuple[str, ...]:
         return tuple(resolve_processor(camera.processor.type).event_types)
     except PluginError:
         return ()
+
+
+_RESERVED = frozenset({"events", "state", "motion", "snapshot", "status"})
+
+
+def counted_labels(camera: CameraConfig) -> tuple[str, ...]:
+    """The labels the camera's processor counts (empty when it counts none)."""
+    try:
+        cls = resolve_processor(camera.processor.type)
+        return tuple(cls.counted_labels(camera.processor.build_options()))
+    except (PluginError, ValueError):
+        return ()
+
+
+def count_level(label: str) -> str:
+    """The topic level of a label's count: the label, lower case, with what a topic
+    or an entity id cannot hold as ``_`` ("traffic light" -> ``traffic_light``), and
+    ``_count`` after a name the camera's other topics use."""
+    level = _NOT_ID.sub("_", label.lower()) or "_"
+    return f"{level}_count" if level in _RESERVED else level
+
+
+def object_count(record: Mapping[str, object]) -> tuple[str, int] | None:
+    """(label, count) from an ``object.*`` event that carries them, else None."""
+    if not str(record.get("type", "")).startswith("object."):
+        return None
+    data = record.get("data")
+    if not isinstance(data, dict):
+        return None
+    label, count = data.get("label"), data.get("count")
+    if isinstance(label, str) and label and isinstance(count, int) and count >= 0:
+        return label, count
+    return None
 
 
 def motion_state(event_type: str) -> bytes | None:
@@ -171,6 +208,16 @@ def discovery(
             "state_topic": topic("motion"),
             "payload_on": ON.decode(),
             "payload_off": OFF.decode(),
+            **seeing,
+        }
+    for label in counted_labels(camera):
+        level = count_level(label)
+        out[base.format("sensor") + f"_{level}_count/config"] = {
+            "name": f"{label} count",
+            "unique_id": f"{ident}_{level}_count",
+            "state_topic": topic(level),
+            "state_class": "measurement",
+            "icon": "mdi:counter",
             **seeing,
         }
     if camera.snapshots.enabled and camera.snapshots.mqtt:

@@ -300,7 +300,7 @@ class MqttSink:
         payload = encode_event(record)[:-1]  # the JSONL line without its newline
         camera = str(record.get("camera", ""))
         self.outbox.put(camera, payload)
-        self.topics.on_event(camera, str(record.get("type", "")))
+        self.topics.on_event(camera, record)
         self._idle.clear()
         self._wake.set()
 

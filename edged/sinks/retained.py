@@ -112,6 +112,12 @@ def stale_topics(
             discovered.add(camera)
             if camera not in configured or (camera in running and topic not in announced):
                 clear.add(topic)
+            # A gone camera's count sensor's retained topic (PREFIX/NODE/CAMERA/LABEL);
+            # not its events topic, whose subscribers would get an empty "event".
+            state = str(config.get("state_topic", ""))
+            own = state.startswith(cfg.camera_topic(node, camera, ""))
+            if camera not in configured and own and not state.endswith("/events"):
+                clear.add(state)
     gone = sorted(
         camera
         for camera in (set(state_node) | discovered) - set(configured)

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 import cv2
 import numpy as np
+from pydantic import BaseModel
 
 from edged.errors import EX_CONFIG, EdgedError
 from edged.processor import Event, Frame, Processor
@@ -113,6 +114,12 @@ class DetectProcessor(Processor):
     Options = DetectOptions
     event_types: ClassVar[tuple[str, ...]] = EVENT_TYPES
     pixel_format = "bgr"
+
+    @classmethod
+    def counted_labels(cls, options: BaseModel) -> tuple[str, ...]:
+        # Only the classes asked for: a sensor for each of COCO's 80 would bury the
+        # ones that matter. Counts of any label still go out on their topics.
+        return tuple(options.classes or ()) if isinstance(options, DetectOptions) else ()
 
     def setup(self) -> None:
         options = self.options
