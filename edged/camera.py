@@ -97,7 +97,13 @@ class EventPipes:
         else:
             self.retired_events.remove(conn)
 
-    def drain(self, who: str, on_timing: TimingHook, on_event: EventHook) -> None:
+    def drain(
+        self,
+        who: str,
+        on_timing: TimingHook,
+        on_event: EventHook,
+        on_boxes: Callable[[str, object], None] | None = None,
+    ) -> None:
         """Read every message waiting in the pipes, oldest worker first, without
         blocking. ``who``: the camera of a camera's own worker; a shared worker names
         the camera in each message.
@@ -124,6 +130,8 @@ class EventPipes:
                     self.setup_failed(str(msg["setup_error"]))
                     continue
                 camera = msg.get("camera", who)
+                if "boxes" in msg and on_boxes is not None:
+                    on_boxes(camera, msg["boxes"])  # edged.overlay: for the live view
                 for age, took in msg["timings"]:
                     on_timing(camera, age, took)
                 for record in msg["events"]:

@@ -49,6 +49,7 @@ import os
 import secrets
 import select
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from multiprocessing import resource_tracker
@@ -322,6 +323,11 @@ class SlotOwner:
         os.set_blocking(self.doorbell_w.fileno(), False)
         self.reader = StatusRecord(self._ctl.f64, _F_READER, READER_FIELDS)
         self.worker = StatusRecord(self._ctl.f64, _F_WORKER, WORKER_FIELDS)
+        self._data: _DataSegment | None = None  # mapped by copy_latest() only
+        # copy_latest() runs in the web server's threads: close() must not unmap
+        # the segments under it (a reload removing the camera).
+        self._copy_lock = threading.Lock()
+        self._closed = False
 
     @property
     def latest_seq(self) -> int:
@@ -347,11 +353,41 @@ class SlotOwner:
         """Why the reader is not streaming, in its words (see :meth:`SlotWriter.set_reason`)."""
         return self._ctl.read_text(_REASON_OFFSET, REASON_SIZE)
 
+    def copy_latest(self) -> tuple[np.ndarray, int, float] | None:
+        """A copy of the newest frame: (image, seq, wall-clock time of its grab), or
+        None before the first (for the web page, never for the worker).
+
+        Copied under the slot's lock, so the writer cannot reuse the buffer
+        meanwhile: its next publish waits for the copy (a fraction of a
+        millisecond at 720p), and the worker's next take too. Callers bound how
+        often they ask."""
+        with self._copy_lock:
+            return None if self._closed else self._copy_latest()
+
+    def _copy_latest(self) -> tuple[np.ndarray, int, float] | None:
+        ctl = self._ctl
+        with ctl.locked():
+            idx, gen = int(ctl.i64[_I_LATEST_IDX]), int(ctl.i64[_I_GEN])
+            if idx < 0:
+                return None
+            b = _I_BUF + 4 * idx
+            seq, h, w, c = (int(v) for v in ctl.i64[b : b + 4])
+            wall = float(ctl.f64[_F_BUF + 2 * idx])
+            if self._data is None or self._data.gen != gen:
+                self._data = None  # the old generation's mapping goes first
+                try:
+                    mm = _attach_segment(data_segment_name(self.name, gen))
+                except FileNotFoundError:
+                    return None
+                self._data = _DataSegment(gen, mm, len(mm) // NBUF, writeable=False)
+            return self._data.view(idx, (h, w, c) if c > 1 else (h, w)).copy(), seq, wall
+
     def reap_writer(self) -> None:
         """After the writer died: remove its data segments (the consumer keeps its mapping)."""
         with self._ctl.locked():
             gen = int(self._ctl.i64[_I_GEN])
             self._ctl.i64[_I_LATEST_IDX] = -1
+            self._data = None  # or the dead writer's frames stay in memory
         # GEN + 1 too: a writer killed while replacing its generation leaves
         # the new segment created but never published.
         for g in range(max(1, gen), gen + 2):
@@ -362,6 +398,9 @@ class SlotOwner:
         gen = int(self._ctl.i64[_I_GEN])
         for g in range(max(1, gen - 1), gen + 2):
             unlink_segment(data_segment_name(self.name, g))
+        with self._copy_lock:
+            self._closed = True
+            self._data = None
         self.doorbell_r.close()
         self.doorbell_w.close()
         del self.reader, self.worker

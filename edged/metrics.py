@@ -86,6 +86,7 @@ if TYPE_CHECKING:
     from edged.config import Config
     from edged.router import EventFileStats
     from edged.sinks.mqtt import MqttStats
+    from edged.web import Web
 
 log = logging.getLogger(__name__)
 
@@ -412,6 +413,7 @@ class Metrics:
         self.max_connections = MAX_CONNECTIONS
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.web: Web | None = None  # the page (edged.web), when [web] serves it here
 
     # -- hooks ----------------------------------------------------------------------
 
@@ -591,6 +593,7 @@ class _Server(ThreadingHTTPServer):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = f"edged/{__version__}"
+    _head = False  # a HEAD request: headers only
 
     def setup(self) -> None:
         super().setup()
@@ -602,11 +605,26 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.request_arrived(self.connection)
         return parsed
 
+    def do_HEAD(self) -> None:
+        self._head = True  # for this request: a connection may carry a GET next
+        try:
+            self.do_GET()
+        finally:
+            self._head = False
+
     def do_GET(self) -> None:
         path = self.path.partition("?")[0]
         metrics = self.server.metrics
+        web = metrics.web
         try:
-            if path == "/metrics":
+            if web is not None and web.handles(path):
+                if not web.authorized(self.headers.get("Authorization")):
+                    auth = (("WWW-Authenticate", 'Basic realm="edged", charset="UTF-8"'),)
+                    self._reply(401, "text/plain; charset=utf-8", b"authentication needed\n", auth)
+                    return
+                reply = web.handle(self.path)
+                self._reply(reply.code, reply.content_type, reply.body, reply.headers)
+            elif path == "/metrics":
                 self._reply(200, CONTENT_TYPE, metrics.render())
             elif path == "/healthz":
                 alive, silent = metrics.alive()
@@ -626,14 +644,20 @@ class _Handler(BaseHTTPRequestHandler):
             with contextlib.suppress(OSError):
                 self._reply(500, "text/plain; charset=utf-8", b"internal error\n")
 
-    def _reply(self, code: int, ctype: str, body: bytes) -> None:
+    def _reply(
+        self, code: int, ctype: str, body: bytes, headers: Sequence[tuple[str, str]] = ()
+    ) -> None:
         try:
             self.send_response(code)
             self.send_header("Content-Type", ctype)
             self.send_header("Content-Length", str(len(body)))
-            self.send_header("Cache-Control", "no-store")
+            if not any(k == "Cache-Control" for k, _ in headers):
+                self.send_header("Cache-Control", "no-store")
+            for key, value in headers:
+                self.send_header(key, value)
             self.end_headers()
-            self.wfile.write(body)
+            if not self._head:
+                self.wfile.write(body)
         except OSError:
             pass  # the client went away, or stopped reading (timed out); nothing to tell it
 

@@ -43,6 +43,7 @@ from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING, EdgedError
 from edged.event import make_event
 from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
+from edged.overlay import BoxesReport
 from edged.plugin import error_text
 from edged.processor import Event, Frame, Processor, resolve_processor
 from edged.reader import prepare_child
@@ -91,6 +92,7 @@ class Lane:
         self.to_gray = False
         self.gray: np.ndarray | None = None
         self.timings: list[list[float]] = []
+        self.boxes = BoxesReport(cam.name)
         self.oldest = 0.0
         self.consecutive_errors = 0
 
@@ -331,6 +333,7 @@ class SharedWorker:
         self, lane: Lane, taken: Taken, records: list[dict[str, Any]], start: float, took: float
     ) -> None:
         status, slot, shots = lane.status, lane.slot, lane.snapshots
+        lane.boxes.observe(self.processor, taken.frame.seq)
         # Encoded before the release (the image is shared memory), written after it.
         jpegs = shots.encode_all(taken.image, records) if shots and records else []
         slot.release()
@@ -360,7 +363,10 @@ class SharedWorker:
                 self._send(lane, [])
 
     def _send(self, lane: Lane, records: list[dict[str, Any]]) -> None:
-        self.out.send({"camera": lane.name, "timings": lane.timings, "events": records})
+        msg: dict[str, Any] = {"camera": lane.name, "timings": lane.timings, "events": records}
+        if (boxes := lane.boxes.take()) is not None:
+            msg["boxes"] = boxes
+        self.out.send(msg)
         lane.timings = []
 
 

@@ -43,7 +43,8 @@ log = logging.getLogger(__name__)
 
 FOLDER = "snapshots"
 """The snapshots' folder in ``[daemon] state_dir``: ``snapshots/CAMERA/``."""
-_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z_\d+(-\d+)?\.jpg")
+SNAPSHOT_NAME = re.compile(r"\d{8}T\d{6}\.\d{6}Z_\d+(-\d+)?\.jpg")
+"""The file names snapshots get (and nothing else): see :func:`snapshot_name`."""
 
 
 def snapshot_name(timestamp: float, seq: int, part: int = 0) -> str:
@@ -92,7 +93,7 @@ class SnapshotWriter:
                 # Left by a worker killed mid-write.
                 with contextlib.suppress(OSError):
                     os.unlink(entry.path)
-            elif _NAME.fullmatch(entry.name):
+            elif SNAPSHOT_NAME.fullmatch(entry.name):
                 with contextlib.suppress(OSError):
                     found.append((entry.name, entry.stat().st_mtime))
         self._files.extend(sorted(found))

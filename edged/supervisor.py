@@ -19,7 +19,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged import hangs
 from edged.camera import CameraRuntime, CameraSnapshot
@@ -29,6 +29,7 @@ from edged.frames import leftover_segments, unlink_segment
 from edged.locks import CameraLocks
 from edged.logs import LogSettings, errors_logged, setup_logging
 from edged.metrics import Metrics, MetricsSources
+from edged.overlay import Overlays
 from edged.pool import Pool, SharedInstance, shared_only_change
 from edged.redact import scrub
 from edged.reload import ReloadVerdicts
@@ -39,6 +40,10 @@ from edged.spawn import Spawner
 from edged.startmethod import child_context, start_server, stop_server
 from edged.states import CameraState, Role
 from edged.systemd import Notifier, format_status
+from edged.web import Web, WebSources
+
+if TYPE_CHECKING:
+    import numpy as np
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +116,7 @@ class Supervisor:
         self.mqtt: MqttSink | None = None
         self.verdicts: ReloadVerdicts | None = None  # for `edged reload`, once started
         self.events = EventRouter(config.events, config.daemon.state_dir, self.instance)
+        self.overlays = Overlays()  # every camera's newest boxes, for the web page
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -148,6 +154,8 @@ class Supervisor:
                 )
                 self.metrics = Metrics(sources, self.config, list(self.cams))
                 self.metrics.start()
+                if self.config.web.serves(self.metrics.listen):
+                    self._start_web(self.metrics)
                 self.on_frame.append(self.metrics.observe_frame)
                 self.events.on_accept.append(self.metrics.observe_event)
                 self.events.on_written.append(self.metrics.file_written)
@@ -352,6 +360,28 @@ class Supervisor:
             unchanged,
         )
 
+    def _start_web(self, metrics: Metrics) -> None:
+        """The page on the metrics listener (edged.web); it reads, never blocks this loop."""
+
+        def frame(name: str) -> tuple[np.ndarray, int, float] | None:
+            cam = self.cams.get(name)
+            return cam.slot.copy_latest() if cam is not None else None
+
+        sources = WebSources(
+            cameras=self.snapshot,
+            configs=lambda: {n: c.cfg for n, c in list(self.cams.items())},
+            frame=frame,
+            overlay=self.overlays.get,
+            state_dir=self.config.daemon.state_dir,
+            node=self.config.node,
+        )
+        metrics.web = Web(self.config.web, sources)
+        self.events.on_written.append(metrics.web.events.written)
+        host, port = metrics.address
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        auth = "basic auth" if self.config.web.has_password else "no password: loopback only"
+        log.info("serving the web page on http://%s/ (%s)", shown, auth)
+
     def snapshot(self) -> dict[str, CameraSnapshot]:
         """Every camera's state and counters, for metrics, health and STATUS."""
         now = time.monotonic()
@@ -495,9 +525,9 @@ class Supervisor:
         if cams is None:
             cams, instances = list(self.cams.values()), list(self.pool)
         for cam in cams:
-            cam.drain(cam.name, self._frame_done, self.events.accept)
+            cam.drain(cam.name, self._frame_done, self.events.accept, self.overlays.update)
         for inst in instances or []:
-            inst.drain(inst.label, self._frame_done, self.events.accept)
+            inst.drain(inst.label, self._frame_done, self.events.accept, self.overlays.update)
 
     def _frame_done(self, camera: str, age: float, took: float) -> None:
         for hook in self.on_frame:

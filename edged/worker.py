@@ -35,6 +35,7 @@ from edged.errors import EX_CONFIG, EXIT_PROCESSOR_FAILING, EdgedError
 from edged.event import make_event
 from edged.frames import SlotReader
 from edged.logs import LogSettings, setup_logging
+from edged.overlay import BoxesReport
 from edged.plugin import error_text
 from edged.processor import Frame, Processor, resolve_processor
 from edged.reader import prepare_child
@@ -103,6 +104,7 @@ class Worker:
         self.consecutive_errors = 0
         self.failures = FailureLog()
         self._timings: list[list[float]] = []
+        self._boxes = BoxesReport(cam.name)
         self._oldest = 0.0  # time.monotonic() when the oldest of _timings was taken
         self._interval = 1.0 / cam.process_fps if cam.process_fps else 0.0
         # A processor that asks for grey gets grey, also when the reader
@@ -158,6 +160,7 @@ class Worker:
                 # back from a stall does not get a burst to catch up.
                 self._next_due = max(self._next_due + self._interval, start + self._interval / 2)
             records = self._process(frame, start - mono, start)
+            self._boxes.observe(self.processor, seq)
             took = time.monotonic() - start
             shots = self.snapshots
             # Encoded before the release (the image is shared memory), written after it.
@@ -197,7 +200,10 @@ class Worker:
         # See the module docstring for the message; supervisor.collect_events
         # reads it. A blocking send is the kernel pipe filling up, which only
         # happens when the supervisor is stuck.
-        self.out.send({"timings": self._timings, "events": records})
+        msg: dict[str, Any] = {"timings": self._timings, "events": records}
+        if (boxes := self._boxes.take()) is not None:
+            msg["boxes"] = boxes
+        self.out.send(msg)
         self._timings = []
 
     def _process(self, frame: Frame, age: float, start: float) -> list[dict[str, Any]]:

@@ -38,6 +38,7 @@ from edged.config.mqtt import MqttConfig, host_node
 from edged.config.processors import ProcessorConfig
 from edged.config.sections import DaemonConfig, EventsConfig, LoggingConfig, MetricsConfig
 from edged.config.urls import SourceKind, source_kind
+from edged.config.web import WebConfig
 from edged.redact import redact_url, scrub
 from edged.units import ByteSize, Duration, parse_byte_size, parse_duration
 
@@ -55,6 +56,7 @@ __all__ = [
     "ProcessorConfig",
     "SnapshotsConfig",
     "SourceKind",
+    "WebConfig",
     "camera_from_dict",
     "host_node",
     "load_config",

@@ -203,6 +203,11 @@ class _CameraSettings(PasswordSettings):
         default_factory=SnapshotsConfig,
         description="JPEGs of the frames behind events; merged key by key with [defaults].",
     )
+    web: bool = Field(
+        True,
+        description="Show this camera's picture and snapshots on the web page ([web]); "
+        "false: its state only.",
+    )
 
 
 class CameraDefaults(_CameraSettings):

@@ -22,6 +22,16 @@ def split_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (of a listen address) reaches only this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve anywhere
+
+
 def check_listen(value: str) -> str:
     split_listen(value)
     return value

@@ -22,12 +22,13 @@ from edged.config.processors import SharedProcessorConfig
 from edged.config.secrets import PASSWORD_FIELDS, PasswordSettings
 from edged.config.sections import DaemonConfig, EventsConfig, LoggingConfig, MetricsConfig
 from edged.config.urls import split_userinfo
+from edged.config.web import WebConfig
 from edged.errors import PluginError
 from edged.processor import resolve_processor
 
 # --- the whole file ------------------------------------------------------------------
 
-_SECTIONS = ("events", "metrics", "logging", "daemon", "defaults")
+_SECTIONS = ("events", "metrics", "logging", "daemon", "defaults", "web")
 
 
 def _names_shared(value: Any, shared: set[str]) -> bool:
@@ -63,6 +64,7 @@ class Config(Model):
         default_factory=dict, validate_default=True, description="[cameras.NAME] tables."
     )
     mqtt: MqttConfig | None = Field(None, description="[mqtt]; absent: MQTT is off.")
+    web: WebConfig = Field(default_factory=WebConfig, description="[web]")
 
     _path: Path = PrivateAttr(default=Path("edged.toml"))
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
@@ -145,6 +147,8 @@ class Config(Model):
             raise invalid([(("cameras", k, "name"), message) for k in renamed], "Config")
         if clashes := self._listen_clashes():
             raise invalid(clashes, "Config")
+        if unsafe := self._web_problems():
+            raise invalid(unsafe, "Config")
         if unresolved := self._resolve_shared():
             raise invalid(unresolved, "Config")
         self._resolve_node()
@@ -212,6 +216,7 @@ class Config(Model):
         owners: list[tuple[str, PasswordSettings | None]] = [
             *((f"cameras.{name}", camera) for name, camera in self.cameras.items()),
             ("mqtt", self.mqtt),
+            ("web", self.web),
         ]
         return [
             f"{key}.password_credential"
@@ -220,6 +225,21 @@ class Config(Model):
             and owner.password_credential is not None
             and owner.password_value() is None
         ]
+
+    def _web_problems(self) -> list[tuple[str | tuple[str, ...], str]]:
+        """Listeners the page would be served on without a password, off loopback."""
+        if not self.metrics.enabled:
+            return []
+        listeners = [("metrics", self.metrics.listen)] + [
+            (f"cameras.{n}.metrics_listen", c.metrics_listen)
+            for n, c in self.cameras.items()
+            if c.metrics_listen is not None
+        ]
+        problems: list[tuple[str | tuple[str, ...], str]] = []
+        for where, listen in listeners:
+            if (problem := self.web.problem(listen)) is not None:
+                problems.append((("web",), f"{problem} (the listener of {where})"))
+        return problems
 
     def _listen_clashes(self) -> list[tuple[str | tuple[str, ...], str]]:
         """Cameras whose metrics_listen is taken by [metrics] listen or another camera."""

@@ -16,7 +16,7 @@ events depend on what the camera saw and not on how fast this worker ran.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import cv2
@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from edged.processor import Event, Frame, Processor
+from edged.regions import Box
 from edged.units import Duration
 
 MAX_BOXES = 10
@@ -120,6 +121,7 @@ class MotionProcessor(Processor):
         self._frames = 0
         self._max_area = 0
         self._quiet_until = float("-inf")
+        self._boxes: list[Box] = []
 
     def process(self, frame: Frame) -> Iterable[Event]:
         now = frame.monotonic
@@ -143,6 +145,10 @@ class MotionProcessor(Processor):
             return events
         area, boxes, score = self._detect(grey, self._background)
         cv2.accumulateWeighted(grey, self._background, self.opts.learning_rate)
+        # For the live view: [x, y, w, h] in full-resolution pixels -> relative corners.
+        self._boxes = [
+            Box(x / w, y / h, (x + bw) / w, (y + bh) / h, "motion") for x, y, bw, bh in boxes
+        ]
 
         if area == 0:
             self._run = 0
@@ -166,6 +172,10 @@ class MotionProcessor(Processor):
                 Event("motion.start", {"area": area, "boxes": boxes, "score": round(score, 5)})
             )
         return events
+
+    def boxes(self, camera: str) -> Sequence[Box]:
+        """The moving blobs of the newest frame (the live view draws them)."""
+        return self._boxes
 
     def _end(self, now: float) -> Event:
         self._active = False
