@@ -74,6 +74,16 @@ def test_missed_detections_in_the_middle_do_not_end_the_object() -> None:
     assert types(events) == ["object.start", "object.end"]
 
 
+def test_a_fast_object_that_never_overlaps_its_last_box_is_one_object() -> None:
+    # 0.12 a frame with a box 0.1 wide (a car at process_fps = 5): no IoU at all
+    # between two frames, and no velocity known at the second.
+    fast = [[person(0.02 + 0.12 * i)] for i in range(8)]
+    events = run(tracker(), fast, tail=30)
+    assert types(events) == ["object.start", "object.end"]
+    two = [[person(0.02 + 0.12 * i), person(0.9 - 0.12 * i, y=0.05)] for i in range(7)]
+    assert types(run(tracker(), two, tail=30)).count("object.start") == 2
+
+
 def test_a_flicker_shorter_than_start_frames_makes_no_event() -> None:
     per_frame = [[person(0.5)], [], [person(0.5)], [], [person(0.5)]]
     assert run(tracker(start_frames=2), per_frame) == []

@@ -11,7 +11,10 @@ camera) turns the first into the second:
 2. **Matching.** Each tracked object's box is predicted for this frame's time
    from its velocity (constant-velocity motion, smoothed), and detections of
    the same label are matched to predictions greedily by IoU, best first, above
-   ``min_iou``. What is left over starts a new candidate object; at most
+   ``min_iou``; then what is left by centre distance, within a diagonal of the
+   predicted box and of a like size (an object seen once has no velocity yet,
+   and a fast one never overlaps its next box). What is left over starts a new
+   candidate object; at most
    ``max_objects`` are tracked per camera (the weakest new detections wait).
 3. **Events.** A candidate seen in ``start_frames`` consecutive processed frames
    becomes an object: ``object.start``. While it is seen, ``object.update``
@@ -148,6 +151,26 @@ def iou(a: BoxT, b: BoxT) -> float:
     return inter / union if union > 0 else 0.0
 
 
+def _centre(box: BoxT) -> tuple[float, float]:
+    return ((box[0] + box[2]) / 2, (box[1] + box[3]) / 2)
+
+
+def _distance(a: BoxT, b: BoxT) -> float:
+    (ax, ay), (bx, by) = _centre(a), _centre(b)
+    return float(((ax - bx) ** 2 + (ay - by) ** 2) ** 0.5)
+
+
+def _diagonal(box: BoxT) -> float:
+    return float(((box[2] - box[0]) ** 2 + (box[3] - box[1]) ** 2) ** 0.5)
+
+
+def _alike(a: BoxT, b: BoxT) -> bool:
+    """Areas within 2x of each other."""
+    area_a = max(1e-9, (a[2] - a[0]) * (a[3] - a[1]))
+    area_b = max(1e-9, (b[2] - b[0]) * (b[3] - b[1]))
+    return 0.5 <= area_a / area_b <= 2.0
+
+
 def _foot(box: BoxT) -> tuple[float, float]:
     """Where an object stands: its box's bottom centre."""
     return ((box[0] + box[2]) / 2, box[3])
@@ -212,6 +235,22 @@ class ObjectTracker:
             if overlap < self.options.min_iou:
                 break
             if i in taken_o or j in taken_d:
+                continue
+            taken_o.add(i)
+            taken_d.add(j)
+            out.append((self.objects[i], found[j]))
+        # Then by distance: an object seen once has no velocity yet, and a fast one
+        # (or one seen at a low process_fps) never overlaps its next box. Within a
+        # diagonal of its predicted box, and of a like size, it is the same object.
+        near = sorted(
+            (_distance(predicted[i], d.box), i, j)
+            for i, o in enumerate(self.objects)
+            if i not in taken_o
+            for j, d in enumerate(found)
+            if j not in taken_d and o.label == d.label and _alike(predicted[i], d.box)
+        )
+        for dist, i, j in near:
+            if i in taken_o or j in taken_d or dist > _diagonal(predicted[i]):
                 continue
             taken_o.add(i)
             taken_d.add(j)
