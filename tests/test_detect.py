@@ -73,6 +73,12 @@ def test_without_classes_every_label_is_reported_and_min_score_drops_the_weak(tm
     assert sorted(d.label for d in proc.detections(*proc.infer([image])[0])) == ["car", "person"]
     proc = _processor(model, min_score=0.85)  # the car scores 0.8
     assert [d.label for d in proc.detections(*proc.infer([image])[0])] == ["person"]
+    # A label's filter may ask for less than min_score (or more) for that label alone.
+    car = {"car": {"min_score": 0.7}}
+    proc = _processor(model, min_score=0.85, filters=car)
+    assert sorted(d.label for d in proc.detections(*proc.infer([image])[0])) == ["car", "person"]
+    proc = _processor(model, min_score=0.5, filters={"car": {"min_score": 0.85}})
+    assert [d.label for d in proc.detections(*proc.infer([image])[0])] == ["person"]
 
 
 class _Counting:

@@ -145,6 +145,19 @@ class DetectProcessor(Processor):
         self.labels = names
         wanted = set(options.classes or names)
         self.wanted = np.array([name in wanted for name in names], dtype=bool)
+        # Each label's own least score (its filter's, else min_score): a filter may
+        # lower it for one label, so the model's output is read down to the least.
+        rules = options.filters
+        self.least = np.array(
+            [
+                rule.min_score
+                if (rule := rules.get(name)) is not None and rule.min_score is not None
+                else options.min_score
+                for name in names
+            ],
+            dtype=np.float32,
+        )
+        self.floor = float(self.least[self.wanted].min()) if self.wanted.any() else 1.0
         self.trackers = {
             name: ObjectTracker(options, regions) for name, regions in self.cameras.items()
         }
@@ -184,10 +197,11 @@ class DetectProcessor(Processor):
 
     def _candidates(self, output: np.ndarray, index: int) -> Candidates:
         opts = self.opts
-        found = decode(self.spec.layout, output, index, opts.min_score)
+        found = decode(self.spec.layout, output, index, self.floor)
         known = (found.classes >= 0) & (found.classes < len(self.labels))
         keep = np.flatnonzero(known)
         keep = keep[self.wanted[found.classes[keep]]]
+        keep = keep[found.scores[keep] >= self.least[found.classes[keep]]]
         found = Candidates(found.boxes[keep], found.scores[keep], found.classes[keep])
         if self.spec.layout in (Layout.NMS, Layout.NMS7):
             order = np.argsort(-found.scores, kind="stable")[: opts.max_detections]
