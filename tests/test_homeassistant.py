@@ -231,6 +231,23 @@ def test_motion_state_follows_motion_events_retained(
     assert sub.received("edged/box1/cam2/motion") == []  # the null processor has no sensor
 
 
+def test_motion_goes_off_when_the_camera_stops_streaming(
+    tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
+) -> None:
+    # A worker that crashes mid-episode never sends its motion.end, and its
+    # successor starts with no episode: ON would stay until the next one ended.
+    sub = Subscriber(mosquitto, "edged/box1/cam1/motion", client_id="motion-off")
+    subscribers.append(sub)
+    sink = start_sink(sinks, mosquitto, tmp_path, cameras=cameras(tmp_path), homeassistant=True)
+    topic = "edged/box1/cam1/motion"
+    wait_for("OFF at start", lambda: last_payload(sub, topic) == b"OFF")
+    sink.submit({"schema": 1, "id": "m1", "camera": "cam1", "type": "motion.start"})
+    wait_for("ON", lambda: last_payload(sub, topic) == b"ON")
+    sink.on_state(snap("cam1", "restarting", "worker exited with status 1"))
+    wait_for("OFF again", lambda: last_payload(sub, topic) == b"OFF")
+    assert mosquitto_sub_retained(mosquitto, topic) == b"OFF"
+
+
 def test_states_go_out_before_online_and_motion_off_before_a_clean_offline(
     tmp_path: Path, mosquitto: Mosquitto, sinks: list[MqttSink], subscribers: list[Subscriber]
 ) -> None:

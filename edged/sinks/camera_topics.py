@@ -140,11 +140,16 @@ class CameraTopics:
             self._states[snap.name] = data
             self._dirty.add(snap.name)
             if snap.state != "streaming":
-                # What it sees now is nothing known: no count outlives the picture.
+                # What it sees now is nothing known: no count outlives the picture,
+                # and no motion episode (a worker that restarts starts with none,
+                # and never sends the motion.end of its predecessor's).
                 for key, count in self._counts.items():
                     if key[0] == snap.name and count != b"0":
                         self._counts[key] = b"0"
                         self._counts_dirty.add(key)
+                if self._motion.get(snap.name) == ha.ON:
+                    self._motion[snap.name] = ha.OFF
+                    self._motion_dirty.add(snap.name)
 
     def on_event(self, camera: str, record: Mapping[str, object]) -> None:
         """An event of the camera: the motion sensor and the object counts follow
