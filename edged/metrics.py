@@ -403,11 +403,11 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        # Series exist from the start and read 0, rather than appearing later.
-        self._age = {n: self.frame_age.labels(n) for n in cameras}
-        self._took = {n: self.processing.labels(n) for n in cameras}
-        for name in cameras:
-            self.latency.labels(name, "jsonl")
+        # Series exist from the start and read 0, rather than appearing later;
+        # render() adds those of cameras a reload starts.
+        self._age: dict[str, Histogram] = {}
+        self._took: dict[str, Histogram] = {}
+        self._add_series(cameras)
         self._last_tick = time.monotonic()
         self.idle_timeout = IDLE_TIMEOUT
         self.max_connections = MAX_CONNECTIONS
@@ -421,13 +421,17 @@ class Metrics:
         """The supervisor's main loop ticked."""
         self._last_tick = time.monotonic()
 
+    def _add_series(self, cameras: Iterable[str]) -> None:
+        for name in cameras:
+            if name not in self._age:
+                self._age[name] = self.frame_age.labels(name)
+                self._took[name] = self.processing.labels(name)
+                self.latency.labels(name, "jsonl")
+
     def observe_frame(self, camera: str, age: float, took: float) -> None:
         """A processed frame: its age when processing started, and the processing time."""
-        hist = self._age.get(camera)
-        if hist is None:
-            hist = self._age[camera] = self.frame_age.labels(camera)
-            self._took[camera] = self.processing.labels(camera)
-        hist.observe(age)
+        self._add_series([camera])
+        self._age[camera].observe(age)
         self._took[camera].observe(took)
 
     def observe_event(self, record: dict[str, Any]) -> None:
@@ -478,6 +482,8 @@ class Metrics:
         return {"ready": ready, "alive": alive, "cameras": cameras}
 
     def render(self) -> bytes:
+        # The cameras running now, not those at start: a reload may have added some.
+        self._add_series(self.sources.cameras())
         return generate_latest(self.registry)
 
     # -- the listener -------------------------------------------------------------------

@@ -1082,3 +1082,17 @@ def test_idle_connections_are_bounded_timed_out_and_never_lock_healthz_out(
         for sock in idle:
             sock.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_camera_added_by_a_reload_has_its_series_from_the_start(
+    supervisor: Supervisor, feeds: Feeds
+) -> None:
+    # The metrics were made when only cam1 ran; a reload then added cam2 to the
+    # supervisor's cameras (the one view of what runs): cam2's histograms read
+    # 0 before its first frame, as cam1's did, rather than being absent.
+    m = Metrics(sources_of(supervisor, feeds), supervisor.config, ["cam1"])
+    s = parse(m.render().decode())
+    for name in ("cam1", "cam2"):
+        assert s.value("edged_frame_age_seconds_count", camera=name) == 0
+        assert s.value("edged_processing_duration_seconds_count", camera=name) == 0
+        assert s.value("edged_event_latency_seconds_count", camera=name, sink="jsonl") == 0
