@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -44,7 +45,10 @@ x = np.random.default_rng(0).random((1, 3, 640, 640), dtype=np.float32)
 t0 = time.perf_counter()
 if which == "onnxruntime":
     import onnxruntime
-    s = onnxruntime.InferenceSession(path, providers=["CPUExecutionProvider"])
+    o = onnxruntime.SessionOptions()  # as edged sets it up (processor.load_session)
+    o.inter_op_num_threads = 1
+    o.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    s = onnxruntime.InferenceSession(path, o, providers=["CPUExecutionProvider"])
     run = lambda: s.run(None, {"images": x})[0]
 else:
     net = cv2.dnn.readNetFromONNX(path)
@@ -176,7 +180,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=20, help="inferences per measurement")
     parser.add_argument("--crossings", type=int, default=5)
     args = parser.parse_args()
-    print(f"bench/detect.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"bench/detect.py, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, load {load}")
     with tempfile.TemporaryDirectory() as tmp:
         one, free = Path(tmp) / "yolo1.onnx", Path(tmp) / "yolob.onnx"
         one.write_bytes(yolo_graph())
