@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
-import json
 import os
 import platform
 import re
@@ -60,6 +59,7 @@ TESTS = BENCH.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from components.rtsp import free_port  # noqa: E402
+from resultfile import settings, write_results  # noqa: E402
 
 METHODS = ("forkserver", "spawn", "shared-200", "own-200")
 GOAL_TOTAL_8 = 300.0  # MiB, 8 cameras
@@ -343,21 +343,16 @@ def main(argv: list[str] | None = None) -> int:
     text = report(trials, args.methods, args.counts, started)
     print()
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"{started:%Y-%m-%d-%H%M}Z-memory.json"
-    path.write_text(
-        json.dumps(
-            {
-                "started_utc": started.isoformat(),
-                "settings": {
-                    k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                },
-                "cpus": psutil.cpu_count(),
-                "trials": [asdict(t) for t in trials],
-                "report_markdown": text,
-            },
-            indent=1,
-        )
+    path = write_results(
+        args.results,
+        started,
+        "memory",
+        {
+            "settings": settings(args),
+            "cpus": psutil.cpu_count(),
+            "trials": [asdict(t) for t in trials],
+            "report_markdown": text,
+        },
     )
     print(f"\nwrote {path}")
     png = plot(

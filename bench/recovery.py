@@ -23,7 +23,6 @@ first minute.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
@@ -35,6 +34,7 @@ TESTS = BENCH.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, decode_timestamp  # noqa: E402
+from resultfile import write_results  # noqa: E402
 
 from edged import LatestFrameCapture  # noqa: E402
 
@@ -168,10 +168,9 @@ def main() -> int:
             f"{b['max']:.2f} s | {a['p50'] * 1000:.0f} / {a['max'] * 1000:.0f} ms | "
             f"{fmt(r['opens_per_min'], 1)} | {fmt(r['probes_per_min'], 0)} |"
         )
-    out = BENCH / "results"
-    out.mkdir(exist_ok=True)
-    path = out / f"{datetime.now(UTC).strftime('%Y%m%dT%H%M%S')}Z-recovery.json"
-    path.write_text(json.dumps({"taken": taken, "rows": rows}, indent=1))
+    path = write_results(
+        BENCH / "results", datetime.now(UTC), "recovery", {"taken": taken, "rows": rows}
+    )
     print(f"\n(opens and probes a minute: the largest of the trials; {path})")
     return 0
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(BENCH))
 
 import freshness as fr  # noqa: E402
 from components.rtsp import check_gstreamer  # noqa: E402  (tests/ is on sys.path now)
+from resultfile import write_results  # noqa: E402
 
 FIRST_FRAME_GOAL_MS = 300.0
 P95_LEAD_GOAL_MS = 40.0  # one frame interval at 25 fps
@@ -388,10 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         out += ["", handoff_text]
     print("\n".join(out))
 
-    args.results.mkdir(parents=True, exist_ok=True)
-    stem = args.results / f"{started:%Y-%m-%d-%H%M}Z-freshness"
     data = {
-        "started_utc": started.isoformat(),
         "seconds_total": round(took, 1),
         "machine": info,
         "busy_at_start": others,
@@ -408,8 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "handoff": handoff_data,
         "table_markdown": out[3],
     }
-    json_path = stem.with_name(stem.name + ".json")
-    json_path.write_text(json.dumps(data, indent=1))
+    json_path = write_results(args.results, started, "freshness", data)
+    stem = json_path.with_suffix("")
     print(f"\nwrote {json_path}")
     pngs = plots(sections, stem, heading.split(" (ratios")[0])
     for p in pngs:

@@ -103,6 +103,7 @@ TESTS = BENCH.parent / "tests"
 sys.path.insert(0, str(TESTS))
 
 from components.rtsp import RtspServer, check_gstreamer, free_port  # noqa: E402
+from resultfile import settings, write_results  # noqa: E402
 
 DESIGNS = (
     "edged",
@@ -842,22 +843,17 @@ def main(argv: list[str] | None = None) -> int:
     text = report(results, args, started)
     print()
     print(text)
-    args.results.mkdir(parents=True, exist_ok=True)
-    path = args.results / f"{started:%Y-%m-%d-%H%M}Z-scale.json"
-    path.write_text(
-        json.dumps(
-            {
-                "started_utc": started.isoformat(),
-                "settings": {
-                    k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                },
-                "cpus": psutil.cpu_count(),
-                "trials": {d: [asdict(t) for t in ts] for d, ts in results.items()},
-                "best": {d: (t.n if (t := best(ts)) else None) for d, ts in results.items()},
-                "report_markdown": text,
-            },
-            indent=1,
-        )
+    path = write_results(
+        args.results,
+        started,
+        "scale",
+        {
+            "settings": settings(args),
+            "cpus": psutil.cpu_count(),
+            "trials": {d: [asdict(t) for t in ts] for d, ts in results.items()},
+            "best": {d: (t.n if (t := best(ts)) else None) for d, ts in results.items()},
+            "report_markdown": text,
+        },
     )
     print(f"\nwrote {path}")
     png = plot(
