@@ -56,7 +56,9 @@ class Pictures:
     def get(self, camera: str, width: int = 0) -> Picture | None:
         """The camera's newest picture, ``width`` pixels wide (0: as the frame; never
         wider than the frame), or None when it has no frame. Raises :class:`Busy`."""
-        width = 0 if width <= 0 else min(max(width, MIN_WIDTH), MAX_WIDTH)
+        # In steps of 16 pixels: at most 256 widths a camera to cache and lock for,
+        # whatever numbers clients send.
+        width = 0 if width <= 0 else min(max(width, MIN_WIDTH), MAX_WIDTH) // 16 * 16
         key = (camera, width)
         with self._lock:
             key_lock = self._key_locks.setdefault(key, threading.Lock())
