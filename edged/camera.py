@@ -102,7 +102,7 @@ class EventPipes:
         who: str,
         on_timing: TimingHook,
         on_event: EventHook,
-        on_boxes: Callable[[str, object], None] | None = None,
+        on_boxes: Callable[[str, object], None],
     ) -> None:
         """Read every message waiting in the pipes, oldest worker first, without
         blocking. ``who``: the camera of a camera's own worker; a shared worker names
@@ -130,7 +130,7 @@ class EventPipes:
                     self.setup_failed(str(msg["setup_error"]))
                     continue
                 camera = msg.get("camera", who)
-                if "boxes" in msg and on_boxes is not None:
+                if "boxes" in msg:
                     on_boxes(camera, msg["boxes"])  # edged.overlay: for the live view
                 for age, took in msg["timings"]:
                     on_timing(camera, age, took)

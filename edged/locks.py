@@ -24,9 +24,6 @@ class CameraLocks:
         self.state_dir = state_dir
         self._fds: dict[str, int] = {}
 
-    def __contains__(self, name: object) -> bool:
-        return name in self._fds
-
     def lock(self, name: str) -> None:
         """Take the camera's lock, or raise :class:`CameraBusyError` naming its holder
         (:class:`StartupError` when the state folder is not usable)."""

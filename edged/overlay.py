@@ -80,7 +80,3 @@ class Overlays:
     def get(self, camera: str) -> Overlay | None:
         with self._lock:
             return self._by_camera.get(camera)
-
-    def forget(self, camera: str) -> None:
-        with self._lock:
-            self._by_camera.pop(camera, None)
