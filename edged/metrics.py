@@ -496,6 +496,12 @@ class Metrics:
         host, port = self._server.server_address[:2]
         return str(host), int(port)
 
+    @property
+    def shown_address(self) -> str:
+        """The bound address as logs show it: ``host:port``, ``[v6]:port``."""
+        host, port = self.address
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
     def start(self) -> None:
         host, port = split_listen(self.listen)
         try:
@@ -518,9 +524,7 @@ class Metrics:
             daemon=True,
         )
         self._thread.start()
-        host, port = self.address
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        log.info("serving /metrics, /healthz and /readyz on %s", shown)
+        log.info("serving /metrics, /healthz and /readyz on %s", self.shown_address)
 
     def stop(self) -> None:
         server, self._server = self._server, None

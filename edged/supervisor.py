@@ -377,10 +377,8 @@ class Supervisor:
         )
         metrics.web = Web(self.config.web, sources)
         self.events.on_written.append(metrics.web.events.written)
-        host, port = metrics.address
-        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         auth = "basic auth" if self.config.web.has_password else "no password: loopback only"
-        log.info("serving the web page on http://%s/ (%s)", shown, auth)
+        log.info("serving the web page on http://%s/ (%s)", metrics.shown_address, auth)
 
     def snapshot(self) -> dict[str, CameraSnapshot]:
         """Every camera's state and counters, for metrics, health and STATUS."""
