@@ -337,9 +337,8 @@ class SharedWorker:
         # Encoded before the release (the image is shared memory), written after it.
         jpegs = shots.encode_all(taken.image, records) if shots and records else []
         slot.release()
-        for jpeg, wanting, part in jpegs:
-            assert shots is not None  # jpegs come from it
-            shots.save(jpeg, taken.wall, taken.frame.seq, wanting, part)
+        if shots:
+            shots.save_all(jpegs, taken.wall, taken.frame.seq)
         if lane.wait_for_next:
             lane.last_seq = max(lane.last_seq, slot.latest_seq)
         # The heartbeat before busy_since is cleared: see Worker.run.

@@ -99,9 +99,13 @@ class SnapshotWriter:
         self._files.extend(sorted(found))
         self._enforce(time.time())
 
+    def wanting(self, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Those of these events (of one frame) that get a snapshot."""
+        return [r for r in records if self.cfg.matches(str(r.get("type", "")))]
+
     def wants(self, records: list[dict[str, Any]]) -> bool:
         """Whether any of these events (of one frame) gets a snapshot."""
-        return any(self.cfg.matches(str(r.get("type", ""))) for r in records)
+        return bool(self.wanting(records))
 
     def encode(self, image: np.ndarray) -> bytes | None:
         """The frame as a JPEG, or None (logged and counted) if OpenCV cannot encode it.
@@ -125,10 +129,9 @@ class SnapshotWriter:
         """The JPEGs these records (of one frame) want: each record with an image of
         its own (:class:`edged.event.EventRecord`) gets that one, the others share
         one of the frame. Call it while the frame is still held."""
-        wanting = [r for r in records if self.cfg.matches(str(r.get("type", "")))]
         out: list[Encoded] = []
         shared = []
-        for record in wanting:
+        for record in self.wanting(records):
             own = record.image if isinstance(record, EventRecord) else None
             if own is None:
                 shared.append(record)
@@ -137,6 +140,11 @@ class SnapshotWriter:
         if shared and (jpeg := self.encode(image)) is not None:
             out.append((jpeg, shared, 0))
         return out
+
+    def save_all(self, encoded: list[Encoded], timestamp: float, seq: int) -> None:
+        """Write what :meth:`encode_all` made, once the frame is released."""
+        for jpeg, records, part in encoded:
+            self.save(jpeg, timestamp, seq, records, part)
 
     def save(
         self,
@@ -162,9 +170,8 @@ class SnapshotWriter:
             self._failed(f"cannot write {exc.filename or path}: {exc.strerror or exc}")
             return
         rel = f"{FOLDER}/{self.camera}/{name}"
-        for record in records:
-            if self.cfg.matches(str(record.get("type", ""))):
-                record["snapshot"] = rel
+        for record in self.wanting(records):
+            record["snapshot"] = rel
         self.saved += 1
         if self.status is not None:
             self.status.add("snapshots")

@@ -166,9 +166,8 @@ class Worker:
             # Encoded before the release (the image is shared memory), written after it.
             jpegs = shots.encode_all(image, records) if shots and records else []
             slot.release()
-            for jpeg, wanting, part in jpegs:
-                assert shots is not None  # jpegs come from it
-                shots.save(jpeg, wall, seq, wanting, part)
+            if shots:
+                shots.save_all(jpegs, wall, seq)
             if wait_for_next:
                 # Frames published while we were busy are already old: wait
                 # for the next one (the reader did not convert the others).
