@@ -16,7 +16,7 @@ from pydantic import (
 )
 
 from edged.config.base import check_file, invalid, resolve_path, scalar_to_str
-from edged.config.secrets import PASSWORD_FIELDS, PasswordSettings
+from edged.config.secrets import PasswordSettings
 from edged.units import ByteSize, Duration
 
 # --- MQTT ------------------------------------------------------------------------------
@@ -139,7 +139,7 @@ class MqttConfig(PasswordSettings):
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Self:
         problems = self._passwordproblems()
-        given = [f for f in PASSWORD_FIELDS if getattr(self, f) is not None]
+        given = self.password_sources()
         if given and self.username is None:
             problems.append((given[0], "a password needs a username"))
         if self.keyfile is not None and self.certfile is None:

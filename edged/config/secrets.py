@@ -123,8 +123,12 @@ class PasswordSettings(Model):
                 _read_secret(path)
         return value
 
+    def password_sources(self) -> list[str]:
+        """The password fields that are set (at most one is valid)."""
+        return [f for f in PASSWORD_FIELDS if getattr(self, f) is not None]
+
     def _passwordproblems(self, url_password: bool = False) -> list[tuple[str, str]]:
-        given = [f for f in PASSWORD_FIELDS if getattr(self, f) is not None]
+        given = self.password_sources()
         if len(given) + url_password <= 1:
             return []
         names = ", ".join(given + ["a password in the source URL"] * url_password)

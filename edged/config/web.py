@@ -8,7 +8,7 @@ from pydantic import Field, ValidationInfo, model_validator
 
 from edged.config.base import invalid
 from edged.config.listen import is_loopback, split_listen
-from edged.config.secrets import PASSWORD_FIELDS, PasswordSettings
+from edged.config.secrets import PasswordSettings
 
 
 class WebConfig(PasswordSettings):
@@ -37,7 +37,7 @@ class WebConfig(PasswordSettings):
 
     @model_validator(mode="after")
     def _check(self, info: ValidationInfo) -> Self:
-        if self.username and ":" in self.username:
+        if ":" in self.username:
             raise invalid([("username", "a user name cannot hold ':'")], type(self).__name__)
         if problems := self._passwordproblems():
             raise invalid(problems, type(self).__name__)
@@ -46,7 +46,7 @@ class WebConfig(PasswordSettings):
 
     @property
     def has_password(self) -> bool:
-        return any(getattr(self, f) is not None for f in PASSWORD_FIELDS)
+        return bool(self.password_sources())
 
     def serves(self, listen: str) -> bool:
         """Whether the page is on for a listener at ``listen`` (``host:port``)."""
