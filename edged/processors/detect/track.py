@@ -219,42 +219,35 @@ class ObjectTracker:
     def _match(self, found: list[Detection], now: float) -> list[tuple[_Object, Detection]]:
         """Pairs of (object, its detection in this frame), new candidates included."""
         predicted = [o.predict(now) for o in self.objects]
-        pairs = sorted(
-            (
-                (iou(p, d.box), i, j)
-                for i, (o, p) in enumerate(zip(self.objects, predicted, strict=True))
-                for j, d in enumerate(found)
-                if o.label == d.label
-            ),
-            reverse=True,
-        )
         taken_o: set[int] = set()
         taken_d: set[int] = set()
         out: list[tuple[_Object, Detection]] = []
-        for overlap, i, j in pairs:
-            if overlap < self.options.min_iou:
-                break
-            if i in taken_o or j in taken_d:
-                continue
-            taken_o.add(i)
-            taken_d.add(j)
-            out.append((self.objects[i], found[j]))
+
+        def take(pairs: list[tuple[int, int]]) -> None:
+            """Greedily, best pair first: each object and detection once."""
+            for i, j in pairs:
+                if i not in taken_o and j not in taken_d:
+                    taken_o.add(i)
+                    taken_d.add(j)
+                    out.append((self.objects[i], found[j]))
+
+        same = [
+            (i, j)
+            for i, o in enumerate(self.objects)
+            for j, d in enumerate(found)
+            if o.label == d.label
+        ]
+        overlaps = [(iou(predicted[i], found[j].box), i, j) for i, j in same]
+        take([(i, j) for o, i, j in sorted(overlaps, reverse=True) if o >= self.options.min_iou])
         # Then by distance: an object seen once has no velocity yet, and a fast one
         # (or one seen at a low process_fps) never overlaps its next box. Within a
         # diagonal of its predicted box, and of a like size, it is the same object.
-        near = sorted(
-            (_distance(predicted[i], d.box), i, j)
-            for i, o in enumerate(self.objects)
-            if i not in taken_o
-            for j, d in enumerate(found)
-            if j not in taken_d and o.label == d.label and _alike(predicted[i], d.box)
-        )
-        for dist, i, j in near:
-            if i in taken_o or j in taken_d or dist > _diagonal(predicted[i]):
-                continue
-            taken_o.add(i)
-            taken_d.add(j)
-            out.append((self.objects[i], found[j]))
+        near = [
+            (_distance(predicted[i], found[j].box), i, j)
+            for i, j in same
+            if i not in taken_o and j not in taken_d and _alike(predicted[i], found[j].box)
+        ]
+        take([(i, j) for d, i, j in sorted(near) if d <= _diagonal(predicted[i])])
         fresh = sorted((d for j, d in enumerate(found) if j not in taken_d), key=lambda d: -d.score)
         for det in fresh:
             if len(self.objects) >= self.options.max_objects:
