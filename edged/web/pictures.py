@@ -51,7 +51,6 @@ class Pictures:
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, int], Picture] = OrderedDict()
         self._key_locks: dict[tuple[str, int], threading.Lock] = {}
-        self.encoded = 0  # pictures made, for the bench
 
     def get(self, camera: str, width: int = 0) -> Picture | None:
         """The camera's newest picture, ``width`` pixels wide (0: as the frame; never
@@ -104,6 +103,5 @@ class Pictures:
         ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, self.quality])
         if not ok:
             return None
-        self.encoded += 1
         now = time.monotonic()
         return Picture(bytes(buf), seq, taken, now, now - start)
